@@ -1,0 +1,177 @@
+//! Cleanup on every path.
+//!
+//! Every object a lesson creates gets a [`Guard`] right after the call that
+//! created it succeeded (never before: with `O_EXCL`, a failed create means the
+//! name belongs to someone else). The guard removes the object when it is
+//! dropped: on an early `?` return, on a panic, and, through a signal thread,
+//! on Ctrl-C (SIGINT), SIGTERM or SIGHUP, after which the lesson exits with
+//! 128 + the signal number. When the lesson removes the object itself, with
+//! the call it teaches, it [`Guard::disarm`]s the guard.
+//!
+//! Guards act only in the process that made them: a forked child that somehow
+//! unwound would not remove its parent's objects.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::waitpid;
+use nix::unistd::{Pid, getpid};
+
+type Action = Box<dyn FnMut() + Send>;
+
+struct Entry {
+    id: u64,
+    what: String,
+    action: Action,
+}
+
+static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes one thing this run created, unless disarmed first.
+#[must_use = "a guard removes its object when dropped: bind it to a variable"]
+pub struct Guard {
+    id: u64,
+    owner: Pid,
+}
+
+impl Guard {
+    /// Register `action` to undo something; `what` names it for the student.
+    pub fn new(what: impl Into<String>, action: impl FnMut() + Send + 'static) -> Guard {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        registry().push(Entry {
+            id,
+            what: what.into(),
+            action: Box::new(action),
+        });
+        Guard {
+            id,
+            owner: getpid(),
+        }
+    }
+
+    /// The lesson removed the object itself: nothing is left to undo.
+    pub fn disarm(self) {
+        registry().retain(|e| e.id != self.id);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if getpid() != self.owner {
+            return;
+        }
+        let entry = {
+            let mut reg = registry();
+            reg.iter()
+                .position(|e| e.id == self.id)
+                .map(|i| reg.remove(i))
+        };
+        if let Some(mut e) = entry {
+            eprintln!("cleanup: {}", e.what);
+            (e.action)();
+        }
+    }
+}
+
+/// Unlink a POSIX shared memory object on every path.
+pub fn posix_object(name: &str) -> Guard {
+    let owned = name.to_string();
+    Guard::new(format!("shm_unlink({name:?})"), move || {
+        let _ = nix::sys::mman::shm_unlink(owned.as_str());
+    })
+}
+
+/// Remove a System V segment (`shmctl(IPC_RMID)`) on every path.
+pub fn sysv_segment(shmid: i32) -> Guard {
+    Guard::new(format!("shmctl({shmid}, IPC_RMID, NULL)"), move || {
+        // SAFETY: IPC_RMID takes no buffer; a null pointer is what the man
+        // page documents, and a stale id only yields EINVAL.
+        unsafe {
+            libc::shmctl(shmid, libc::IPC_RMID, std::ptr::null_mut());
+        }
+    })
+}
+
+/// Remove a scratch file or directory tree on every path.
+pub fn path(path: impl Into<std::path::PathBuf>) -> Guard {
+    let p = path.into();
+    Guard::new(format!("rm -rf {}", p.display()), move || {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    })
+}
+
+/// Stop and reap a child this run started, by its pid, on every path.
+/// Disarm it once the lesson has reaped the child itself (the pid may then be
+/// reused by someone else's process).
+pub fn child(pid: Pid) -> Guard {
+    Guard::new(format!("kill({pid}, SIGKILL); waitpid({pid})"), move || {
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = waitpid(pid, None);
+    })
+}
+
+/// Run every registered cleanup now, newest first. Used by the signal thread.
+pub fn run_all() {
+    let entries: Vec<Entry> = std::mem::take(&mut *registry());
+    for mut e in entries.into_iter().rev() {
+        eprintln!("cleanup: {}", e.what);
+        (e.action)();
+    }
+}
+
+/// The signals that end a lesson early but still clean up.
+pub fn stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGHUP);
+    set
+}
+
+/// Block SIGINT/SIGTERM/SIGHUP in every thread and wait for them in a thread
+/// of our own, which runs the cleanups and exits with 128 + signal.
+///
+/// Forked children inherit the blocked mask, so a Ctrl-C sent to the whole
+/// foreground process group does not kill them half-way; the parent's cleanup
+/// stops them by pid. `std::process::Command` resets the mask before `exec`.
+pub fn install_signal_cleanup() {
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let set = stop_signals();
+    if set.thread_block().is_err() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cleanup-on-signal".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                crate::narrate::end_pending();
+                eprintln!(
+                    "\ninterrupted by {}: removing what this run created",
+                    sig.as_str()
+                );
+                run_all();
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                std::process::exit(128 + sig as i32);
+            }
+        });
+    if spawned.is_err() {
+        let _ = set.thread_unblock();
+    }
+}

@@ -1,0 +1,488 @@
+//! Evidence from the running kernel: what a student could check by hand.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+/// One entry of `/dev/shm` (a POSIX shared memory object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShmEntry {
+    pub name: String,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub is_file: bool,
+}
+
+impl ShmEntry {
+    /// The entry the way `ls -l` prints it (without the date).
+    pub fn ls_line(&self) -> String {
+        let kind = if self.is_file { '-' } else { 'd' };
+        format!(
+            "{kind}{} {} {} {} {} {}",
+            mode_string(self.mode),
+            self.nlink,
+            user_name(self.uid),
+            group_name(self.gid),
+            self.size,
+            self.name
+        )
+    }
+}
+
+/// `rw-------` for mode 0600.
+pub fn mode_string(mode: u32) -> String {
+    let mut s = String::with_capacity(9);
+    for shift in [6u32, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    if mode & 0o1000 != 0 {
+        let last = if mode & 1 != 0 { 't' } else { 'T' };
+        s.pop();
+        s.push(last);
+    }
+    s
+}
+
+/// The entries of a directory that holds shared memory objects.
+pub fn shm_entries_in(dir: &Path) -> Vec<ShmEntry> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ShmEntry> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let md = e.metadata().ok()?;
+            Some(ShmEntry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                size: md.len(),
+                mode: md.mode(),
+                uid: md.uid(),
+                gid: md.gid(),
+                nlink: md.nlink(),
+                is_file: md.file_type().is_file() || md.file_type().is_fifo(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Every entry of `/dev/shm`.
+pub fn dev_shm_entries() -> Vec<ShmEntry> {
+    shm_entries_in(Path::new("/dev/shm"))
+}
+
+/// The `/dev/shm` entry of a POSIX object name (`/x` or `x`).
+pub fn dev_shm_entry(name: &str) -> Option<ShmEntry> {
+    let file = crate::names::file_name(name);
+    dev_shm_entries().into_iter().find(|e| e.name == file)
+}
+
+/// The `ls -l` evidence lines for one object, or "No such file" text.
+pub fn dev_shm_ls(name: &str) -> Vec<String> {
+    let file = crate::names::file_name(name);
+    match dev_shm_entry(name) {
+        Some(e) => vec![e.ls_line()],
+        None => vec![format!(
+            "ls: cannot access '/dev/shm/{file}': No such file or directory"
+        )],
+    }
+}
+
+/// One row of `/proc/sysvipc/shm`: a System V segment as the kernel lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysvSegment {
+    pub key: i32,
+    pub shmid: i32,
+    /// Permission bits, plus SHM_DEST (0o1000) once IPC_RMID marked it.
+    pub perms: u32,
+    pub size: u64,
+    pub cpid: i32,
+    pub lpid: i32,
+    pub nattch: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// The raw line, as `cat /proc/sysvipc/shm` shows it.
+    pub line: String,
+}
+
+/// Parse the text of `/proc/sysvipc/shm` (header line, then one row each).
+pub fn parse_sysvipc_shm(text: &str) -> Vec<SysvSegment> {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return Vec::new();
+    };
+    let cols: Vec<&str> = header.split_whitespace().collect();
+    let idx = |name: &str| cols.iter().position(|c| *c == name);
+    let (
+        Some(ik),
+        Some(iid),
+        Some(ip),
+        Some(is),
+        Some(ic),
+        Some(il),
+        Some(ina),
+        Some(iu),
+        Some(ig),
+    ) = (
+        idx("key"),
+        idx("shmid"),
+        idx("perms"),
+        idx("size"),
+        idx("cpid"),
+        idx("lpid"),
+        idx("nattch"),
+        idx("uid"),
+        idx("gid"),
+    )
+    else {
+        return Vec::new();
+    };
+    lines
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let get = |i: usize| f.get(i).copied();
+            Some(SysvSegment {
+                key: get(ik)?.parse().ok()?,
+                shmid: get(iid)?.parse().ok()?,
+                perms: u32::from_str_radix(get(ip)?, 8).ok()?,
+                size: get(is)?.parse().ok()?,
+                cpid: get(ic)?.parse().ok()?,
+                lpid: get(il)?.parse().ok()?,
+                nattch: get(ina)?.parse().ok()?,
+                uid: get(iu)?.parse().ok()?,
+                gid: get(ig)?.parse().ok()?,
+                line: l.trim_end().to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Every System V segment on the machine (in this IPC namespace).
+pub fn sysv_segments() -> Vec<SysvSegment> {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .map(|t| parse_sysvipc_shm(&t))
+        .unwrap_or_default()
+}
+
+/// The segment with this id, if it still exists.
+pub fn sysv_segment(shmid: i32) -> Option<SysvSegment> {
+    sysv_segments().into_iter().find(|s| s.shmid == shmid)
+}
+
+/// The header of `/proc/sysvipc/shm`, trimmed to its first columns.
+pub fn sysvipc_header() -> String {
+    std::fs::read_to_string("/proc/sysvipc/shm")
+        .ok()
+        .and_then(|t| t.lines().next().map(|l| l.trim_end().to_string()))
+        .unwrap_or_default()
+}
+
+/// The output of `ipcs -m`, when the tool is installed.
+pub fn ipcs_m() -> Option<Vec<String>> {
+    let out = Command::new("ipcs").arg("-m").output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// The `ipcs -m` column header and the row of one segment, when `ipcs`
+/// exists; otherwise the matching `/proc/sysvipc/shm` line.
+pub fn ipcs_rows(shmid: i32) -> Vec<String> {
+    if let Some(lines) = ipcs_m() {
+        let id = shmid.to_string();
+        let header = lines.iter().find(|l| l.starts_with("key"));
+        let row = lines
+            .iter()
+            .find(|l| l.split_whitespace().nth(1) == Some(id.as_str()));
+        return match row {
+            Some(r) => header.into_iter().chain(Some(r)).cloned().collect(),
+            None => vec![format!("(no row with shmid {shmid})")],
+        };
+    }
+    match sysv_segment(shmid) {
+        Some(s) => vec![
+            "(ipcs is not installed: showing /proc/sysvipc/shm)".to_string(),
+            s.line,
+        ],
+        None => vec![format!("(no segment with shmid {shmid})")],
+    }
+}
+
+/// The line of `/proc/self/maps` whose range covers `addr`.
+pub fn maps_line_for(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines()
+        .find(|l| {
+            let range = l.split_whitespace().next().unwrap_or("");
+            let Some((lo, hi)) = range.split_once('-') else {
+                return false;
+            };
+            match (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                (Ok(lo), Ok(hi)) => lo <= addr && addr < hi,
+                _ => false,
+            }
+        })
+        .map(collapse_spaces)
+}
+
+/// The lines of `/proc/self/maps` that mention `needle`.
+pub fn maps_lines_matching(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(collapse_spaces)
+        .collect()
+}
+
+fn collapse_spaces(l: &str) -> String {
+    l.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A filesystem type, as `statfs(2)` reports it, with its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsType {
+    pub magic: i64,
+    pub name: &'static str,
+}
+
+impl std::fmt::Display for FsType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (f_type {:#x})", self.name, self.magic)
+    }
+}
+
+/// The name of a `statfs` magic number (from `linux/magic.h`).
+pub fn fs_name(magic: i64) -> &'static str {
+    match magic {
+        0x0102_1994 => "tmpfs",
+        0x8584_58f6 => "ramfs",
+        0xef53 => "ext2/ext3/ext4",
+        0x794c_7630 => "overlay",
+        0x9123_683e => "btrfs",
+        0x5846_5342 => "xfs",
+        0x2fc1_2fc1 => "zfs",
+        0xf2f5_2010 => "f2fs",
+        0x6969 => "nfs",
+        0x0102_1997 => "9p",
+        0x6573_5546 => "fuse",
+        0x7371_7368 => "squashfs",
+        0x9584_58f6 => "hugetlbfs",
+        0x9fa0 => "proc",
+        0x6265_6572 => "sysfs",
+        0x1cd1 => "devpts",
+        0x6367_7270 => "cgroup2",
+        0x4d44 => "vfat",
+        _ => "unknown",
+    }
+}
+
+/// The filesystem type of `path`, by `statfs(2)`.
+pub fn fs_type(path: impl AsRef<Path>) -> nix::Result<FsType> {
+    let st = nix::sys::statfs::statfs(path.as_ref())?;
+    let magic = st.filesystem_type().0 as i64;
+    Ok(FsType {
+        magic,
+        name: fs_name(magic),
+    })
+}
+
+/// What `/proc/self/mountinfo` says of the mount at exactly `mount_point`
+/// (the topmost one, when mounts are stacked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub mount_id: u64,
+    pub mount_point: String,
+    pub fs_type: String,
+    pub source: String,
+    pub options: String,
+    pub line: String,
+}
+
+/// Parse one `/proc/self/mountinfo` line.
+pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
+    let (left, right) = line.split_once(" - ")?;
+    let l: Vec<&str> = left.split_whitespace().collect();
+    let r: Vec<&str> = right.split_whitespace().collect();
+    Some(MountInfo {
+        mount_id: l.first()?.parse().ok()?,
+        mount_point: unescape_octal(l.get(4)?),
+        fs_type: r.first()?.to_string(),
+        source: r.get(1).map(|s| unescape_octal(s)).unwrap_or_default(),
+        options: format!(
+            "{},{}",
+            l.get(5).copied().unwrap_or(""),
+            r.get(2).copied().unwrap_or("")
+        )
+        .trim_matches(',')
+        .to_string(),
+        line: line.to_string(),
+    })
+}
+
+fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Every mount this process sees.
+pub fn mounts() -> Vec<MountInfo> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(parse_mountinfo_line)
+        .collect()
+}
+
+/// The topmost mount at exactly `mount_point`, if any.
+pub fn mount_at(mount_point: &str) -> Option<MountInfo> {
+    mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mount_point)
+}
+
+/// The user name of a uid (from the password database), or the number.
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// The group name of a gid, or the number.
+pub fn group_name(gid: u32) -> String {
+    nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string())
+}
+
+/// The page size, as the article gets it: `sysconf(_SC_PAGE_SIZE)`.
+pub fn page_size() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map(|v| v as usize)
+        .unwrap_or(4096)
+}
+
+/// The C library's version, from `gnu_get_libc_version()` (glibc only).
+pub fn libc_version() -> Option<String> {
+    #[cfg(target_env = "gnu")]
+    {
+        unsafe extern "C" {
+            fn gnu_get_libc_version() -> *const libc::c_char;
+        }
+        // SAFETY: gnu_get_libc_version takes no arguments and returns a
+        // pointer to a static NUL-terminated string owned by glibc.
+        let p = unsafe { gnu_get_libc_version() };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: p is non-null and points to glibc's static C string.
+        let s = unsafe { std::ffi::CStr::from_ptr(p) };
+        Some(s.to_string_lossy().into_owned())
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        None
+    }
+}
+
+/// Whether this is glibc at or after `major.minor`.
+pub fn glibc_at_least(major: u32, minor: u32) -> Option<bool> {
+    let v = libc_version()?;
+    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (it.next()?, it.next().unwrap_or(0));
+    Some((ma, mi) >= (major, minor))
+}
+
+/// The running kernel's release, as `uname -r` prints it.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_sysvipc_shm() {
+        let text = "       key      shmid perms                  size  cpid  lpid nattch   uid   gid  cuid  cgid      atime      dtime      ctime                   rss                  swap\n  12345678          3  1600                  4096  4242  4243      1     0     0     0     0 1732640000          0 1732640000                  4096                     0\n";
+        let segs = parse_sysvipc_shm(text);
+        assert_eq!(segs.len(), 1);
+        let s = &segs[0];
+        assert_eq!(
+            (s.key, s.shmid, s.perms, s.size),
+            (12345678, 3, 0o1600, 4096)
+        );
+        assert_eq!((s.cpid, s.lpid, s.nattch), (4242, 4243, 1));
+    }
+
+    #[test]
+    fn parses_mountinfo() {
+        let m = parse_mountinfo_line(
+            "30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683656k",
+        )
+        .unwrap();
+        assert_eq!(m.mount_point, "/dev/shm");
+        assert_eq!(m.fs_type, "tmpfs");
+        assert!(m.options.contains("size=24683656k"));
+    }
+
+    #[test]
+    fn modes_read_like_ls() {
+        assert_eq!(mode_string(0o600), "rw-------");
+        assert_eq!(mode_string(0o1777), "rwxrwxrwt");
+    }
+
+    #[test]
+    fn the_maps_line_of_our_own_code_is_executable() {
+        let f: fn() -> usize = page_size;
+        let line = maps_line_for(f as usize).expect("code is mapped");
+        assert!(
+            line.split_whitespace().nth(1).unwrap().contains('x'),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn dev_shm_is_tmpfs_here() {
+        if Path::new("/dev/shm").exists() {
+            assert_eq!(fs_type("/dev/shm").unwrap().name, "tmpfs");
+        }
+    }
+}

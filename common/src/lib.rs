@@ -1,0 +1,28 @@
+//! What every lesson shares, and nothing a lesson teaches.
+//!
+//! A lesson's `main.rs` calls the system calls itself, at the call site, with
+//! their real arguments. This crate only holds what would otherwise be written
+//! eight times:
+//!
+//! - [`report`]: the article's `error_out`, with the errno *name* (`ENOENT`)
+//!   beside its text, and the lesson's exit status;
+//! - [`narrate`]: section titles, one step line per system call, explanations,
+//!   evidence blocks and "the article says / this machine shows" comparisons;
+//! - [`inspect`]: what a student could check by hand (`/dev/shm`,
+//!   `/proc/self/maps`, `/proc/sysvipc/shm`, `ipcs -m`, filesystem types);
+//! - [`args`]: the shared command line (`--help`, `--hold`, `--pause`,
+//!   `--name`, `--key`), with usage and exit status 2 on bad input;
+//! - [`names`]: object names and keys unique to one run;
+//! - [`cleanup`]: guards that remove what a run created on every path,
+//!   including Ctrl-C and SIGTERM.
+
+pub mod args;
+pub mod cleanup;
+pub mod inspect;
+pub mod names;
+pub mod narrate;
+pub mod report;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use report::{Exit, run};

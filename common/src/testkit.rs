@@ -1,0 +1,211 @@
+//! Helpers for the lessons' integration tests (feature `testkit`).
+//!
+//! Tests run in parallel, with other students' runs possibly alive on the
+//! same machine, so every check looks at *this* run's objects only: by the
+//! name the test chose, or by the pid of the lesson process that created a
+//! System V segment.
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::inspect;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A POSIX name no other test (in this or another process) uses:
+/// `/shm-lessons-test-<pid>-<tag>-<n>`.
+pub fn unique_name(tag: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "/{}test-{}-{tag}-{n}",
+        crate::names::PREFIX,
+        std::process::id()
+    )
+}
+
+/// Whether `/dev/shm` holds an object with this name.
+pub fn shm_exists(name: &str) -> bool {
+    inspect::dev_shm_entry(name).is_some()
+}
+
+/// `/dev/shm` entries whose names start with `prefix` (no leading slash).
+pub fn shm_with_prefix(prefix: &str) -> Vec<String> {
+    inspect::dev_shm_entries()
+        .into_iter()
+        .map(|e| e.name)
+        .filter(|n| n.starts_with(prefix.trim_start_matches('/')))
+        .collect()
+}
+
+/// System V segments created by the process `pid` that still exist.
+pub fn segments_created_by(pid: u32) -> Vec<inspect::SysvSegment> {
+    inspect::sysv_segments()
+        .into_iter()
+        .filter(|s| s.cpid as u32 == pid)
+        .collect()
+}
+
+/// System V segments with this key that still exist.
+pub fn segments_with_key(key: i32) -> Vec<inspect::SysvSegment> {
+    inspect::sysv_segments()
+        .into_iter()
+        .filter(|s| s.key == key && key != 0)
+        .collect()
+}
+
+/// Assert that a finished lesson process left nothing: no `/dev/shm` entry
+/// whose name starts with `/shm-lessons-<lesson>-<pid>` and no segment it
+/// created.
+pub fn assert_nothing_left_by(lesson: u8, pid: u32) {
+    let prefix = format!("{}{lesson}-{pid}", crate::names::PREFIX);
+    let left = shm_with_prefix(&prefix);
+    assert!(
+        left.is_empty(),
+        "objects left in /dev/shm by pid {pid}: {left:?}"
+    );
+    let segs = segments_created_by(pid);
+    assert!(
+        segs.is_empty(),
+        "System V segments left by pid {pid}: {segs:?}"
+    );
+}
+
+/// Whether the tests run as root (then they also run the lesson as nobody).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Run a built binary as uid/gid 65534 (nobody) with `setpriv`, from a
+/// world-readable copy (the build directory may sit under a private home).
+/// Returns `None`, with a message, when the tests don't run as root or
+/// `setpriv` is missing.
+pub fn run_as_nobody(bin: &Path, args: &[&str]) -> Option<Output> {
+    if !is_root() {
+        eprintln!("skipped: not root, so the normal run already was unprivileged");
+        return None;
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        eprintln!("skipped: setpriv (util-linux) is not installed");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!(
+        "shm-lessons-nobody-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("create a scratch directory");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy: PathBuf = dir.join(bin.file_name().unwrap());
+    std::fs::copy(bin, &copy).expect("copy the lesson binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&copy)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .current_dir(&dir)
+        .output()
+        .expect("run setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    Some(out)
+}
+
+/// A lesson process started in the background, with its stdout collected.
+pub struct Running {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: String,
+}
+
+/// Start `bin` with `args` (NO_COLOR=1), stdout piped.
+pub fn start(bin: &Path, args: &[&str]) -> Running {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the lesson");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    Running {
+        child,
+        lines: rx,
+        seen: String::new(),
+    }
+}
+
+impl Running {
+    /// Wait until a stdout line contains `needle`; panic after `timeout`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) {
+        let end = Instant::now() + timeout;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push_str(&l);
+                    self.seen.push('\n');
+                    if l.contains(needle) {
+                        return;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!(
+                        "no line with {needle:?} within {timeout:?}; output so far:\n{}",
+                        self.seen
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal to the lesson process (by its pid: we started it).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig)
+            .expect("signal the lesson");
+    }
+
+    /// Wait for the exit, at most `timeout` (then kill it and panic).
+    /// Returns the exit code (`None` if a signal killed it) and stderr.
+    pub fn finish(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the lesson") {
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(50)) {
+                    self.seen.push_str(&l);
+                    self.seen.push('\n');
+                }
+                return (status.code(), err);
+            }
+            if Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("the lesson did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
