@@ -14,14 +14,20 @@
 //!   `--name`, `--key`), with usage and exit status 2 on bad input;
 //! - [`names`]: object names and keys unique to one run;
 //! - [`cleanup`]: guards that remove what a run created on every path,
-//!   including Ctrl-C and SIGTERM.
+//!   including Ctrl-C and SIGTERM;
+//! - [`sysv`]: thin safe wrappers for `shmget`/`shmat`/`shmdt`/`shmctl`/`ftok`,
+//!   which nix lacks;
+//! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
+//!   `si_code` and `si_addr` for its parent.
 
 pub mod args;
 pub mod cleanup;
+pub mod fault;
 pub mod inspect;
 pub mod names;
 pub mod narrate;
 pub mod report;
+pub mod sysv;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
