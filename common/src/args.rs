@@ -46,6 +46,18 @@ pub enum Parsed {
     Usage { message: String, usage: String },
 }
 
+/// Parse a whole number of seconds, at most `max` (for `--hold`,
+/// `--timeout` and the like).
+pub fn parse_secs(s: &str, max: u64) -> Result<u64, String> {
+    let v: u64 = s
+        .parse()
+        .map_err(|e: std::num::ParseIntError| format!("{s:?} is not a number of seconds: {e}"))?;
+    if v > max {
+        return Err(format!("at most {max} seconds"));
+    }
+    Ok(v)
+}
+
 /// Parse a System V key: decimal (`12345678`), hex (`0xbc614e`), or
 /// `IPC_PRIVATE`.
 pub fn parse_key(s: &str) -> Result<i32, String> {
@@ -153,15 +165,7 @@ impl Cli {
             "--hold",
             "SECS",
             "wait SECS seconds where the article sleeps (inspect from another terminal)",
-            |s| {
-                let v: u64 = s
-                    .parse()
-                    .map_err(|e: std::num::ParseIntError| e.to_string())?;
-                if v > 3600 {
-                    return Err("at most 3600 seconds".into());
-                }
-                Ok(v)
-            },
+            |s| parse_secs(s, 3600),
         )
         .flag("--pause", "wait for Enter where the article sleeps")
     }

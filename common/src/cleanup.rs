@@ -29,6 +29,14 @@ struct Entry {
 static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// True once a stop signal arrived and the signal thread began cleaning up.
+/// The main thread must then not exit on its own (it would race the
+/// cleanup): [`crate::run`] parks instead, and the signal thread exits.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
     REGISTRY
@@ -160,6 +168,7 @@ pub fn install_signal_cleanup() {
         .name("cleanup-on-signal".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 crate::narrate::end_pending();
                 eprintln!(
                     "\ninterrupted by {}: removing what this run created",

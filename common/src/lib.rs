@@ -17,10 +17,13 @@
 //!   including Ctrl-C and SIGTERM;
 //! - [`sysv`]: thin safe wrappers for `shmget`/`shmat`/`shmdt`/`shmctl`/`ftok`,
 //!   which nix lacks;
+//! - [`children`]: waiting for forked children with a deadline, so a
+//!   lesson never hangs;
 //! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
 //!   `si_code` and `si_addr` for its parent.
 
 pub mod args;
+pub mod children;
 pub mod cleanup;
 pub mod fault;
 pub mod inspect;

@@ -86,6 +86,20 @@ pub fn section(heading: impl Display) {
     line(format!("{}", format!("--- {heading} ---").cyan().bold()));
 }
 
+/// A sub-heading inside a section (one case of a part, one scenario).
+pub fn subsection(heading: impl Display) {
+    line("");
+    line(format!("  {}", format!("· {heading}").bold()));
+}
+
+/// A block of preformatted text (a layout table, a C struct, a chart),
+/// printed as it is, indented, without wrapping.
+pub fn block(text: impl AsRef<str>) {
+    for l in text.as_ref().lines() {
+        line(format!("      {l}"));
+    }
+}
+
 /// A short explanation: why, not what.
 pub fn explain(text: impl AsRef<str>) {
     line(wrap(text.as_ref(), "    "));

@@ -103,6 +103,15 @@ pub fn run(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     crate::narrate::init();
     crate::cleanup::install_signal_cleanup();
     let result = body();
+    if crate::cleanup::interrupted() {
+        // Ctrl-C arrived while the lesson ran (a hold, a blocking call that
+        // then failed with EINTR...). The signal thread is removing what the
+        // run created and will exit with 128 + signal; returning now would
+        // race it and could end the process half-way through the cleanup.
+        loop {
+            std::thread::park();
+        }
+    }
     crate::narrate::end_pending();
     match result {
         Ok(()) => ExitCode::SUCCESS,

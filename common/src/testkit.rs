@@ -164,7 +164,8 @@ impl Running {
                     }
                 }
                 Err(_) => {
-                    let _ = self.child.kill();
+                    // SIGTERM, not SIGKILL: the lesson's cleanup still runs.
+                    self.stop_gently();
                     panic!(
                         "no line with {needle:?} within {timeout:?}; output so far:\n{}",
                         self.seen
@@ -172,6 +173,22 @@ impl Running {
                 }
             }
         }
+    }
+
+    /// SIGTERM the lesson (it cleans up and exits 143), then reap it; SIGKILL
+    /// only if it is still alive 5 s later.
+    fn stop_gently(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -201,11 +218,70 @@ impl Running {
                 return (status.code(), err);
             }
             if Instant::now() > end {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+                self.stop_gently();
                 panic!("the lesson did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Run `bin` with `args` (NO_COLOR=1, stdin closed) to the end; returns the
+/// lesson's pid (for [`assert_nothing_left_by`]) and its output.
+pub fn run_with_pid(bin: &Path, args: &[&str]) -> (u32, Output) {
+    let child = Command::new(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the lesson");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("wait for the lesson"))
+}
+
+/// Run `n` copies of `bin args` at the same time; returns each one's pid and
+/// output, in start order. For "parallel runs never collide" tests.
+pub fn run_concurrently(bin: &Path, args: &[&str], n: usize) -> Vec<(u32, Output)> {
+    let children: Vec<Child> = (0..n)
+        .map(|_| {
+            Command::new(bin)
+                .args(args)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the lesson")
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let pid = c.id();
+            (pid, c.wait_with_output().expect("wait for the lesson"))
+        })
+        .collect()
+}
+
+/// Every argument list in `bad` makes the lesson print its usage on stderr
+/// and exit 2 (never a panic, never a half-run lesson).
+pub fn assert_usage_errors(bin: &Path, program: &str, bad: &[&[&str]]) {
+    for args in bad {
+        let out = Command::new(bin)
+            .args(*args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the lesson");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("usage: {program}")),
+            "{args:?} printed no usage: {err}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        assert!(out.stdout.is_empty(), "{args:?} ran the lesson anyway");
     }
 }
