@@ -74,20 +74,18 @@ fn the_default_name_is_unique_to_the_run_and_removed() {
 
 #[test]
 fn bad_arguments_print_usage_and_exit_2() {
-    for bad in [
-        vec!["--bogus"],
-        vec!["--hold"],
-        vec!["--hold", "soon"],
-        vec!["--name", "/a/b"],
-        vec!["extra"],
-    ] {
-        lesson()
-            .args(&bad)
-            .assert()
-            .code(2)
-            .stderr(predicate::str::contains("usage: lesson-1"))
-            .stdout(predicate::str::is_empty());
-    }
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-1",
+        &[
+            &["--bogus"],
+            &["--hold"],
+            &["--hold", "soon"],
+            &["--hold", "5", "--pause"],
+            &["--name", "/a/b"],
+            &["extra"],
+        ],
+    );
     lesson()
         .arg("--help")
         .assert()
@@ -117,17 +115,7 @@ fn an_existing_name_is_refused_with_eexist_and_left_alone() {
 
 #[test]
 fn four_concurrent_runs_all_succeed() {
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            lesson()
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for c in children {
-        let pid = c.id();
-        let out = c.wait_with_output().unwrap();
+    for (pid, out) in testkit::run_concurrently(bin(), &[], 4) {
         assert!(out.status.success());
         assert!(String::from_utf8_lossy(&out.stdout).contains("child wrote 0xdeadbeef"));
         testkit::assert_nothing_left_by(1, pid);
