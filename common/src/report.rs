@@ -102,7 +102,15 @@ pub fn errno_of(err: &anyhow::Error) -> Option<Errno> {
 pub fn run(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     crate::narrate::init();
     crate::cleanup::install_signal_cleanup();
-    let result = body();
+    quiet_broken_pipe();
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        // `lesson-1 | head`: the reader went away. The guards already ran
+        // while the panic unwound; end quietly, as a C program killed by
+        // SIGPIPE would (128 + 13).
+        Err(payload) if is_broken_pipe(payload.as_ref()) => return ExitCode::from(141),
+        Err(payload) => std::panic::resume_unwind(payload),
+    };
     if crate::cleanup::interrupted() {
         // Ctrl-C arrived while the lesson ran (a hold, a blocking call that
         // then failed with EINTR...). The signal thread is removing what the
@@ -123,6 +131,26 @@ pub fn run(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Rust ignores SIGPIPE, so a `println!` into a closed pipe panics. Keep the
+/// panic (it unwinds through the cleanup guards) but not its message.
+fn quiet_broken_pipe() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default_hook(info);
+        }
+    }));
+}
+
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.starts_with("failed printing to std") && text.contains("Broken pipe")
 }
 
 /// The `ERROR …` line for an error chain.

@@ -162,3 +162,21 @@ fn works_for_an_unprivileged_user() {
     );
     assert!(!testkit::shm_exists(&name));
 }
+
+#[test]
+fn a_closed_pipe_ends_the_lesson_quietly_and_cleans_up() {
+    // `lesson-1 | head -3`: the reader goes away before the lesson is done.
+    let name = testkit::unique_name("pipe");
+    let mut child = lesson()
+        .args(["--name", &name])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // close the only reader
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!testkit::shm_exists(&name), "{name} left behind");
+}
