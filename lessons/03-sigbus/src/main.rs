@@ -90,6 +90,7 @@ impl Touched {
     }
 }
 
+// ANCHOR: helpers
 /// `shm_open(name, O_CREAT|O_EXCL|O_RDWR, 0600)`, narrated, with its guard.
 fn create(name: &str) -> anyhow::Result<(OwnedFd, Guard)> {
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
@@ -155,6 +156,9 @@ fn remove(
     Ok(())
 }
 
+// ANCHOR_END: helpers
+
+// ANCHOR: touch
 /// Fork a child that installs the fault handler and does `access` at
 /// `mapping + offset`; wait for it; report how it ended and what its
 /// handler saw. The parent never touches the address itself.
@@ -235,6 +239,8 @@ fn touch_in_child(
         }
     }
 }
+
+// ANCHOR_END: touch
 
 /// Say whether the child died as the lesson expects.
 fn expect_sigbus(t: &Touched, at: usize) {
