@@ -177,8 +177,8 @@ fn lesson() -> anyhow::Result<()> {
             fact("nattch while the child is alive", nattch(smid));
             evidence("ipcs -m", inspect::ipcs_rows(smid));
             explain(
-                "2: fork copied our attachment into the child (nattch counts attachments, \
-                 not processes that called shmat).",
+                "fork copied our attachment into the child, which never called shmat: \
+                 nattch counts attachments, not shmat calls.",
             );
             let w = go_w.as_raw_fd();
             let s = step(format!("close({w})"));
@@ -196,7 +196,7 @@ fn lesson() -> anyhow::Result<()> {
                 }
             }
             fact("nattch after the child exited", nattch(smid));
-            explain("1: _exit detached the child's copy; ours remains.");
+            explain("_exit detached the child's copy; ours remains.");
         }
     }
 
