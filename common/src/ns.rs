@@ -79,8 +79,9 @@ impl Refused {
     pub fn reason(&self) -> String {
         let why = match self.errno {
             Errno::EPERM => {
-                "this process may not make the namespace: it is not root (no CAP_SYS_ADMIN), \
-                 and unprivileged user namespaces are disabled here (a sysctl such as \
+                "this process may not make the namespace: it lacks CAP_SYS_ADMIN (it is not \
+                 root, or it is root inside a container), and unprivileged user namespaces \
+                 are disabled here (a sysctl such as \
                  kernel.unprivileged_userns_clone=0 or \
                  kernel.apparmor_restrict_unprivileged_userns=1), or a container's seccomp \
                  profile forbids unshare (Docker's default does)"

@@ -25,8 +25,8 @@ use anyhow::{Context, bail};
 use common::args::Cli;
 use common::children::{Waited, wait_deadline};
 use common::fault::{self, FaultReport};
-use common::report::CallResult;
 use common::narrate::{self, compare, evidence, explain, fact, note, section, step};
+use common::report::CallResult;
 use common::{Exit, cleanup, inspect, names, ns};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, posix_fallocate};
@@ -109,7 +109,10 @@ fn lesson() -> anyhow::Result<()> {
             return Err(Exit(SKIPPED).into());
         }
         let diff = ns::mount_table_diff(&before, &ns::mount_table());
-        evidence("findmnt /dev/shm   # back in the host's namespace", host_dev_shm());
+        evidence(
+            "findmnt /dev/shm   # back in the host's namespace",
+            host_dev_shm(),
+        );
         if !diff.is_empty() {
             bail!("the host's mount table changed:\n{}", diff.join("\n"));
         }
@@ -201,7 +204,7 @@ fn baseline(name: &str) -> anyhow::Result<()> {
     s.ok(format!(
         "f_type {:#x} ({}), {} bytes",
         st.filesystem_type().0,
-        inspect::fs_name(st.filesystem_type().0 as i64),
+        inspect::fs_name(magic(&st)),
         size
     ));
     let (fd, object) = create(name)?;
@@ -254,9 +257,7 @@ fn unmounted(name: &str) -> anyhow::Result<()> {
 // ANCHOR: on_disk
 fn on_disk(name: &str, scratch: &Path) -> anyhow::Result<()> {
     let dir = scratch.display().to_string();
-    let s = step(format!(
-        "mount({dir:?}, \"/dev/shm\", NULL, MS_BIND, NULL)"
-    ));
+    let s = step(format!("mount({dir:?}, \"/dev/shm\", NULL, MS_BIND, NULL)"));
     s.check(mount(
         Some(scratch),
         "/dev/shm",
@@ -428,13 +429,19 @@ fn removed(name: &str, scratch: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A statfs result's f_type (its C type differs between architectures).
+fn magic(st: &nix::sys::statfs::Statfs) -> i64 {
+    #[allow(clippy::unnecessary_cast)]
+    let m = st.filesystem_type().0 as i64;
+    m
+}
+
 /// glibc 2.33's `where_is_shmfs()` (sysdeps/unix/sysv/linux/shm-directory.c):
 /// `/dev/shm/` if statfs says tmpfs or ramfs, else the first `tmpfs` or `shm`
 /// entry of `/proc/mounts` (or `/etc/fstab`) that statfs confirms.
 fn where_is_shmfs_2_33() -> Option<String> {
     let is_shmfs = |magic: i64| magic == TMPFS_MAGIC || magic == RAMFS_MAGIC;
     let s = step("statfs(\"/dev/shm/\", &f)");
-    let magic = |st: &nix::sys::statfs::Statfs| st.filesystem_type().0 as i64;
     if let Ok(st) = s.outcome(statfs("/dev/shm/"), |st| {
         format!("0, f_type {:#x}", magic(st))
     }) {
@@ -556,7 +563,10 @@ fn full(name: &str) -> anyhow::Result<()> {
         }
     }
     let pages = report.progress();
-    let signal = report.fault().map(|f| f.signal_name()).unwrap_or("no signal");
+    let signal = report
+        .fault()
+        .map(|f| f.signal_name())
+        .unwrap_or("no signal");
     fact(
         "pages written before the fault",
         format!(
@@ -719,4 +729,3 @@ fn explain_without_namespaces(from: usize) {
     ));
 }
 // ANCHOR_END: helpers
-
