@@ -170,7 +170,9 @@ fn run_scenario(n: usize, name: &str, scratch: &Path) -> anyhow::Result<bool> {
 fn scenario_main(args: &[String]) -> ExitCode {
     narrate::init();
     let (Some(n), Some(name), Some(scratch)) = (
-        args.first().and_then(|a| a.parse::<usize>().ok()),
+        args.first()
+            .and_then(|a| a.parse::<usize>().ok())
+            .filter(|n| *n < SCENARIOS.len()),
         args.get(1),
         args.get(2).map(PathBuf::from),
     ) else {
@@ -534,7 +536,7 @@ fn full(name: &str) -> anyhow::Result<()> {
         SaFlags::SA_SIGINFO | SaFlags::SA_RESETHAND,
         SigSet::empty(),
     );
-    let s = step("fork()   # the child writes one byte in each page, in order");
+    let s = step("fork()");
     // SAFETY: the child only calls sigaction, does volatile stores and atomic
     // progress updates, and leaves with _exit: all async-signal-safe.
     match s.check(unsafe { fork() })? {
@@ -554,6 +556,7 @@ fn full(name: &str) -> anyhow::Result<()> {
         ForkResult::Parent { child } => {
             let guard = cleanup::child(child);
             s.ok(child);
+            explain("The child writes one byte into each page, in order, counting them.");
             let waited = wait_deadline(child, Duration::from_secs(60)).call("waitpid")?;
             guard.disarm();
             fact("the child", fault::describe(waited.status()));
