@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use common::args::Cli;
+use common::args::{Cli, Hold, hold_point};
 use common::children::{Waited, wait_deadline};
 use common::fault::{self, FaultReport};
 use common::narrate::{self, compare, evidence, explain, fact, note, section, step};
@@ -76,7 +76,17 @@ fn main() -> ExitCode {
 /// The parent: stays in the host's namespace, runs each scenario's child and
 /// checks the host's mount table after each one.
 fn lesson() -> anyhow::Result<()> {
-    Cli::new("lesson-4", ABOUT).parse();
+    let args = Cli::new("lesson-4", ABOUT)
+        .hold()
+        .option_with(
+            "--only",
+            "N",
+            "run only scenario N (0 to 4)",
+            parse_scenario,
+        )
+        .parse();
+    let hold = args.hold();
+    let only = args.value("--only").and_then(|v| parse_scenario(v).ok());
     narrate::title(
         "lesson-4",
         "/dev/shm unmounted, on a disk, removed, or full",
@@ -102,9 +112,12 @@ fn lesson() -> anyhow::Result<()> {
     fact("scratch directory on disk", scratch.display());
 
     for (n, heading) in SCENARIOS.iter().enumerate() {
+        if only.is_some_and(|o| o != n) {
+            continue;
+        }
         section(heading);
         let name = names::unique_name(4, &format!("s{n}"));
-        if !run_scenario(n, &name, &scratch)? {
+        if !run_scenario(n, &name, &scratch, hold)? {
             explain_without_namespaces(n);
             return Err(Exit(SKIPPED).into());
         }
@@ -143,23 +156,37 @@ fn lesson() -> anyhow::Result<()> {
 
 /// Start scenario `n` in a child and wait for it. False if the child could
 /// not make a private mount namespace (it exits 77 after saying why).
-fn run_scenario(n: usize, name: &str, scratch: &Path) -> anyhow::Result<bool> {
+fn run_scenario(n: usize, name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<bool> {
+    let hold = match hold {
+        Hold::No => "no".to_string(),
+        Hold::UntilEnter => "pause".to_string(),
+        Hold::For(d) => d.as_secs().to_string(),
+    };
     let args = [
         INTERNAL.to_string(),
         n.to_string(),
         name.to_string(),
         scratch.display().to_string(),
+        hold,
     ];
+    // If the child is killed before it removes its object (Ctrl-C during a
+    // hold), the parent removes it: scenario 0's is in the host's /dev/shm,
+    // scenario 2's in the scratch directory; the others die with the
+    // child's namespace.
+    let object = cleanup::posix_object(name);
     let child = ns::spawn_self(&args).context("starting the scenario's child")?;
     let pid = Pid::from_raw(child.id() as i32);
     let guard = cleanup::child(pid); // stopped and reaped on every path
-    let waited = wait_deadline(pid, Duration::from_secs(120)).context("waitpid")?;
+    let waited = wait_deadline(pid, Duration::from_secs(4000)).context("waitpid")?;
     guard.disarm();
+    if matches!(waited, Waited::Ended(WaitStatus::Exited(_, 0))) {
+        object.disarm(); // the child removed it itself
+    }
     match waited {
         Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(true),
         Waited::Ended(WaitStatus::Exited(_, code)) if code == i32::from(SKIPPED) => Ok(false),
         Waited::Ended(s) => bail!("scenario {n}'s child {}", fault::describe(s)),
-        Waited::TimedOut(_) => bail!("scenario {n}'s child did not finish in 120 s"),
+        Waited::TimedOut(_) => bail!("scenario {n}'s child did not finish in time"),
     }
 }
 // ANCHOR_END: parent
@@ -169,14 +196,19 @@ fn run_scenario(n: usize, name: &str, scratch: &Path) -> anyhow::Result<bool> {
 /// (unshare refuses a multi-threaded process), then stage and run.
 fn scenario_main(args: &[String]) -> ExitCode {
     narrate::init();
-    let (Some(n), Some(name), Some(scratch)) = (
-        args.first()
-            .and_then(|a| a.parse::<usize>().ok())
-            .filter(|n| *n < SCENARIOS.len()),
+    let (Some(n), Some(name), Some(scratch), Some(hold)) = (
+        args.first().and_then(|a| parse_scenario(a).ok()),
         args.get(1),
         args.get(2).map(PathBuf::from),
+        args.get(3).and_then(|h| match h.as_str() {
+            "no" => Some(Hold::No),
+            "pause" => Some(Hold::UntilEnter),
+            secs => secs.parse().ok().map(|s| Hold::For(Duration::from_secs(s))),
+        }),
     ) else {
-        eprintln!("usage: lesson-4 {INTERNAL} N NAME SCRATCH (lesson-4 starts this itself)");
+        eprintln!(
+            "usage: lesson-4 {INTERNAL} N NAME SCRATCH no|pause|SECS (lesson-4 starts this itself)"
+        );
         return ExitCode::from(2);
     };
     fact("child", format!("pid {}", getpid()));
@@ -187,18 +219,18 @@ fn scenario_main(args: &[String]) -> ExitCode {
         }
     }
     common::run(|| match n {
-        0 => baseline(name),
-        1 => unmounted(name),
-        2 => on_disk(name, &scratch),
-        3 => removed(name, &scratch),
-        4 => full(name),
+        0 => baseline(name, hold),
+        1 => unmounted(name, hold),
+        2 => on_disk(name, &scratch, hold),
+        3 => removed(name, &scratch, hold),
+        4 => full(name, hold),
         _ => bail!("no scenario {n}"),
     })
 }
 // ANCHOR_END: child
 
 // ANCHOR: baseline
-fn baseline(name: &str) -> anyhow::Result<()> {
+fn baseline(name: &str, hold: Hold) -> anyhow::Result<()> {
     explain("No namespace is needed to look: this child sees the host's /dev/shm.");
     let s = step("statfs(\"/dev/shm\", &buf)");
     let st = s.check(statfs("/dev/shm"))?;
@@ -211,6 +243,10 @@ fn baseline(name: &str) -> anyhow::Result<()> {
     ));
     let (fd, object) = create(name)?;
     let fs = locate(name)?;
+    look(
+        hold,
+        &[&format!("ls -l /dev/shm/{}", names::file_name(name))],
+    );
     remove(name, fd, object)?;
     result(0, "baseline", &format!("shm_open worked; {fs}"));
     Ok(())
@@ -218,7 +254,7 @@ fn baseline(name: &str) -> anyhow::Result<()> {
 // ANCHOR_END: baseline
 
 // ANCHOR: unmounted
-fn unmounted(name: &str) -> anyhow::Result<()> {
+fn unmounted(name: &str, hold: Hold) -> anyhow::Result<()> {
     explain(
         "In 2010 udev mounted a tmpfs on /dev, and `umount /dev/shm` left /dev/shm as a plain \
          directory on it. We stage exactly that: a fresh tmpfs over /dev (hiding the host's \
@@ -242,6 +278,14 @@ fn unmounted(name: &str) -> anyhow::Result<()> {
     );
     let (fd, object) = create(name)?;
     let fs = locate(name)?;
+    look(
+        hold,
+        &[
+            "findmnt -N PID /dev   # the child's /dev: our tmpfs",
+            "ls -l /proc/PID/root/dev/shm/   # the object, through the child's root",
+            "findmnt /dev/shm   # the host's: unchanged",
+        ],
+    );
     remove(name, fd, object)?;
     compare(
         "after umount /dev/shm, shm_open still works",
@@ -257,7 +301,7 @@ fn unmounted(name: &str) -> anyhow::Result<()> {
 // ANCHOR_END: unmounted
 
 // ANCHOR: on_disk
-fn on_disk(name: &str, scratch: &Path) -> anyhow::Result<()> {
+fn on_disk(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     let dir = scratch.display().to_string();
     let s = step(format!("mount({dir:?}, \"/dev/shm\", NULL, MS_BIND, NULL)"));
     s.check(mount(
@@ -282,6 +326,13 @@ fn on_disk(name: &str, scratch: &Path) -> anyhow::Result<()> {
             .iter()
             .map(inspect::ShmEntry::ls_line),
     );
+    look(
+        hold,
+        &[
+            &format!("ls -l {dir}   # the object, as a file on disk"),
+            "findmnt -N PID /dev/shm   # the child's bind mount",
+        ],
+    );
     remove(name, fd, object)?;
     explain(
         "The object is now an ordinary file on a disk filesystem. Mapping it still shares \
@@ -295,7 +346,7 @@ fn on_disk(name: &str, scratch: &Path) -> anyhow::Result<()> {
 // ANCHOR_END: on_disk
 
 // ANCHOR: removed
-fn removed(name: &str, scratch: &Path) -> anyhow::Result<()> {
+fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     explain(
         "We stage a 2010 machine with /dev/shm removed: a new root (a ramfs, so nothing is \
          written to disk) holding a udev tmpfs on /dev without shm, and /proc. After chroot, \
@@ -371,6 +422,13 @@ fn removed(name: &str, scratch: &Path) -> anyhow::Result<()> {
         bail!("shm_open worked without /dev/shm: this libc does not behave like glibc 2.34+");
     }
     let errno = opened.err().unwrap_or(Errno::UnknownErrno);
+    look(
+        hold,
+        &[
+            "cat /proc/PID/mounts   # the child's 2010 mount table",
+            "ls -l /proc/PID/root/dev/   # no shm directory",
+        ],
+    );
     let libc_version = inspect::libc_version().unwrap_or_else(|| "not glibc".into());
     fact("gnu_get_libc_version()", &libc_version);
 
@@ -485,7 +543,7 @@ fn where_is_shmfs_2_33() -> Option<String> {
 // ANCHOR_END: removed
 
 // ANCHOR: full
-fn full(name: &str) -> anyhow::Result<()> {
+fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
     let s = step(format!(
         "mount(\"tmpfs\", \"/dev/shm\", \"tmpfs\", MS_NOSUID|MS_NODEV, \"{FULL_TMPFS}\")"
     ));
@@ -517,6 +575,16 @@ fn full(name: &str) -> anyhow::Result<()> {
     explain(
         "ftruncate only sets the size: the file is sparse, and tmpfs allocates a page the first \
          time it is touched. So it succeeds on a tmpfs four times too small.",
+    );
+    look(
+        hold,
+        &[
+            &format!(
+                "ls -ls /proc/PID/root/dev/shm/{}   # 4 MiB, 0 blocks",
+                names::file_name(name)
+            ),
+            "stat -f /proc/PID/root/dev/shm   # the 1 MiB tmpfs: 256 blocks, all free",
+        ],
     );
 
     let len = NonZeroUsize::new(BIG).context("BIG is 0")?;
@@ -651,6 +719,28 @@ fn remove(name: &str, fd: OwnedFd, object: cleanup::Guard) -> anyhow::Result<()>
     object.disarm();
     s.ok(0);
     Ok(())
+}
+
+/// With `--hold`/`--pause`: wait inside the child's namespace while the
+/// student looks from a second terminal (`PID` is this child's pid).
+fn look(hold: Hold, commands: &[&str]) {
+    if hold == Hold::No {
+        return;
+    }
+    let pid = getpid().to_string();
+    let commands: Vec<String> = commands.iter().map(|c| c.replace("PID", &pid)).collect();
+    hold_point(hold, "sleep(50)", &commands);
+}
+
+/// A scenario number for `--only` and the internal entry point.
+fn parse_scenario(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n < SCENARIOS.len() => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a scenario (0 to {})",
+            SCENARIOS.len() - 1
+        )),
+    }
 }
 
 /// The line the tests (and a student skimming) look for.

@@ -294,12 +294,17 @@ fn concurrent_runs_never_collide() {
 
 #[test]
 fn bad_arguments_print_usage_and_exit_2() {
-    testkit::assert_usage_errors(bin(), "lesson-4", &[&["--bogus"], &["extra"]]);
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-4",
+        &[&["--bogus"], &["extra"], &["--only", "5"], &["--only", "x"]],
+    );
     // The internal entry point checks its arguments too, and stages nothing.
     for args in [
         &["--internal-scenario"][..],
         &["--internal-scenario", "x", "/n", "/tmp"],
-        &["--internal-scenario", "1", "/n"],
+        &["--internal-scenario", "1", "/n", "/tmp"],
+        &["--internal-scenario", "1", "/n", "/tmp", "soon"],
         &["--internal-scenario", "5", "/n", "/tmp"],
     ] {
         let out = Command::new(bin()).args(args).output().unwrap();
@@ -307,4 +312,50 @@ fn bad_arguments_print_usage_and_exit_2() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("usage: lesson-4"));
         assert!(!String::from_utf8_lossy(&out.stdout).contains("unshare"));
     }
+}
+
+#[test]
+fn sigterm_during_a_hold_removes_what_the_killed_child_left() {
+    let host = Host::before();
+    for only in ["0", "2"] {
+        let mut run = testkit::start(bin(), &["--only", only, "--hold", "30"]);
+        let pid = run.pid();
+        let scratch = std::env::temp_dir().join(format!("shm-lessons-4-{pid}-disk"));
+        let file = format!("shm-lessons-4-{pid}-s{only}");
+        run.wait_for("holding for 30 s", std::time::Duration::from_secs(20));
+        // The object exists during the hold: on the host's /dev/shm for the
+        // baseline, as a file in the scratch directory for the disk case.
+        let object = if only == "0" {
+            Path::new("/dev/shm").join(&file)
+        } else {
+            if expected_disk_fs(bin()).name == "tmpfs" {
+                return; // the scratch directory is elsewhere; nothing to see here
+            }
+            scratch.join(&file)
+        };
+        assert!(object.exists(), "{} during the hold", object.display());
+        // Stop only the parent: its cleanup kills the child (whose own
+        // guards then never run) and removes what the child left.
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, stderr) = run.finish(std::time::Duration::from_secs(10));
+        assert_eq!(status, Some(143), "{stderr}");
+        assert!(stderr.contains("cleanup: kill("), "{stderr}");
+        assert!(!object.exists(), "{} left behind", object.display());
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+        assert_nothing_left(pid);
+    }
+    host.assert_unchanged();
+}
+
+#[test]
+fn only_runs_the_scenario_asked_for() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--only", "3"]);
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        return assert_refusal_is_real(&stdout);
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(result_line(&stdout, 3).contains("where_is_shmfs would have used /dev/"));
+    assert!(!stdout.contains("result 2 ("), "{stdout}");
+    assert_nothing_left(pid);
 }
