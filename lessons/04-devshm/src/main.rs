@@ -121,26 +121,19 @@ fn lesson() -> anyhow::Result<()> {
             explain_without_namespaces(n);
             return Err(Exit(SKIPPED).into());
         }
-        let diff = ns::mount_table_diff(&before, &ns::mount_table());
         evidence(
             "findmnt /dev/shm   # back in the host's namespace",
             host_dev_shm(),
         );
-        if !diff.is_empty() {
-            bail!("the host's mount table changed:\n{}", diff.join("\n"));
-        }
+        host_mounts_unchanged(&before)?;
         explain("The host's mount table is unchanged: the child's mounts died with it.");
     }
 
     section("The host, after");
-    let after = ns::mount_table();
-    let diff = ns::mount_table_diff(&before, &after);
-    if !diff.is_empty() {
-        bail!("the host's mount table changed:\n{}", diff.join("\n"));
-    }
+    let count = host_mounts_unchanged(&before)?;
     fact(
         "/proc/self/mountinfo",
-        format!("unchanged ({} mounts, the same as before)", after.len()),
+        format!("unchanged ({count} mounts, the same as before)"),
     );
     evidence("findmnt /dev/shm", host_dev_shm());
     let s = step(format!("rmdir({:?})", scratch.display().to_string()));
@@ -152,6 +145,17 @@ fn lesson() -> anyhow::Result<()> {
          are exactly as they were.",
     );
     Ok(())
+}
+
+/// The host's mount table, compared with `before`: an error lists every
+/// change; otherwise the number of mounts.
+fn host_mounts_unchanged(before: &[String]) -> anyhow::Result<usize> {
+    let now = ns::mount_table();
+    let diff = ns::mount_table_diff(before, &now);
+    if !diff.is_empty() {
+        bail!("the host's mount table changed:\n{}", diff.join("\n"));
+    }
+    Ok(now.len())
 }
 
 /// Start scenario `n` in a child and wait for it. False if the child could
@@ -179,8 +183,8 @@ fn run_scenario(n: usize, name: &str, scratch: &Path, hold: Hold) -> anyhow::Res
     let guard = cleanup::child(pid); // stopped and reaped on every path
     let waited = wait_deadline(pid, Duration::from_secs(4000)).context("waitpid")?;
     guard.disarm();
-    if matches!(waited, Waited::Ended(WaitStatus::Exited(_, 0))) {
-        object.disarm(); // the child removed it itself
+    if let Waited::Ended(WaitStatus::Exited(..)) = waited {
+        object.disarm(); // the child ended normally: its own guards removed it
     }
     match waited {
         Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(true),
