@@ -292,7 +292,8 @@ fn unmounted(name: &str, hold: Hold) -> anyhow::Result<()> {
     );
     remove(name, fd, object)?;
     compare(
-        "after umount /dev/shm, shm_open still works",
+        "after umount /dev/shm, \"shm_open only creates a file under /dev/shm, regardless of \
+         whether /dev/shm is a partition mounted with tmpfs\"",
         &format!("shm_open worked; {fs}"),
         "glibc 2.34+ simply opens /dev/shm/NAME: a plain directory is fine, and the file lands \
          on whatever filesystem holds it. On a machine of today that is devtmpfs, shared by \
@@ -470,7 +471,8 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         s.ok(0);
     }
     compare(
-        "after rmdir /dev/shm, shm_open still works and the file is /dev/mymem",
+        "after rmdir /dev/shm, \"the program cannot find /dev/shm, and the shared memory \
+         file is created in the /dev/ directory\" (ls -l /dev/mymem)",
         &format!(
             "shm_open failed with {} on glibc {libc_version}; glibc 2.33's search would have \
              picked {}",
