@@ -333,7 +333,8 @@ pub fn parse_mountinfo_line(line: &str) -> Option<MountInfo> {
     })
 }
 
-fn unescape_octal(s: &str) -> String {
+/// Undo the octal escapes of mount tables (`\040` for a space).
+pub fn unescape_octal(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,0 +1,361 @@
+//! lesson-4 proves what it prints, on the running kernel, and that the host's
+//! mounts and /dev/shm are exactly as they were.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{inspect, ns, testkit};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lesson-4"))
+}
+
+fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The value of the `result N (...)` line the lesson prints for scenario N.
+fn result_line(stdout: &str, n: usize) -> String {
+    let head = format!("result {n} (");
+    stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix(&head))
+        .and_then(|l| l.split_once("): "))
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_else(|| panic!("no result line for scenario {n} in:\n{stdout}"))
+}
+
+/// The host's /dev/shm as the test sees it before a run, to compare after.
+struct Host {
+    mountinfo: Vec<String>,
+    dev_shm_dev: u64,
+    dev_shm_ino: u64,
+    sentinel: PathBuf,
+}
+
+const SENTINEL: &[u8] = b"lesson-4 must leave this file alone";
+
+impl Host {
+    fn before() -> Host {
+        let md = std::fs::metadata("/dev/shm").expect("the host has /dev/shm");
+        let name = testkit::unique_name("sentinel");
+        let sentinel = Path::new("/dev/shm").join(name.trim_start_matches('/'));
+        std::fs::write(&sentinel, SENTINEL).unwrap();
+        Host {
+            mountinfo: ns::mount_table(),
+            dev_shm_dev: md.dev(),
+            dev_shm_ino: md.ino(),
+            sentinel,
+        }
+    }
+
+    /// The mount table, /dev/shm's identity and type, and our sentinel file
+    /// in it are all unchanged.
+    fn assert_unchanged(self) {
+        let diff = ns::mount_table_diff(&self.mountinfo, &ns::mount_table());
+        let still = std::fs::read(&self.sentinel);
+        assert!(diff.is_empty(), "the host's mount table changed: {diff:#?}");
+        let md = std::fs::metadata("/dev/shm").expect("/dev/shm still exists");
+        assert_eq!(
+            (md.dev(), md.ino()),
+            (self.dev_shm_dev, self.dev_shm_ino),
+            "/dev/shm is not the same directory on the same filesystem"
+        );
+        assert_eq!(inspect::fs_type("/dev/shm").unwrap().name, "tmpfs");
+        assert_eq!(
+            still.as_deref().ok(),
+            Some(SENTINEL),
+            "the sentinel file in /dev/shm was lost or changed"
+        );
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        // Also on a failed assertion: never leave the sentinel behind.
+        let _ = std::fs::remove_file(&self.sentinel);
+    }
+}
+
+/// The filesystem scenario 2 must report: the lesson's scratch directory
+/// lives in the temp dir when that is on a disk, else next to the binary.
+fn expected_disk_fs(binary: &Path) -> inspect::FsType {
+    let temp = inspect::fs_type(std::env::temp_dir()).unwrap();
+    if temp.name != "tmpfs" && temp.name != "ramfs" {
+        return temp;
+    }
+    inspect::fs_type(binary.parent().unwrap()).unwrap()
+}
+
+/// Each scenario's real outcome, as the lesson printed it.
+fn assert_outcomes(stdout: &str, disk: inspect::FsType) {
+    let tmpfs = "tmpfs (f_type 0x1021994)";
+    assert_eq!(
+        result_line(stdout, 0),
+        format!("shm_open worked; the object is on {tmpfs}, in the mount at /dev/shm")
+    );
+    // Unmounted: a plain directory, so the object lands on /dev's tmpfs.
+    assert_eq!(
+        result_line(stdout, 1),
+        format!("shm_open worked; the object is on {tmpfs}, in the mount at /dev")
+    );
+    // On disk: the type of the scratch directory's filesystem, not tmpfs.
+    assert_eq!(
+        result_line(stdout, 2),
+        format!("shm_open worked; the object is on {disk}, in the mount at /dev/shm")
+    );
+    // Removed: ENOENT on glibc 2.34+, and 2.33's search picks udev's /dev.
+    let r3 = result_line(stdout, 3);
+    if inspect::glibc_at_least(2, 34) == Some(true) {
+        assert!(r3.starts_with("shm_open failed with ENOENT;"), "{r3}");
+    }
+    assert!(
+        r3.ends_with("glibc 2.33's where_is_shmfs would have used /dev/"),
+        "{r3}"
+    );
+    assert!(stdout.contains("| udev /dev tmpfs "), "{stdout}");
+    assert!(
+        stdout.contains("\"/dev/shm/\", &f) = -1 ENOENT"),
+        "where_is_shmfs's first statfs fails:\n{stdout}"
+    );
+    // Full: ftruncate works, SIGBUS after N > 0 pages that fit the tmpfs,
+    // and posix_fallocate fails with ENOSPC.
+    let r4 = result_line(stdout, 4);
+    let rest = r4
+        .strip_prefix("ftruncate to 4194304 worked; SIGBUS after ")
+        .unwrap_or_else(|| panic!("{r4}"));
+    let (pages, rest) = rest.split_once(" pages (tmpfs size ").unwrap();
+    let (size, rest) = rest.split_once(')').unwrap();
+    let pages: u64 = pages.parse().unwrap();
+    let size: u64 = size.parse().unwrap();
+    assert_eq!(size, 1 << 20, "the tmpfs is 1 MiB");
+    assert!(
+        pages > 0 && pages * inspect::page_size() as u64 <= size,
+        "{pages} pages in {size} bytes"
+    );
+    assert_eq!(rest, "; posix_fallocate: ENOSPC");
+    assert!(stdout.contains("killed by SIGBUS (signal 7)"), "{stdout}");
+    assert!(stdout.contains("si_code=BUS_ADRERR"), "{stdout}");
+    assert!(stdout.contains("MS_REC|MS_PRIVATE, NULL) = 0"), "{stdout}");
+}
+
+/// The lesson's pid, from the names it printed (`/shm-lessons-4-<pid>-s0`).
+fn lesson_pid(stdout: &str) -> u32 {
+    let at = stdout.find("\"/shm-lessons-4-").expect("an object name") + 16;
+    stdout[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+fn assert_nothing_left(pid: u32) {
+    testkit::assert_nothing_left_by(4, pid);
+    for dir in [std::env::temp_dir(), bin().parent().unwrap().to_path_buf()] {
+        let scratch = dir.join(format!("shm-lessons-4-{pid}-disk"));
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+    }
+}
+
+/// Exit status 77 is accepted only when the kernel really refuses: the
+/// lesson names the refused call, it was not simulated, and unshare(1)
+/// fails here too.
+fn assert_refusal_is_real(stdout: &str) {
+    assert!(!stdout.contains("simulated"), "{stdout}");
+    // unshare itself, or (Ubuntu 24.04's AppArmor rule) the uid map or the
+    // first mount inside a namespace without capabilities.
+    assert!(
+        stdout.contains("no private mount namespace: ") && stdout.contains(" = -1 E"),
+        "{stdout}"
+    );
+    let probe = if testkit::is_root() {
+        Command::new("unshare").args(["--mount", "true"]).status()
+    } else {
+        Command::new("unshare")
+            .args(["--user", "--map-root-user", "--mount", "true"])
+            .status()
+    };
+    if let Ok(status) = probe {
+        assert!(
+            !status.success(),
+            "lesson-4 exited 77, but unshare(1) works here:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn every_scenario_shows_its_real_outcome_and_the_host_is_untouched() {
+    let host = Host::before();
+    let (pid, out) = testkit::run_with_pid(bin(), &[]);
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        assert_refusal_is_real(&stdout);
+    } else {
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert_outcomes(&stdout, expected_disk_fs(bin()));
+        assert!(
+            stdout.contains("/proc/self/mountinfo: unchanged"),
+            "{stdout}"
+        );
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    host.assert_unchanged();
+    assert_nothing_left(pid);
+}
+
+#[test]
+fn works_for_an_unprivileged_user_through_a_user_namespace() {
+    let host = Host::before();
+    let Some(out) = testkit::run_as_nobody(bin(), &[]) else {
+        host.assert_unchanged();
+        return;
+    };
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        assert!(!stdout.contains("simulated"), "{stdout}");
+        assert!(stdout.contains("no private mount namespace: "), "{stdout}");
+    } else {
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(
+            stdout.contains("unshare(CLONE_NEWUSER|CLONE_NEWNS) = 0"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("\"/proc/self/uid_map\", \"0 65534 1\") = 9"));
+        assert_outcomes(&stdout, expected_disk_fs(bin()));
+    }
+    host.assert_unchanged();
+    assert_nothing_left(lesson_pid(&stdout));
+}
+
+#[test]
+fn without_namespaces_it_explains_every_scenario_and_exits_77() {
+    let host = Host::before();
+    let child = Command::new(bin())
+        .env("NO_COLOR", "1")
+        .env(ns::DENY_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
+    // The baseline needs no namespace, so it still ran for real.
+    assert!(result_line(&stdout, 0).starts_with("shm_open worked"));
+    // Which call failed, and why.
+    assert!(
+        stdout.contains("= -1 EPERM (Operation not permitted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("simulated by SHM_LESSONS_DENY_UNSHARE=1"));
+    assert!(stdout.contains("CAP_SYS_ADMIN"));
+    // Every remaining scenario is still explained, and how to run it.
+    for expected in [
+        "1. Unmounted:",
+        "2. On a disk:",
+        "ENOENT",
+        "/dev/mymem",
+        "SIGBUS",
+        "ENOSPC",
+        "sudo ./target/debug/lesson-4",
+        "exit status 77",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?}:\n{stdout}");
+    }
+    // Nothing was staged: no mount at all was attempted.
+    assert!(!stdout.contains("MS_PRIVATE"), "{stdout}");
+    assert!(!stdout.contains("result 1 ("), "{stdout}");
+    host.assert_unchanged();
+    assert_nothing_left(pid);
+}
+
+#[test]
+fn concurrent_runs_never_collide() {
+    let host = Host::before();
+    for (pid, out) in testkit::run_concurrently(bin(), &[], 3) {
+        let (stdout, stderr) = text(&out);
+        if out.status.code() == Some(77) {
+            assert_refusal_is_real(&stdout);
+        } else {
+            assert!(out.status.success(), "{stdout}\n{stderr}");
+            assert!(result_line(&stdout, 4).ends_with("posix_fallocate: ENOSPC"));
+        }
+        assert_nothing_left(pid);
+    }
+    host.assert_unchanged();
+}
+
+#[test]
+fn bad_arguments_print_usage_and_exit_2() {
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-4",
+        &[&["--bogus"], &["extra"], &["--only", "5"], &["--only", "x"]],
+    );
+    // The internal entry point checks its arguments too, and stages nothing.
+    for args in [
+        &["--internal-scenario"][..],
+        &["--internal-scenario", "x", "/n", "/tmp"],
+        &["--internal-scenario", "1", "/n", "/tmp"],
+        &["--internal-scenario", "1", "/n", "/tmp", "soon"],
+        &["--internal-scenario", "5", "/n", "/tmp"],
+    ] {
+        let out = Command::new(bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("usage: lesson-4"));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("unshare"));
+    }
+}
+
+#[test]
+fn sigterm_during_a_hold_removes_what_the_killed_child_left() {
+    let host = Host::before();
+    for only in ["0", "2"] {
+        let mut run = testkit::start(bin(), &["--only", only, "--hold", "30"]);
+        let pid = run.pid();
+        let scratch = std::env::temp_dir().join(format!("shm-lessons-4-{pid}-disk"));
+        let file = format!("shm-lessons-4-{pid}-s{only}");
+        run.wait_for("holding for 30 s", std::time::Duration::from_secs(20));
+        // The object exists during the hold: on the host's /dev/shm for the
+        // baseline, as a file in the scratch directory for the disk case.
+        let object = if only == "0" {
+            Path::new("/dev/shm").join(&file)
+        } else {
+            if expected_disk_fs(bin()).name == "tmpfs" {
+                return; // the scratch directory is elsewhere; nothing to see here
+            }
+            scratch.join(&file)
+        };
+        assert!(object.exists(), "{} during the hold", object.display());
+        // Stop only the parent: its cleanup kills the child (whose own
+        // guards then never run) and removes what the child left.
+        run.signal(nix::sys::signal::Signal::SIGTERM);
+        let (status, stderr) = run.finish(std::time::Duration::from_secs(10));
+        assert_eq!(status, Some(143), "{stderr}");
+        assert!(stderr.contains("cleanup: kill("), "{stderr}");
+        assert!(!object.exists(), "{} left behind", object.display());
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+        assert_nothing_left(pid);
+    }
+    host.assert_unchanged();
+}
+
+#[test]
+fn only_runs_the_scenario_asked_for() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--only", "3"]);
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        return assert_refusal_is_real(&stdout);
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(result_line(&stdout, 3).contains("where_is_shmfs would have used /dev/"));
+    assert!(!stdout.contains("result 2 ("), "{stdout}");
+    assert_nothing_left(pid);
+}
