@@ -92,6 +92,11 @@ fn check_combinations(a: &common::args::Args) -> Result<(), String> {
     if modes > 1 {
         return Err("choose one of --part, --cleanup, --monitor".into());
     }
+    let lesson_runs =
+        !(a.flag("--cleanup") || a.flag("--receive-fd") || a.value("--monitor").is_some());
+    if !lesson_runs && (a.flag("--pause") || a.value("--hold").is_some()) {
+        return Err("--hold and --pause go with the lesson's parts".into());
+    }
     if !a.flag("--cleanup") {
         for o in cleanup_only {
             if a.flag(o) || a.value(o).is_some() {

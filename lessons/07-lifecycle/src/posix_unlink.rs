@@ -13,7 +13,7 @@ use common::args::{Hold, hold_point};
 use common::narrate::{self, compare, evidence, explain, fact, section, step, warn};
 use common::{cleanup, inspect, names};
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
+use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::unistd::{close, ftruncate, getpid};
@@ -65,6 +65,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     s.check(ftruncate(&fd, SIZE as libc::off_t))?;
     s.ok(0);
 
+    let s = step(format!("posix_fallocate({}, 0, {SIZE})", fd.as_raw_fd()));
+    s.check(posix_fallocate(&fd, 0, SIZE as libc::off_t))
+        .context("this part needs 64 MiB free in /dev/shm")?;
+    s.ok("0: every page of the object now exists in memory");
+    let filled = show_shmem("after allocating 64 MiB", start)?;
+    explain(
+        "tmpfs pages are counted as Shmem in /proc/meminfo. ftruncate alone allocates \
+         nothing (the file is sparse); posix_fallocate allocates every page now, so a full \
+         /dev/shm fails here with ENOSPC instead of a SIGBUS at the first touch.",
+    );
+
     let len = NonZeroUsize::new(SIZE).context("size 0")?;
     let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
     let s = step(format!(
@@ -76,17 +87,6 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     // object; only this process uses it, through raw pointers.
     let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
     s.ok(format!("{:p}", ptr.as_ptr()));
-
-    let s = step(format!("memset({:p}, 0x5a, {SIZE})", ptr.as_ptr()));
-    // SAFETY: ptr..ptr+SIZE is the live, writable mapping made above; no
-    // reference into it exists and no other process maps it.
-    unsafe { ptr.as_ptr().cast::<u8>().write_bytes(0x5a, SIZE) };
-    s.ok("every page now exists in memory");
-    let filled = show_shmem("after filling 64 MiB", start)?;
-    explain(
-        "tmpfs pages are counted as Shmem in /proc/meminfo. An object costs memory only for \
-         the pages that were touched: ftruncate alone allocates nothing.",
-    );
 
     let raw = fd.as_raw_fd();
     let s = step(format!("close({raw})"));

@@ -40,6 +40,7 @@ fn part1_unlink_while_mapped() {
         &[
             "O_CREAT|O_EXCL|O_RDWR, 0600) = fd ",
             "ftruncate(3, 67108864) = 0",
+            "posix_fallocate(3, 0, 67108864) = 0",
             "-unlink\") = 0",
             "No such file or directory",
             "-unlink (deleted)",
@@ -254,6 +255,8 @@ fn bad_arguments_print_usage_and_exit_2() {
             &["--cleanup", "--keys", "12345678"],
             &["--cleanup", "--part", "1"],
             &["--monitor", "x"],
+            &["--cleanup", "--hold", "5"],
+            &["--monitor", "1", "--pause"],
             &["--bogus"],
         ],
     );
@@ -518,4 +521,33 @@ fn scripts_cleanup_is_a_dry_run_that_calls_the_lesson() {
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    let Some(out) = testkit::run_as_nobody(bin(), &[]) else {
+        return;
+    };
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    has(
+        &stdout,
+        &[
+            "lesson-7 done",
+            "-rw------- 1 nobody ",
+            "= killed by SIGBUS (signal 7)",
+            "owned by nobody (uid 65534): dry run",
+        ],
+    );
+    // Only this test runs lesson-7 as nobody: nothing of it may remain.
+    let left: Vec<_> = common::inspect::dev_shm_entries()
+        .into_iter()
+        .filter(|e| e.uid == 65534 && e.name.starts_with("shm-lessons-7-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let segs: Vec<_> = common::inspect::sysv_segments()
+        .into_iter()
+        .filter(|s| s.uid == 65534 && (s.key as u32) >> 20 == 0x537)
+        .collect();
+    assert!(segs.is_empty(), "{segs:?}");
 }
