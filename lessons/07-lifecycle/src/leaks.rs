@@ -83,6 +83,9 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     // on a path built on the stack, ftruncate, shmget, shmat, a volatile
     // store, write, pause, _exit) on data prepared before the fork.
     match s.check(unsafe { fork() })? {
+        // SAFETY: in the child, only the async-signal-safe calls listed above,
+        // on a C string and integers made before the fork; the volatile store
+        // goes to the start of the page shmat just attached.
         ForkResult::Child => unsafe {
             children::die_with_parent();
             let fd = libc::shm_open(

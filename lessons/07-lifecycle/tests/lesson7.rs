@@ -307,6 +307,7 @@ fn segment_of_a_dead_process(key: i32) -> i32 {
     use nix::unistd::{ForkResult, fork};
     // SAFETY: the child only calls shmget and _exit, both async-signal-safe.
     match unsafe { fork() }.unwrap() {
+        // SAFETY: shmget takes integers only; _exit ends the child at once.
         ForkResult::Child => unsafe {
             let id = libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
             libc::_exit(if id == -1 { 1 } else { 0 })
