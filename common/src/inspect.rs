@@ -487,3 +487,96 @@ mod tests {
         }
     }
 }
+
+/// A field of `/proc/meminfo` in kB (`Shmem`, `MemFree`, ...), as the kernel
+/// prints it: `Shmem:   123456 kB`.
+pub fn meminfo_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_meminfo_kib(&text, field)
+}
+
+/// The value of `field` in the text of `/proc/meminfo`, in kB.
+pub fn parse_meminfo_kib(text: &str, field: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (name, rest) = l.split_once(':')?;
+        if name.trim() != field {
+            return None;
+        }
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// The process ids of every process this user may look at (`/proc/<pid>`).
+pub fn pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a process with this pid exists (`kill(pid, 0)`: EPERM means it
+/// exists but belongs to another user).
+pub fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
+}
+
+/// The pids of processes (that we may inspect) which map or hold open the
+/// file `path`: the lines of `/proc/<pid>/maps` and the links in
+/// `/proc/<pid>/fd` that name it, "(deleted)" or not.
+pub fn pids_using(path: &str) -> Vec<i32> {
+    let mapped = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .map(|m| {
+                m.lines().any(|l| {
+                    let p = l.split_whitespace().nth(5).unwrap_or("");
+                    p == path
+                })
+            })
+            .unwrap_or(false)
+    };
+    let open = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|rd| {
+                rd.filter_map(Result::ok).any(|e| {
+                    std::fs::read_link(e.path())
+                        .map(|t| t.as_os_str() == path)
+                        .unwrap_or(false)
+                })
+            })
+            .unwrap_or(false)
+    };
+    pids()
+        .into_iter()
+        .filter(|&p| mapped(p) || open(p))
+        .collect()
+}
+
+#[cfg(test)]
+mod meminfo_tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_meminfo_field() {
+        let text = "MemTotal:       16318480 kB\nShmem:             12345 kB\nShmemHugePages:        0 kB\n";
+        assert_eq!(parse_meminfo_kib(text, "Shmem"), Some(12345));
+        assert_eq!(parse_meminfo_kib(text, "Nope"), None);
+        assert!(meminfo_kib("MemTotal").is_some_and(|v| v > 0));
+    }
+
+    #[test]
+    fn we_are_alive_and_use_our_own_files() {
+        assert!(pid_alive(std::process::id() as i32));
+        assert!(!pid_alive(0));
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(pids_using(exe.to_str().unwrap()).contains(&(std::process::id() as i32)));
+    }
+}

@@ -1,0 +1,451 @@
+//! Part 5 and `lesson-7 --cleanup` (what `scripts/cleanup` runs): list, and
+//! with `--yes` remove, the leftovers of this workspace's lessons that the
+//! current user owns, and nothing else.
+//!
+//! - POSIX objects: files in `/dev/shm` named `shm-lessons-*` (every lesson
+//!   name starts with [`names::PREFIX`]), owned by our uid.
+//! - System V segments: a lesson key (`0x53……`, see [`names::is_lesson_key`]),
+//!   owned by our uid.
+//!
+//! An object still in use is left alone: a POSIX object whose name carries
+//! the pid of a running process or that a process maps or holds open, a
+//! segment that is attached or whose creator still runs. Segments with key
+//! IPC_PRIVATE whose creator is dead are listed but never removed: nothing
+//! says a lesson made them.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use anyhow::bail;
+use common::inspect::{self, ShmEntry, SysvSegment};
+use common::narrate::{self, evidence, explain, fact, section, step};
+use common::{names, sysv};
+use nix::sys::mman::shm_unlink;
+use nix::unistd::getuid;
+
+/// What `--prefix` and `--keys` narrow the cleanup to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    /// POSIX names (without `/`) must start with this; it starts with
+    /// [`names::PREFIX`].
+    pub prefix: String,
+    /// Only these lesson keys, or every lesson key.
+    pub keys: Option<Vec<i32>>,
+}
+
+impl Default for Filter {
+    fn default() -> Self {
+        Filter {
+            prefix: names::PREFIX.to_string(),
+            keys: None,
+        }
+    }
+}
+
+/// `--prefix P`: `P` or `/P`, starting with `shm-lessons-`, no inner `/`.
+pub fn parse_prefix(s: &str) -> Result<String, String> {
+    let p = s.strip_prefix('/').unwrap_or(s);
+    if !p.starts_with(names::PREFIX) {
+        return Err(format!("the prefix must start with {}", names::PREFIX));
+    }
+    if p.contains('/') {
+        return Err("a prefix has no '/' after the first character".into());
+    }
+    Ok(p.to_string())
+}
+
+/// `--keys K,K`: System V keys made by the lessons (`0x53……`).
+pub fn parse_keys(s: &str) -> Result<Vec<i32>, String> {
+    s.split(',')
+        .map(|k| {
+            let key = common::args::parse_key(k)?;
+            if names::is_lesson_key(key) {
+                Ok(key)
+            } else {
+                Err(format!(
+                    "{} is not a lesson key (lesson keys start with 0x53)",
+                    names::key_hex(key)
+                ))
+            }
+        })
+        .collect()
+}
+
+/// What happens to one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A leftover of ours: listed, removed with `--yes`.
+    Remove,
+    /// Ours, but something still uses it: left alone, and why.
+    InUse(String),
+    /// A lesson name or key owned by another user: never touched.
+    Foreign(u32),
+    /// Not a regular file (a directory, a symlink): never touched.
+    NotFile,
+}
+
+/// The whole decision, before anything is removed.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub posix: Vec<(ShmEntry, Verdict)>,
+    pub sysv: Vec<(SysvSegment, Verdict)>,
+    /// IPC_PRIVATE segments of ours, unattached, whose creator is dead.
+    pub orphans: Vec<SysvSegment>,
+}
+
+impl Plan {
+    pub fn to_remove(&self) -> usize {
+        let p = self.posix.iter().filter(|(_, v)| *v == Verdict::Remove);
+        let s = self.sysv.iter().filter(|(_, v)| *v == Verdict::Remove);
+        p.count() + s.count()
+    }
+}
+
+/// The pid in a lesson name: `shm-lessons-<lesson>-<pid>…`.
+pub fn pid_in_name(file: &str) -> Option<i32> {
+    let rest = file.strip_prefix(names::PREFIX)?;
+    rest.split('-').nth(1)?.parse().ok()
+}
+
+/// Decide, without touching anything. `posix_in_use` says why a name is
+/// still in use (if it is); `alive` whether a pid runs.
+pub fn plan(
+    entries: &[ShmEntry],
+    segments: &[SysvSegment],
+    uid: u32,
+    filter: &Filter,
+    posix_in_use: impl Fn(&ShmEntry) -> Option<String>,
+    alive: impl Fn(i32) -> bool,
+) -> Plan {
+    let mut out = Plan::default();
+    for e in entries {
+        if !e.name.starts_with(names::PREFIX) || !e.name.starts_with(&filter.prefix) {
+            continue;
+        }
+        let verdict = if e.uid != uid {
+            Verdict::Foreign(e.uid)
+        } else if !e.is_file {
+            Verdict::NotFile
+        } else if let Some(why) = posix_in_use(e) {
+            Verdict::InUse(why)
+        } else {
+            Verdict::Remove
+        };
+        out.posix.push((e.clone(), verdict));
+    }
+    for s in segments {
+        if s.key == libc::IPC_PRIVATE {
+            if filter.keys.is_none()
+                && s.uid == uid
+                && s.nattch == 0
+                && s.perms & sysv::SHM_DEST == 0
+                && !alive(s.cpid)
+            {
+                out.orphans.push(s.clone());
+            }
+            continue;
+        }
+        if !names::is_lesson_key(s.key) {
+            continue;
+        }
+        if filter.keys.as_ref().is_some_and(|k| !k.contains(&s.key)) {
+            continue;
+        }
+        let verdict = if s.uid != uid {
+            Verdict::Foreign(s.uid)
+        } else if s.nattch > 0 {
+            Verdict::InUse(format!("{} process(es) attached", s.nattch))
+        } else if alive(s.cpid) {
+            Verdict::InUse(format!("its creator, pid {}, is running", s.cpid))
+        } else {
+            Verdict::Remove
+        };
+        out.sysv.push((s.clone(), verdict));
+    }
+    out
+}
+
+/// Why a POSIX object on this machine is still in use, if it is.
+fn posix_in_use(e: &ShmEntry) -> Option<String> {
+    if let Some(pid) = pid_in_name(&e.name).filter(|&p| inspect::pid_alive(p)) {
+        return Some(format!("its name carries pid {pid}, which is running"));
+    }
+    let users = inspect::pids_using(&format!("/dev/shm/{}", e.name));
+    (!users.is_empty()).then(|| format!("mapped or open by pid {users:?}"))
+}
+
+fn why_left(v: &Verdict) -> String {
+    match v {
+        Verdict::Remove => String::new(),
+        Verdict::InUse(why) => format!("in use: {why}"),
+        Verdict::Foreign(uid) => {
+            format!("owned by {} (uid {uid}), not you", inspect::user_name(*uid))
+        }
+        Verdict::NotFile => "not a regular file".into(),
+    }
+}
+
+/// `lesson-7 --cleanup [--yes] [--prefix P] [--keys K,K]`.
+pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
+    let uid = getuid().as_raw();
+    section(format!(
+        "Leftovers of the shm-lessons lessons owned by {} (uid {uid}){}",
+        inspect::user_name(uid),
+        if yes { "" } else { ": dry run" }
+    ));
+    let keys = match &filter.keys {
+        Some(k) => k
+            .iter()
+            .map(|k| names::key_hex(*k))
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "0x53000000-0x53ffffff".into(),
+    };
+    explain(format!(
+        "Looking for POSIX objects /dev/shm/{}* and System V segments with keys {keys}, owned \
+         by you and not in use. Nothing else is ever touched.",
+        filter.prefix
+    ));
+
+    // ANCHOR: plan
+    let plan = plan(
+        &inspect::dev_shm_entries(),
+        &inspect::sysv_segments(),
+        uid,
+        filter,
+        posix_in_use,
+        inspect::pid_alive,
+    );
+    // ANCHOR_END: plan
+    evidence(
+        &format!("ls -l /dev/shm/{}*", filter.prefix),
+        plan.posix.iter().map(|(e, _)| e.ls_line()),
+    );
+    let mut failed = 0;
+    for (e, v) in &plan.posix {
+        let path = format!("/dev/shm/{}", e.name);
+        if *v != Verdict::Remove {
+            fact("left alone", format!("{path}: {}", why_left(v)));
+        } else if !yes {
+            fact("would remove", format!("{path}   (rm {path})"));
+        } else if remove_posix(e, uid) {
+            fact("removed", &path);
+        } else {
+            failed += 1;
+        }
+    }
+    evidence(
+        &format!("ipcs -m   # keys {keys}"),
+        plan.sysv.iter().map(|(s, _)| s.line.clone()),
+    );
+    for (s, v) in &plan.sysv {
+        let what = format!("System V key {} shmid {}", names::key_hex(s.key), s.shmid);
+        if *v != Verdict::Remove {
+            fact("left alone", format!("{what}: {}", why_left(v)));
+        } else if !yes {
+            fact("would remove", format!("{what}   (ipcrm -m {})", s.shmid));
+        } else if remove_sysv(s, uid) {
+            fact("removed", &what);
+        } else {
+            failed += 1;
+        }
+    }
+    for s in &plan.orphans {
+        fact(
+            "not removed",
+            format!(
+                "System V shmid {} (key IPC_PRIVATE, {} bytes): its creator pid {} is dead and \
+                 nothing is attached, but an IPC_PRIVATE segment carries no mark of a lesson. \
+                 If you know it is yours: ipcrm -m {}",
+                s.shmid, s.size, s.cpid, s.shmid
+            ),
+        );
+    }
+    let n = plan.to_remove();
+    if yes {
+        narrate::conclude(format!("removed {} object(s)", n - failed));
+    } else if n == 0 {
+        narrate::conclude("dry run: no leftovers to remove");
+    } else {
+        narrate::conclude(format!(
+            "dry run: nothing removed; {n} object(s) would be removed. Run scripts/cleanup --yes \
+             to remove them."
+        ));
+    }
+    if failed > 0 {
+        bail!("{failed} object(s) could not be removed");
+    }
+    Ok(())
+}
+
+/// Check again right before removing (the listing may be stale), then
+/// `shm_unlink`.
+fn remove_posix(e: &ShmEntry, uid: u32) -> bool {
+    let path = format!("/dev/shm/{}", e.name);
+    match std::fs::symlink_metadata(&path) {
+        Ok(md) if md.uid() == uid && (md.file_type().is_file() || md.file_type().is_fifo()) => {}
+        _ => {
+            fact("skipped", format!("{path} changed since it was listed"));
+            return false;
+        }
+    }
+    let name = format!("/{}", e.name);
+    let s = step(format!("shm_unlink({name:?})"));
+    match s.outcome(shm_unlink(name.as_str()), |_| "0".into()) {
+        Ok(()) => true,
+        Err(_) => false,
+    }
+}
+
+/// Check the segment is still the one listed (ids are reused), then
+/// `shmctl(IPC_RMID)`.
+fn remove_sysv(seg: &SysvSegment, uid: u32) -> bool {
+    match sysv::shmctl_stat(seg.shmid) {
+        Ok(ds) if ds.shm_perm.__key == seg.key && ds.shm_perm.uid == uid && ds.shm_nattch == 0 => {}
+        _ => {
+            fact(
+                "skipped",
+                format!("shmid {} changed since it was listed", seg.shmid),
+            );
+            return false;
+        }
+    }
+    let s = step(format!("shmctl({}, IPC_RMID, NULL)", seg.shmid));
+    s.outcome(sysv::shmctl_rmid(seg.shmid), |_| "0".into())
+        .is_ok()
+}
+
+/// Part 5 of the lesson: the dry run, explained.
+pub fn part() -> anyhow::Result<()> {
+    section("Part 5. The cleanup command");
+    explain(
+        "scripts/cleanup (which runs lesson-7 --cleanup) lists what the lessons left behind \
+         and you own: every lesson name starts with shm-lessons- and every lesson key with \
+         0x53. It is a dry run unless you add --yes. Objects of other users, objects still in \
+         use and anything without the lessons' mark are never touched; /dev/shm is sticky \
+         (drwxrwxrwt), so another user's stale object could not be removed by you anyway.",
+    );
+    run(&Filter::default(), false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, uid: u32) -> ShmEntry {
+        ShmEntry {
+            name: name.into(),
+            size: 4096,
+            mode: 0o100600,
+            uid,
+            gid: uid,
+            nlink: 1,
+            is_file: true,
+        }
+    }
+
+    fn seg(key: i32, shmid: i32, uid: u32, nattch: u64, cpid: i32) -> SysvSegment {
+        SysvSegment {
+            key,
+            shmid,
+            perms: 0o600,
+            size: 4096,
+            cpid,
+            lpid: cpid,
+            nattch,
+            uid,
+            gid: uid,
+            line: String::new(),
+        }
+    }
+
+    const ME: u32 = 1000;
+    const DEAD: i32 = 999_999;
+    const LIVE: i32 = 4242;
+
+    fn decide(filter: &Filter) -> Plan {
+        let entries = [
+            entry("shm-lessons-1-77", ME),
+            entry("shm-lessons-1-78", 1001),
+            entry("shm-lessons-1-4242", ME),
+            entry("other-program", ME),
+            entry("shm-lesson-typo", ME),
+            ShmEntry {
+                is_file: false,
+                ..entry("shm-lessons-dir", ME)
+            },
+        ];
+        let lesson = 0x5370_0001;
+        let segments = [
+            seg(lesson, 1, ME, 0, DEAD),
+            seg(lesson + 1, 2, 1001, 0, DEAD),
+            seg(lesson + 2, 3, ME, 1, DEAD),
+            seg(lesson + 3, 4, ME, 0, LIVE),
+            seg(12345678, 5, ME, 0, DEAD),
+            seg(0, 6, ME, 0, DEAD),
+            seg(0, 7, ME, 0, LIVE),
+        ];
+        plan(
+            &entries,
+            &segments,
+            ME,
+            filter,
+            |e| (pid_in_name(&e.name) == Some(LIVE)).then(|| "live".into()),
+            |p| p == LIVE,
+        )
+    }
+
+    #[test]
+    fn only_our_unused_lesson_objects_are_removed() {
+        let p = decide(&Filter::default());
+        let posix: Vec<(&str, &Verdict)> =
+            p.posix.iter().map(|(e, v)| (e.name.as_str(), v)).collect();
+        assert_eq!(
+            posix,
+            [
+                ("shm-lessons-1-77", &Verdict::Remove),
+                ("shm-lessons-1-78", &Verdict::Foreign(1001)),
+                ("shm-lessons-1-4242", &Verdict::InUse("live".into())),
+                ("shm-lessons-dir", &Verdict::NotFile),
+            ]
+        );
+        let sysv: Vec<(i32, bool)> = p
+            .sysv
+            .iter()
+            .map(|(s, v)| (s.shmid, *v == Verdict::Remove))
+            .collect();
+        assert_eq!(sysv, [(1, true), (2, false), (3, false), (4, false)]);
+        assert!(matches!(p.sysv[1].1, Verdict::Foreign(1001)));
+        assert_eq!(p.orphans.iter().map(|s| s.shmid).collect::<Vec<_>>(), [6]);
+        assert_eq!(p.to_remove(), 2);
+    }
+
+    #[test]
+    fn filters_narrow_the_selection() {
+        let p = decide(&Filter {
+            prefix: "shm-lessons-1-7".into(),
+            keys: Some(vec![0x5370_0002]),
+        });
+        let names: Vec<&str> = p.posix.iter().map(|(e, _)| e.name.as_str()).collect();
+        assert_eq!(names, ["shm-lessons-1-77", "shm-lessons-1-78"]);
+        assert_eq!(p.sysv.len(), 1);
+        assert_eq!(p.sysv[0].0.shmid, 2);
+        assert!(p.orphans.is_empty());
+    }
+
+    #[test]
+    fn arguments_are_checked() {
+        assert_eq!(
+            parse_prefix("/shm-lessons-test-1-").unwrap(),
+            "shm-lessons-test-1-"
+        );
+        assert!(parse_prefix("mymem").is_err());
+        assert!(parse_prefix("shm-lessons-a/b").is_err());
+        assert_eq!(
+            parse_keys("0x53700001,0x53700002").unwrap(),
+            [0x5370_0001, 0x5370_0002]
+        );
+        assert!(parse_keys("12345678").is_err());
+        assert_eq!(pid_in_name("shm-lessons-test-4242-x-0"), Some(4242));
+        assert_eq!(pid_in_name("shm-lessons-1-root"), None);
+    }
+}

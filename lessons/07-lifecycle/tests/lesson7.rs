@@ -1,0 +1,554 @@
+//! lesson-7 proves what it prints, on the running kernel.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{sysv, testkit};
+use nix::sys::signal::Signal;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lesson-7"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Run one part; assert success and that the run left nothing behind.
+fn part(n: &str) -> (String, String) {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", n]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "part {n}: {stdout}\n{stderr}");
+    testkit::assert_nothing_left_by(7, pid);
+    (stdout, stderr)
+}
+
+fn has(text: &str, expected: &[&str]) {
+    for e in expected {
+        assert!(text.contains(e), "missing {e:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn part1_unlink_while_mapped() {
+    let (out, _) = part("1");
+    has(
+        &out,
+        &[
+            "O_CREAT|O_EXCL|O_RDWR, 0600) = fd ",
+            "ftruncate(3, 67108864) = 0",
+            "posix_fallocate(3, 0, 67108864) = 0",
+            "-unlink\") = 0",
+            "No such file or directory",
+            "-unlink (deleted)",
+            "read it back = 0xdeadbeef: the mapping still works",
+            ", O_RDWR, 0) = -1 ENOENT (No such file or directory)",
+            "Shmem after munmap:",
+        ],
+    );
+    // The maps line of the unlinked object is a shared mapping.
+    let line = out
+        .lines()
+        .find(|l| l.ends_with("-unlink (deleted)"))
+        .unwrap();
+    assert!(line.contains(" rw-s "), "{line}");
+}
+
+#[test]
+fn part2_rmid_while_attached() {
+    let (out, _) = part("2");
+    has(
+        &out,
+        &[
+            "IPC_CREAT|IPC_EXCL|0600) = ",
+            "IPC_RMID, NULL) = 0",
+            "SHM_DEST not set",
+            "SHM_DEST set: marked by IPC_RMID",
+            "key     0x00000000",
+            ", 0, 0) = -1 ENOENT (No such file or directory)",
+            "the second attachment sees the same memory: 0xdeadbeef",
+            "(the first attachment)",
+            "IPC_STAT, &ds) = -1 EINVAL (Invalid argument)",
+        ],
+    );
+    // /proc/sysvipc/shm showed key 0 and perms 1600 (SHM_DEST|0600).
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start_matches([' ', '|']).starts_with("0 ") && l.contains(" 1600 ")),
+        "{out}"
+    );
+    if inspect_ipcs() {
+        assert!(
+            out.lines()
+                .any(|l| l.contains("0x00000000") && l.trim_end().ends_with("dest")),
+            "ipcs -m showed no dest row:\n{out}"
+        );
+        assert!(out.contains("(no row with shmid"), "{out}");
+    }
+}
+
+fn inspect_ipcs() -> bool {
+    common::inspect::ipcs_m().is_some()
+}
+
+fn rmid_forced() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced").is_ok_and(|s| s.trim() == "1")
+}
+
+#[test]
+fn part3_both_kinds_survive_a_sigkilled_child() {
+    let (out, _) = part("3");
+    has(
+        &out,
+        &[
+            "= killed by SIGKILL (signal 9)",
+            "What the dead child left behind",
+            "(from a shell: rm /dev/shm/shm-lessons-7-",
+        ],
+    );
+    let after = out.split("What the dead child left behind").nth(1).unwrap();
+    let file_line = after.lines().nth(2).unwrap();
+    assert!(
+        file_line.contains("-rw------- 1 ") && file_line.ends_with("-leak"),
+        "the POSIX object survived the child: {file_line}"
+    );
+    if rmid_forced() {
+        assert!(after.contains("kernel.shm_rmid_forced: 1"), "{after}");
+    } else {
+        has(
+            after,
+            &[
+                "kernel.shm_rmid_forced: 0",
+                "Both survive",
+                "(from a shell: ipcrm -m ",
+            ],
+        );
+    }
+}
+
+#[test]
+fn part4_memfd_sigbus_without_seals_eperm_with_them() {
+    let (out, err) = part("4");
+    let (unsealed, sealed) = out.split_once("With F_SEAL_SHRINK|F_SEAL_GROW").unwrap();
+    has(
+        unsealed,
+        &[
+            "MFD_CLOEXEC|MFD_ALLOW_SEALING) = fd ",
+            "/memfd:shm-lessons-7-memfd (deleted)",
+            "SCM_RIGHTS gave us fd ",
+            "F_GET_SEALS) = 0 (no seals)",
+            "read: \"hello through a memfd\"",
+            ", 0) = 0: nothing stops the sender",
+            "= killed by SIGBUS (signal 7)",
+        ],
+    );
+    has(
+        sealed,
+        &[
+            "F_ADD_SEALS, F_SEAL_SHRINK|F_SEAL_GROW) = 0",
+            "F_GET_SEALS) = F_SEAL_SHRINK|F_SEAL_GROW",
+            ", 0) = -1 EPERM (Operation not permitted)",
+            ", 8192) = -1 EPERM (Operation not permitted)",
+            "\"hello through a memfd\": still there",
+            "= exited with status 0",
+        ],
+    );
+    assert!(
+        err.contains("SIGBUS handler: si_code=BUS_ADRERR"),
+        "the receiver's handler saw the fault: {err}"
+    );
+    assert!(!out.contains("/dev/shm/shm-lessons-7-memfd"), "{out}");
+}
+
+#[test]
+fn the_whole_lesson_runs_concurrently_and_leaves_nothing() {
+    for (pid, out) in testkit::run_concurrently(bin(), &[], 2) {
+        let stdout = text(&out.stdout);
+        assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+        assert!(stdout.contains("lesson-7 done"), "{stdout}");
+        assert!(!stdout.contains('\x1b'), "escape codes with NO_COLOR=1");
+        testkit::assert_nothing_left_by(7, pid);
+    }
+}
+
+#[test]
+fn ctrl_c_during_a_hold_removes_what_the_run_made() {
+    // Part 3's hold comes after the crash: both leftovers exist then.
+    let mut run = testkit::start(bin(), &["--part", "3", "--hold", "30"]);
+    run.wait_for("holding for 30 s", Duration::from_secs(20));
+    let pid = run.pid();
+    let name = format!("shm-lessons-7-{pid}-leak");
+    assert!(
+        testkit::shm_exists(&name),
+        "the leftover exists during the hold"
+    );
+    run.signal(Signal::SIGINT);
+    let (status, stderr) = run.finish(Duration::from_secs(5));
+    assert_eq!(status, Some(130), "{stderr}");
+    assert!(stderr.contains("cleanup: shm_unlink"), "{stderr}");
+    assert!(!testkit::shm_exists(&name), "{name} left after Ctrl-C");
+    let key = (0x53u32 << 24 | 7 << 20 | (pid & 0xf_ffff)) as i32;
+    assert!(testkit::segments_with_key(key).is_empty(), "segment left");
+    testkit::assert_nothing_left_by(7, pid);
+
+    // Part 1's hold: the object is unlinked but mapped; SIGTERM still ends it.
+    let mut run = testkit::start(bin(), &["--part", "1", "--hold", "30"]);
+    run.wait_for("holding for 30 s", Duration::from_secs(20));
+    run.signal(Signal::SIGTERM);
+    let (status, stderr) = run.finish(Duration::from_secs(5));
+    assert_eq!(status, Some(143), "{stderr}");
+}
+
+#[test]
+fn monitor_prints_the_ipc_stat_record() {
+    let id = sysv::shmget(libc::IPC_PRIVATE, 4096, libc::IPC_CREAT | 0o600).unwrap();
+    let _guard = common::cleanup::sysv_segment(id);
+    let out = Command::new(bin())
+        .args(["--monitor", &id.to_string()])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    has(
+        &stdout,
+        &[
+            &format!("shmctl({id}, IPC_STAT, &ds) = 0"),
+            "segsz   4096",
+            "nattch  0",
+            &format!("cpid    {}", std::process::id()),
+            "dtime   0 (never)",
+            "mode    0o600 (rw-------), SHM_DEST not set",
+        ],
+    );
+    sysv::shmctl_rmid(id).unwrap();
+    let out = Command::new(bin())
+        .args(["--monitor", &id.to_string()])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "ERROR [EINVAL Invalid argument] shmctl({id}, IPC_STAT"
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn bad_arguments_print_usage_and_exit_2() {
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-7",
+        &[
+            &["--part"],
+            &["--part", "0"],
+            &["--part", "6"],
+            &["--yes"],
+            &["--prefix", "shm-lessons-x"],
+            &["--cleanup", "--prefix", "mymem"],
+            &["--cleanup", "--keys", "12345678"],
+            &["--cleanup", "--part", "1"],
+            &["--monitor", "x"],
+            &["--cleanup", "--hold", "5"],
+            &["--monitor", "1", "--pause"],
+            &["--bogus"],
+        ],
+    );
+}
+
+// ---- the cleanup command ----------------------------------------------
+
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// Objects a test made; removed on every path (also after a failed assert).
+#[derive(Default)]
+struct Made {
+    files: Vec<String>,
+    segments: Vec<i32>,
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+        for &id in &self.segments {
+            let _ = sysv::shmctl_rmid(id);
+        }
+    }
+}
+
+/// A pid that no process has now: a child that already ended.
+fn dead_pid() -> u32 {
+    let mut c = Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
+/// A lesson key (0x53 top byte) for tests: lesson nibble 0xe, then bits
+/// from our pid and a counter, so parallel tests never collide.
+fn test_key() -> i32 {
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let low = (std::process::id().wrapping_mul(16) + n) & 0xf_ffff;
+    (0x53u32 << 24 | 0xe << 20 | low) as i32
+}
+
+/// Create a segment with `key` in a child that then exits, so its creator
+/// is dead, like a crashed lesson's.
+fn segment_of_a_dead_process(key: i32) -> i32 {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::{ForkResult, fork};
+    // SAFETY: the child only calls shmget and _exit, both async-signal-safe.
+    match unsafe { fork() }.unwrap() {
+        // SAFETY: shmget takes integers only; _exit ends the child at once.
+        ForkResult::Child => unsafe {
+            let id = libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
+            libc::_exit(if id == -1 { 1 } else { 0 })
+        },
+        ForkResult::Parent { child } => {
+            assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+            sysv::shmget(key, 0, 0).unwrap()
+        }
+    }
+}
+
+/// Give a segment to another user (root only).
+fn give_segment_to_nobody(id: i32) {
+    let mut ds = sysv::shmctl_stat(id).unwrap();
+    ds.shm_perm.uid = 65534;
+    // SAFETY: ds is a valid shmid_ds read by IPC_STAT; IPC_SET reads it.
+    assert_eq!(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) }, 0);
+}
+
+fn cleanup(args: &[&str]) -> Output {
+    let out = Command::new(bin())
+        .arg("--cleanup")
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn cleanup_lists_then_removes_exactly_our_leftovers() {
+    let mut made = Made::default();
+    let dead = dead_pid();
+    let prefix = format!("shm-lessons-test-{dead}-{}-clean-", std::process::id());
+    let path = |what: &str| format!("/dev/shm/{prefix}{what}");
+
+    // Ours and left over: a POSIX object and a lesson-key segment of a dead
+    // process.
+    std::fs::write(path("ours"), b"leftover").unwrap();
+    made.files.push(path("ours"));
+    let our_key = test_key();
+    let our_seg = segment_of_a_dead_process(our_key);
+    made.segments.push(our_seg);
+
+    // Not ours to remove: outside the lessons' prefix, a key without the
+    // lessons' mark, a segment whose creator (this test) is running, and, when
+    // we are root, a lesson object and segment given to another user.
+    let foreign_name = format!("/dev/shm/not-{prefix}foreign");
+    std::fs::write(&foreign_name, b"not a lesson").unwrap();
+    made.files.push(foreign_name.clone());
+    let plain_key = test_key() & 0x00ff_ffff | 0x1200_0000;
+    let plain_seg = segment_of_a_dead_process(plain_key);
+    made.segments.push(plain_seg);
+    let live_key = test_key();
+    let live_seg = sysv::shmget(live_key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600).unwrap();
+    made.segments.push(live_seg);
+    let mut keys = vec![our_key, live_key];
+    let root = testkit::is_root();
+    let mut other_key = 0;
+    if root {
+        std::fs::write(path("nobodys"), b"another user's").unwrap();
+        made.files.push(path("nobodys"));
+        std::os::unix::fs::chown(path("nobodys"), Some(65534), Some(65534)).unwrap();
+        other_key = test_key();
+        let other_seg = segment_of_a_dead_process(other_key);
+        made.segments.push(other_seg);
+        give_segment_to_nobody(other_seg);
+        keys.push(other_key);
+    }
+    let keys_arg = keys
+        .iter()
+        .map(|k| format!("{:#010x}", *k as u32))
+        .collect::<Vec<_>>()
+        .join(",");
+    let filter = ["--prefix", prefix.as_str(), "--keys", keys_arg.as_str()];
+
+    // The dry run lists, and removes nothing.
+    let dry = text(&cleanup(&filter).stdout);
+    has(
+        &dry,
+        &[
+            &format!("would remove: {}   (rm {})", path("ours"), path("ours")),
+            &format!(
+                "would remove: System V key {:#010x} shmid {our_seg}   (ipcrm -m {our_seg})",
+                our_key as u32
+            ),
+            &format!(
+                "left alone: System V key {:#010x} shmid {live_seg}: in use: its creator, pid {}, is running",
+                live_key as u32,
+                std::process::id()
+            ),
+            "dry run: nothing removed; 2 object(s) would be removed",
+        ],
+    );
+    if root {
+        has(
+            &dry,
+            &[
+                &format!(
+                    "left alone: {}: owned by nobody (uid 65534), not you",
+                    path("nobodys")
+                ),
+                &format!("System V key {:#010x} shmid", other_key as u32),
+            ],
+        );
+    }
+    assert!(!dry.contains("foreign"), "{dry}");
+    assert!(Path::new(&path("ours")).exists());
+    assert!(sysv::shmctl_stat(our_seg).is_ok());
+
+    // --yes removes exactly the two leftovers.
+    let yes = text(&cleanup(&[&filter[..], &["--yes"]].concat()).stdout);
+    has(
+        &yes,
+        &[
+            &format!("shm_unlink(\"/{prefix}ours\") = 0"),
+            &format!("shmctl({our_seg}, IPC_RMID, NULL) = 0"),
+            &format!("removed: {}", path("ours")),
+            "removed 2 object(s)",
+        ],
+    );
+    assert!(!Path::new(&path("ours")).exists(), "our leftover is gone");
+    assert!(sysv::shmctl_stat(our_seg).is_err(), "our segment is gone");
+    assert_eq!(std::fs::read(&foreign_name).unwrap(), b"not a lesson");
+    assert!(
+        sysv::shmctl_stat(plain_seg).is_ok(),
+        "the non-lesson segment survives"
+    );
+    assert!(
+        sysv::shmctl_stat(live_seg).is_ok(),
+        "the live segment survives"
+    );
+    if root {
+        let md = std::fs::metadata(path("nobodys")).unwrap();
+        assert_eq!(md.uid(), 65534, "another user's object survives");
+        let seg = sysv::shmctl_stat(made.segments[3]).unwrap();
+        assert_eq!(seg.shm_perm.uid, 65534, "another user's segment survives");
+    }
+}
+
+#[test]
+fn cleanup_leaves_an_object_that_a_process_maps() {
+    let made = Made::default();
+    let mut made = made;
+    let dead = dead_pid();
+    let prefix = format!("shm-lessons-test-{dead}-{}-mapped-", std::process::id());
+    let path = format!("/dev/shm/{prefix}x");
+    std::fs::write(&path, [0u8; 4096]).unwrap();
+    made.files.push(path.clone());
+    let f = std::fs::File::open(&path).unwrap();
+    // SAFETY: a fresh read-only shared mapping of our own file, never read.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    drop(f);
+    let out = text(&cleanup(&["--prefix", &prefix, "--yes"]).stdout);
+    // SAFETY: the mapping made above; unused afterwards.
+    unsafe { libc::munmap(p, 4096) };
+    assert!(
+        out.contains(&format!(
+            "left alone: {path}: in use: mapped or open by pid [{}]",
+            std::process::id()
+        )),
+        "{out}"
+    );
+    assert!(Path::new(&path).exists());
+}
+
+#[test]
+fn scripts_cleanup_is_a_dry_run_that_calls_the_lesson() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/cleanup");
+    let help = Command::new(&script).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    assert!(text(&help.stdout).contains("usage: scripts/cleanup [--yes]"));
+
+    let mut made = Made::default();
+    let dead = dead_pid();
+    let prefix = format!("shm-lessons-test-{dead}-{}-script-", std::process::id());
+    let path = format!("/dev/shm/{prefix}x");
+    std::fs::write(&path, b"leftover").unwrap();
+    made.files.push(path.clone());
+    let out = Command::new(&script)
+        .args(["--prefix", &prefix])
+        .env("SHM_LESSONS_CLEANUP_BIN", bin())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("would remove: {path}")),
+        "{stdout}"
+    );
+    assert!(Path::new(&path).exists(), "a dry run removes nothing");
+    let bad = Command::new(&script)
+        .arg("--bogus")
+        .env("SHM_LESSONS_CLEANUP_BIN", bin())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    let Some(out) = testkit::run_as_nobody(bin(), &[]) else {
+        return;
+    };
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    has(
+        &stdout,
+        &[
+            "lesson-7 done",
+            "-rw------- 1 nobody ",
+            "= killed by SIGBUS (signal 7)",
+            "owned by nobody (uid 65534): dry run",
+        ],
+    );
+    // Only this test runs lesson-7 as nobody: nothing of it may remain.
+    let left: Vec<_> = common::inspect::dev_shm_entries()
+        .into_iter()
+        .filter(|e| e.uid == 65534 && e.name.starts_with("shm-lessons-7-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let segs: Vec<_> = common::inspect::sysv_segments()
+        .into_iter()
+        .filter(|s| s.uid == 65534 && (s.key as u32) >> 20 == 0x537)
+        .collect();
+    assert!(segs.is_empty(), "{segs:?}");
+}
