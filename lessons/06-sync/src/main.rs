@@ -31,6 +31,7 @@ use common::fault::describe;
 use common::narrate::{
     self, block, compare, evidence, explain, fact, note, section, step, subsection, warn,
 };
+use common::report::CallResult;
 use common::{cleanup, futex, inspect, names};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -224,9 +225,10 @@ fn reap(pid: Pid, guard: cleanup::Guard, deadline: Duration) -> anyhow::Result<(
 }
 
 // ANCHOR: contest
-/// Fork two workers that each run `work(n)` from the same starting line, and
+/// Fork two workers (0 and 1) that each run `work(worker, n)` from the same
+/// starting line, and
 /// return the time from the first start to the last finish.
-fn contest(area: &Contest, n: u64, work: impl Fn(u64)) -> anyhow::Result<Duration> {
+fn contest(area: &Contest, n: u64, work: impl Fn(usize, u64)) -> anyhow::Result<Duration> {
     area.counter.store(0, Ordering::SeqCst);
     area.ready.store(0, Ordering::SeqCst);
     area.go.store(0, Ordering::SeqCst);
@@ -243,7 +245,7 @@ fn contest(area: &Contest, n: u64, work: impl Fn(u64)) -> anyhow::Result<Duratio
                     std::thread::yield_now(); // sched_yield: let the other worker start
                 }
                 area.start_ns[w].store(now_ns(), Ordering::Relaxed);
-                work(n);
+                work(w, n);
                 area.end_ns[w].store(now_ns(), Ordering::Relaxed);
                 // SAFETY: _exit skips atexit handlers and the parent's destructors.
                 unsafe { libc::_exit(0) }
@@ -350,7 +352,7 @@ fn lesson() -> anyhow::Result<()> {
              touches the memory, so it may keep the counter in a register and store it once at \
              the end. Another process does touch it: with a &mut that is undefined behaviour."
         ));
-        let elapsed = contest(area, n, |n| {
+        let elapsed = contest(area, n, |_worker, n| {
             for _ in 0..n {
                 let v = area.counter.load(Ordering::Relaxed); // load...
                 area.counter.store(v + 1, Ordering::Relaxed); // ...then store: a gap between
@@ -389,7 +391,7 @@ fn lesson() -> anyhow::Result<()> {
              (lock xadd on x86-64, ldadd or an ll/sc loop on arm64): nothing can come between \
              the load and the store.",
         );
-        let elapsed = contest(area, n, |n| {
+        let elapsed = contest(area, n, |_worker, n| {
             for _ in 0..n {
                 area.counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -423,7 +425,7 @@ fn lesson() -> anyhow::Result<()> {
              memory (it does: in our page). Initial value 1: a lock. Each worker now does \
              sem_wait; the same racy load + store as part 1; sem_post.",
         );
-        let elapsed = contest(area, n, |n| {
+        let elapsed = contest(area, n, |_worker, n| {
             for _ in 0..n {
                 // SAFETY: sem was initialised before fork and stays mapped.
                 while unsafe { libc::sem_wait(sem) } == -1 && Errno::last() == Errno::EINTR {}
@@ -748,7 +750,7 @@ fn lesson() -> anyhow::Result<()> {
             for _ in 0..n {
                 // SAFETY: the mutex is consistent again and mapped.
                 pthread(unsafe { libc::pthread_mutex_lock(mutex) })
-                    .map_err(|e| anyhow::anyhow!("pthread_mutex_lock: {e}"))?;
+                    .call(format!("pthread_mutex_lock({mutex:p})"))?;
                 data.count.fetch_add(1, Ordering::Relaxed);
                 data.copy.fetch_add(1, Ordering::Relaxed);
                 // SAFETY: we hold it.
