@@ -724,10 +724,8 @@ fn lesson() -> anyhow::Result<()> {
             ));
             // SAFETY: the mutex is initialised and mapped; ts is a valid
             // absolute CLOCK_REALTIME time.
-            let locked = s.outcome(
-                pthread(unsafe { libc::pthread_mutex_timedlock(mutex, &ts) }),
-                |_| "0".into(),
-            );
+            let rc = unsafe { libc::pthread_mutex_timedlock(mutex, &ts) };
+            let locked = s.outcome(pthread(rc), |_| "0".into());
             let (count, copy) = (
                 data.count.load(Ordering::SeqCst),
                 data.copy.load(Ordering::SeqCst),

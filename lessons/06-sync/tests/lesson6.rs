@@ -259,3 +259,22 @@ fn bad_arguments_print_usage_and_exit_2() {
         ],
     );
 }
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    let Some(out) = testkit::run_as_nobody(bin(), &["--iterations", "20000"]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("-1 EOWNERDEAD (Owner died)"), "{text}");
+    assert!(
+        text.contains("messages received: 2000; with a torn or stale payload: 0"),
+        "{text}"
+    );
+    assert!(text.contains("shm_unlink(\"/shm-lessons-6-"), "{text}");
+}
