@@ -993,15 +993,14 @@ fn msync_myth(shared: &Shared) -> anyhow::Result<()> {
         }
         let avg = spent / SYNC_ROUNDS;
         s.ok(format!(
-            "0   ({label}: store + msync x{SYNC_ROUNDS}, {:.1} us per msync)",
-            avg.as_nanos() as f64 / 1000.0
+            "0   ({label}; a store before each, x{SYNC_ROUNDS})"
         ));
         timings.push((label, avg));
     }
     block(
         timings
             .iter()
-            .map(|(l, d)| format!("{l:<24} {:>9.1} us per call", d.as_nanos() as f64 / 1000.0))
+            .map(|(l, d)| format!("{l:<24} {:>9.1} us per msync", d.as_nanos() as f64 / 1000.0))
             .collect::<Vec<_>>()
             .join("\n"),
     );

@@ -176,7 +176,11 @@ fn the_value_is_visible_without_msync_and_ordering_holds() {
             "disk file, MS_ASYNC",
             "disk file, MS_SYNC",
         ] {
-            assert!(text.contains(&format!("= 0   ({kind}: ")), "{kind}: {text}");
+            assert!(text.contains(&format!("= 0   ({kind}; ")), "{kind}: {text}");
+            let row = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(kind) && l.ends_with(" us per msync"));
+            assert!(row.is_some(), "no timing row for {kind}: {text}");
         }
     } else {
         assert!(text.contains("no disk-backed directory found"), "{text}");
