@@ -26,6 +26,7 @@ pub mod args;
 pub mod children;
 pub mod cleanup;
 pub mod fault;
+pub mod futex;
 pub mod inspect;
 pub mod names;
 pub mod narrate;

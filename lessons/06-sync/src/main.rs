@@ -1,0 +1,1097 @@
+//! Lesson 6: the kernel does not synchronise shared memory.
+//!
+//! The article says "the kernel does not synchronize access to the shared
+//! memory" and uses `wait` as its only synchronisation. It also says `msync`
+//! "writes the cached data back to the physical memory so that other processes
+//! can listen for these changes". This lesson forks workers over one
+//! `MAP_SHARED` object and measures, on the running kernel:
+//!
+//! 1. the race: two processes lose updates to a shared counter;
+//! 2. fix A: `fetch_add` (an atomic read-modify-write) gives exactly 2N;
+//! 3. fix B: a process-shared POSIX semaphore guards the same increment;
+//! 4. fix C: `FUTEX_WAIT`/`FUTEX_WAKE` to sleep instead of spinning, and why
+//!    `FUTEX_PRIVATE_FLAG` never wakes another process;
+//! 5. a lock holder killed with SIGKILL: a plain process-shared mutex is lost
+//!    forever, a robust one reports `EOWNERDEAD`;
+//! 6. the msync myth: visibility needs no `msync`; `MS_SYNC` is about disks.
+//!
+//! Run it: `cargo run -p lesson-6` (`--part N` runs one part).
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, AsRawFd};
+use std::process::ExitCode;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use common::args::Cli;
+use common::children::{Waited, die_with_parent, state, wait_deadline, wait_until};
+use common::fault::describe;
+use common::narrate::{
+    self, block, compare, evidence, explain, fact, note, section, step, subsection, warn,
+};
+use common::report::CallResult;
+use common::{cleanup, futex, inspect, names};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_open, shm_unlink};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::stat::Mode;
+use nix::sys::uio::pread;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, close, fork, ftruncate, unlink};
+
+const ABOUT: &str = "Lesson 6: the kernel does not synchronise shared memory. Forked processes \
+    race on a shared counter and lose updates; atomics, a process-shared semaphore, futexes and \
+    a robust mutex fix or explain it; and msync turns out to have nothing to do with \
+    visibility.";
+
+/// Increments per worker process in parts 1-3 and 5.
+const DEFAULT_ITERATIONS: u64 = 1_000_000;
+/// Pages in the shared object: one for each group of parts.
+const PAGES: usize = 5;
+/// How long a worker may run before the lesson kills it (never hang).
+const WORKER_DEADLINE: Duration = Duration::from_secs(60);
+/// The bounded wait of the child that nobody will wake (private futex).
+const PRIVATE_WAIT: Duration = Duration::from_secs(1);
+/// The bounded wait of the child that will be woken (shared futex).
+const SHARED_WAIT: Duration = Duration::from_secs(10);
+/// How long the next locker waits for a dead holder's mutex.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(1);
+/// What the child stores in part 6.
+const MAGIC: u64 = 0xdead_beef;
+/// Rounds of write + msync(MS_SYNC) timed in part 6.
+const SYNC_ROUNDS: u32 = 20;
+/// Messages passed flag-and-payload in part 6.
+const MESSAGES: u64 = 2000;
+
+fn main() -> ExitCode {
+    common::run(lesson)
+}
+
+fn parse_part(s: &str) -> Result<u8, String> {
+    match s.parse::<u8>() {
+        Ok(v @ 1..=6) => Ok(v),
+        _ => Err("the parts are numbered 1 to 6".into()),
+    }
+}
+
+fn parse_iterations(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v @ 1..=50_000_000) => Ok(v),
+        _ => Err("a whole number from 1 to 50000000".into()),
+    }
+}
+
+/// Structs laid out in the shared page. Implementors hold only atomics, for
+/// which all-zero bytes are a valid value.
+///
+/// # Safety
+/// Every field must be an atomic (or an array of atomics), `#[repr(C)]`.
+unsafe trait OnlyAtomics {}
+
+/// Parts 1-3: the counter two workers increment, and their start line.
+#[repr(C)]
+struct Contest {
+    counter: AtomicU64,
+    ready: AtomicU32,
+    go: AtomicU32,
+    running: AtomicU32,
+    start_ns: [AtomicU64; 2],
+    end_ns: [AtomicU64; 2],
+}
+// SAFETY: every field is an atomic.
+unsafe impl OnlyAtomics for Contest {}
+
+/// Part 4: the futex word and what the sleeping child reports.
+#[repr(C)]
+struct FutexArea {
+    word: AtomicU32,
+    ready: AtomicU32,
+    /// 0 = woken, otherwise the errno of FUTEX_WAIT; -1 = not back yet.
+    result: AtomicI32,
+    /// The futex word as the child saw it when FUTEX_WAIT returned.
+    seen: AtomicU32,
+}
+// SAFETY: every field is an atomic.
+unsafe impl OnlyAtomics for FutexArea {}
+
+/// Part 5: what the mutex protects. `count` and `copy` must always be equal
+/// when the lock is free: an update changes both.
+#[repr(C)]
+struct Guarded {
+    count: AtomicU64,
+    copy: AtomicU64,
+    holding: AtomicU32,
+}
+// SAFETY: every field is an atomic.
+unsafe impl OnlyAtomics for Guarded {}
+
+/// Part 6: a value written without msync, and a flag-and-payload pair.
+#[repr(C)]
+struct Message {
+    value: AtomicU64,
+    ack: AtomicU64,
+    flag: AtomicU64,
+    payload: [AtomicU64; 8],
+}
+// SAFETY: every field is an atomic.
+unsafe impl OnlyAtomics for Message {}
+
+/// Offsets inside the pages (a sem_t and a pthread_mutex_t are plain C
+/// structs, reached only through raw pointers).
+const SEM_OFFSET: usize = 512;
+const GUARDED_OFFSET: usize = 128;
+
+/// The shared object's mapping.
+struct Shared {
+    base: NonNull<libc::c_void>,
+    page: usize,
+}
+
+impl Shared {
+    fn at(&self, page: usize, offset: usize) -> *mut u8 {
+        assert!(page < PAGES && offset < self.page);
+        self.base
+            .as_ptr()
+            .cast::<u8>()
+            .wrapping_add(page * self.page + offset)
+    }
+
+    /// A shared reference to an atomics-only struct in the mapping: shared
+    /// with other processes, which is exactly what atomics allow.
+    fn area<T: OnlyAtomics>(&self, page: usize, offset: usize) -> &T {
+        let p = self.at(page, offset);
+        assert!(offset + size_of::<T>() <= self.page && p.align_offset(align_of::<T>()) == 0);
+        // SAFETY: p is aligned, inside the live mapping (which outlives
+        // &self), and T holds only atomics, valid for any bytes another
+        // process stores through them; we never form &mut to this memory.
+        unsafe { &*p.cast::<T>() }
+    }
+}
+
+/// Nanoseconds on the monotonic clock. Async-signal-safe: usable in a child.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A `pthread_*` return value (0 or an error number) as a Result.
+fn pthread(rc: libc::c_int) -> Result<(), Errno> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(rc))
+    }
+}
+
+/// A `-1`/`errno` return value as a Result.
+fn posix(rc: libc::c_int) -> Result<(), Errno> {
+    if rc == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
+/// Nanoseconds per operation, for the cost comparison.
+fn per_op(d: Duration, ops: u64) -> f64 {
+    d.as_nanos() as f64 / ops.max(1) as f64
+}
+
+/// Wait for a worker with a deadline; it must exit with status 0.
+fn reap(pid: Pid, guard: cleanup::Guard, deadline: Duration) -> anyhow::Result<()> {
+    let s = step(format!("waitpid({pid}, &status, 0)"));
+    let waited = s.check(wait_deadline(pid, deadline))?;
+    guard.disarm(); // reaped: the pid is no longer ours to signal
+    match waited {
+        Waited::Ended(WaitStatus::Exited(_, 0)) => {
+            s.ok("exited with status 0");
+            Ok(())
+        }
+        Waited::Ended(other) => {
+            s.ok(describe(other));
+            bail!("child {pid} {}", describe(other))
+        }
+        Waited::TimedOut(other) => {
+            s.ok(format!(
+                "still running after {deadline:?}: {}",
+                describe(other)
+            ));
+            bail!("child {pid} did not finish within {deadline:?}; the lesson killed it")
+        }
+    }
+}
+
+// ANCHOR: contest
+/// Fork two workers (0 and 1) that each run `work(worker, n)` from the same
+/// starting line, and
+/// return the time from the first start to the last finish.
+fn contest(area: &Contest, n: u64, work: impl Fn(usize, u64)) -> anyhow::Result<Timing> {
+    area.counter.store(0, Ordering::SeqCst);
+    area.ready.store(0, Ordering::SeqCst);
+    area.go.store(0, Ordering::SeqCst);
+    area.running.store(0, Ordering::SeqCst);
+    let mut workers = Vec::new();
+    for w in 0..2 {
+        let s = step("fork()");
+        // SAFETY: the child only does atomic loads/stores, sched_yield,
+        // clock_gettime, the lesson's increments and _exit.
+        match s.check(unsafe { fork() })? {
+            ForkResult::Child => {
+                die_with_parent();
+                area.ready.fetch_add(1, Ordering::SeqCst);
+                while area.go.load(Ordering::Acquire) == 0 {
+                    std::thread::yield_now(); // sched_yield: let the other worker start
+                }
+                area.running.fetch_add(1, Ordering::SeqCst);
+                while area.running.load(Ordering::SeqCst) < 2 {
+                    std::hint::spin_loop(); // both on a CPU now: start together
+                }
+                area.start_ns[w].store(now_ns(), Ordering::Relaxed);
+                work(w, n);
+                area.end_ns[w].store(now_ns(), Ordering::Relaxed);
+                // SAFETY: _exit skips atexit handlers and the parent's destructors.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                workers.push((child, cleanup::child(child)));
+                s.ok(format!("{child} (worker {})", w + 1));
+            }
+        }
+    }
+    if !wait_until(Duration::from_secs(30), || {
+        area.ready.load(Ordering::SeqCst) == 2
+    }) {
+        bail!("the workers did not start within 30 s");
+    }
+    area.go.store(1, Ordering::Release); // both are at the line: go
+    for (pid, guard) in workers {
+        reap(pid, guard, WORKER_DEADLINE)?;
+    }
+    let start = area.start_ns.each_ref().map(|a| a.load(Ordering::SeqCst));
+    let end = area.end_ns.each_ref().map(|a| a.load(Ordering::SeqCst));
+    let span = |from: u64, to: u64| Duration::from_nanos(to.saturating_sub(from));
+    Ok(Timing {
+        elapsed: span(start[0].min(start[1]), end[0].max(end[1])),
+        overlap: span(start[0].max(start[1]), end[0].min(end[1])),
+    })
+}
+
+/// How long a contest took, and how long both workers ran at once.
+struct Timing {
+    elapsed: Duration,
+    overlap: Duration,
+}
+// ANCHOR_END: contest
+
+fn lesson() -> anyhow::Result<()> {
+    let args = Cli::new("lesson-6", ABOUT)
+        .option_with("--part", "N", "run only part N (1-6)", parse_part)
+        .option_with(
+            "--iterations",
+            "N",
+            format!("increments per worker process in parts 1, 2, 3 and 5 (default {DEFAULT_ITERATIONS})"),
+            parse_iterations,
+        )
+        .parse();
+    let only = args.get::<u8>("--part");
+    let wants = |p: u8| only.is_none_or(|o| o == p);
+    let n = args
+        .get::<u64>("--iterations")
+        .unwrap_or(DEFAULT_ITERATIONS);
+    let memname = names::unique_name(6, "");
+
+    narrate::title(
+        "lesson-6",
+        "the kernel does not synchronise shared memory",
+        "Two processes, one MAP_SHARED page: watch updates get lost, fix it three ways and \
+         compare the costs, see a lock die with its holder, and find out what msync is really \
+         for.",
+    );
+
+    // ANCHOR: setup
+    section("0. One shared object for every part");
+    let page = inspect::page_size();
+    let len = PAGES * page;
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let s = step(format!(
+        "shm_open({memname:?}, {}, 0600)",
+        narrate::flags(flags)
+    ));
+    let fd = s.check(shm_open(
+        memname.as_str(),
+        flags,
+        Mode::from_bits_truncate(0o600),
+    ))?;
+    let object = cleanup::posix_object(&memname); // removed on every path from here on
+    s.ok(format!("fd {}", fd.as_raw_fd()));
+    let s = step(format!("ftruncate({}, {len})", fd.as_raw_fd()));
+    s.check(ftruncate(&fd, len as libc::off_t))?;
+    s.ok(0);
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let s = step(format!(
+        "mmap(NULL, {len}, {}, MAP_SHARED, {}, 0)",
+        narrate::flags(prot),
+        fd.as_raw_fd()
+    ));
+    let nz = NonZeroUsize::new(len).context("zero length")?;
+    // SAFETY: a fresh mapping at a kernel-chosen address overlaps no Rust
+    // object; it is reached only through atomics and raw pointers.
+    let base = s.check(unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
+    s.ok(format!("{:p}", base.as_ptr()));
+    let s = step(format!("close({})", fd.as_raw_fd()));
+    s.check(close(fd))?;
+    s.ok(0);
+    let shared = Shared { base, page };
+    explain(format!(
+        "{PAGES} pages, zero-filled, shared by the parent and every child it forks. Each part \
+         uses its own page."
+    ));
+    // ANCHOR_END: setup
+
+    let mut costs: Vec<(&str, f64)> = Vec::new();
+    let total = 2 * n;
+
+    if wants(1) {
+        // ANCHOR: race
+        section("1. The race: load, add one, store");
+        let area: &Contest = shared.area(0, 0);
+        explain(format!(
+            "Two worker processes each run this loop {n} times on one counter in the shared \
+             page: load the counter, add one, store it back. Atomic loads and stores with \
+             Ordering::Relaxed, never a &mut: a &mut promises the compiler that nobody else \
+             touches the memory, so it may keep the counter in a register and store it once at \
+             the end. Another process does touch it: with a &mut that is undefined behaviour. \
+             Between the load and the store sits a spin-loop hint (one PAUSE instruction), \
+             standing in for the work a real update does: it widens the window, it does not \
+             create it."
+        ));
+        let timing = contest(area, n, |_worker, n| {
+            for _ in 0..n {
+                let v = area.counter.load(Ordering::Relaxed); // load...
+                std::hint::spin_loop(); // ...a moment of "work" (widens the window)...
+                area.counter.store(v + 1, Ordering::Relaxed); // ...then store
+            }
+        })?;
+        let counted = area.counter.load(Ordering::SeqCst);
+        let lost = total - counted;
+        fact(
+            "the workers ran",
+            format!(
+                "{:.1} ms from the first start to the last finish, both at once for {:.1} ms",
+                timing.elapsed.as_secs_f64() * 1e3,
+                timing.overlap.as_secs_f64() * 1e3
+            ),
+        );
+        fact("expected", format!("2 x {n} = {total}"));
+        fact(
+            "final counter",
+            format!("{counted} of {total}; lost updates: {lost}"),
+        );
+        if lost > 0 {
+            explain(format!(
+                "{lost} updates were lost: both processes loaded the same value, both added \
+                 one, and the second store overwrote the first. The kernel did nothing to stop \
+                 it, as the article says: it does not synchronise access to shared memory."
+            ));
+        } else {
+            warn(format!(
+                "no update was lost this time: the two workers barely ran at the same moment \
+                 (\"both at once\" above; on a busy machine the scheduler may run them one \
+                 after the other). The race is still there. Run again, or raise --iterations \
+                 (now {n})."
+            ));
+        }
+        // ANCHOR_END: race
+    }
+
+    if wants(2) {
+        // ANCHOR: atomics
+        section("2. Fix A: one atomic read-modify-write (fetch_add)");
+        let area: &Contest = shared.area(0, 0);
+        explain(
+            "The same two workers, but each increment is one indivisible instruction \
+             (lock xadd on x86-64, ldadd or an ll/sc loop on arm64): nothing can come between \
+             the load and the store.",
+        );
+        let timing = contest(area, n, |_worker, n| {
+            for _ in 0..n {
+                area.counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
+        let counted = area.counter.load(Ordering::SeqCst);
+        fact(
+            "final counter",
+            format!("{counted} of {total}; lost updates: {}", total - counted),
+        );
+        if counted != total {
+            bail!("fetch_add lost updates: {counted} of {total}");
+        }
+        let ns = per_op(timing.elapsed, total);
+        fact("cost", format!("{ns:.1} ns per increment"));
+        costs.push(("atomic fetch_add", ns));
+        // ANCHOR_END: atomics
+    }
+
+    if wants(3) {
+        // ANCHOR: semaphore
+        section("3. Fix B: a process-shared POSIX semaphore");
+        let area: &Contest = shared.area(0, 0);
+        let sem = shared.at(0, SEM_OFFSET).cast::<libc::sem_t>();
+        let s = step(format!("sem_init({sem:p}, 1, 1)"));
+        // SAFETY: sem points into the live shared page, aligned, unused by
+        // anything else; pshared = 1 because it lives in MAP_SHARED memory.
+        s.check(posix(unsafe { libc::sem_init(sem, 1, 1) }))?;
+        s.ok(0);
+        explain(
+            "pshared = 1: the semaphore is used by several processes, so it must live in shared \
+             memory (it does: in our page). Initial value 1: a lock. Each worker now does \
+             sem_wait; the same racy load + store as part 1; sem_post.",
+        );
+        let timing = contest(area, n, |_worker, n| {
+            for _ in 0..n {
+                // SAFETY: sem was initialised before fork and stays mapped.
+                while unsafe { libc::sem_wait(sem) } == -1 && Errno::last() == Errno::EINTR {}
+                let v = area.counter.load(Ordering::Relaxed);
+                area.counter.store(v + 1, Ordering::Relaxed);
+                // SAFETY: as above; sem_post is async-signal-safe.
+                unsafe { libc::sem_post(sem) };
+            }
+        })?;
+        let counted = area.counter.load(Ordering::SeqCst);
+        fact(
+            "final counter",
+            format!("{counted} of {total}; lost updates: {}", total - counted),
+        );
+        let s = step(format!("sem_destroy({sem:p})"));
+        // SAFETY: no process uses the semaphore any more (both workers exited).
+        s.check(posix(unsafe { libc::sem_destroy(sem) }))?;
+        s.ok(0);
+        if counted != total {
+            bail!("the semaphore let updates get lost: {counted} of {total}");
+        }
+        let ns = per_op(timing.elapsed, total);
+        fact("cost", format!("{ns:.1} ns per increment"));
+        costs.push(("sem_wait + increment + sem_post", ns));
+        explain(
+            "sem_wait and sem_post are atomic operations on the semaphore's word; when a worker \
+             must wait, glibc puts it to sleep with FUTEX_WAIT (part 4). Exact, but each \
+             increment now costs two atomic operations and, under contention, system calls.",
+        );
+        // ANCHOR_END: semaphore
+    }
+
+    if costs.len() > 1 {
+        subsection("Cost per increment, two processes on this machine");
+        let rows: Vec<String> = costs
+            .iter()
+            .map(|(what, ns)| format!("{what:<36} {ns:>10.1} ns"))
+            .collect();
+        block(rows.join("\n"));
+        note(
+            "a debug build (cargo run) is several times slower than cargo run --release; the \
+             figures vary from run to run and with the machine's load.",
+        );
+    }
+
+    if wants(4) {
+        // ANCHOR: futex
+        section("4. Fix C: sleep on a futex instead of spinning");
+        let area: &FutexArea = shared.area(1, 0);
+        explain(
+            "The workers above spin while they wait. A futex lets a process sleep until another \
+             one changes a 32-bit word: FUTEX_WAIT(&word, expected) sleeps while word == \
+             expected; FUTEX_WAKE(&word, n) wakes up to n sleepers. The word is in our shared \
+             page.",
+        );
+        for private in [false, true] {
+            let wait_op = futex::op_name("FUTEX_WAIT", private);
+            let wake_op = futex::op_name("FUTEX_WAKE", private);
+            let timeout = if private { PRIVATE_WAIT } else { SHARED_WAIT };
+            subsection(if private {
+                "the same code with FUTEX_PRIVATE_FLAG"
+            } else {
+                "a shared futex (no PRIVATE flag)"
+            });
+            area.word.store(0, Ordering::SeqCst);
+            area.ready.store(0, Ordering::SeqCst);
+            area.result.store(-1, Ordering::SeqCst);
+            area.seen.store(0, Ordering::SeqCst);
+            let word = area.word.as_ptr();
+            let s = step("fork()");
+            // SAFETY: the child makes one futex system call, atomic stores
+            // and _exit: all async-signal-safe.
+            let child = match s.check(unsafe { fork() })? {
+                ForkResult::Child => {
+                    die_with_parent();
+                    area.ready.store(1, Ordering::SeqCst);
+                    let r = futex::wait(&area.word, 0, timeout, private);
+                    area.seen
+                        .store(area.word.load(Ordering::SeqCst), Ordering::SeqCst);
+                    area.result
+                        .store(r.err().map_or(0, |e| e as i32), Ordering::SeqCst);
+                    // SAFETY: see above.
+                    unsafe { libc::_exit(0) }
+                }
+                ForkResult::Parent { child } => child,
+            };
+            let guard = cleanup::child(child);
+            s.ok(child);
+            explain(format!(
+                "The child calls futex({word:p}, {wait_op}, 0, {{{}, 0}}): sleep while the \
+                 word is 0, for at most {} s.",
+                timeout.as_secs(),
+                timeout.as_secs()
+            ));
+            let asleep = wait_until(Duration::from_secs(10), || {
+                area.ready.load(Ordering::SeqCst) == 1 && state(child) == Some('S')
+            });
+            evidence(
+                &format!("grep State /proc/{child}/status"),
+                std::fs::read_to_string(format!("/proc/{child}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.starts_with("State:"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>(),
+            );
+            if !asleep {
+                warn("the child did not go to sleep within 10 s (a very busy machine?)");
+            }
+            area.word.store(1, Ordering::SeqCst); // change the word, then wake
+            let s = step(format!("futex({word:p}, {wake_op}, 1)"));
+            let woken = s.check(futex::wake(&area.word, 1, private))?;
+            s.ok(format!("{woken} (waiters woken)"));
+            reap(child, guard, timeout + Duration::from_secs(10))?;
+            let result = area.result.load(Ordering::SeqCst);
+            let seen = area.seen.load(Ordering::SeqCst);
+            let returned = if result == 0 {
+                "0 (woken)".to_string()
+            } else {
+                format!("-1 {}", narrate::errno_result(Errno::from_raw(result)))
+            };
+            fact(
+                &format!("the child's {wait_op} returned"),
+                format!("{returned}; the word was {seen}"),
+            );
+            if !private {
+                if woken != 1 || result != 0 {
+                    bail!(
+                        "the shared FUTEX_WAKE did not wake the child: woke {woken}, the child got {returned}"
+                    );
+                }
+                explain(
+                    "One wake-up crossed from the parent to the child: without the PRIVATE flag \
+                     the kernel keys the sleepers by the page itself, which both processes map.",
+                );
+            } else {
+                if woken != 0 {
+                    bail!("a private FUTEX_WAKE woke {woken} waiter(s) in another process");
+                }
+                if result == Errno::ETIMEDOUT as i32 {
+                    explain(format!(
+                        "Nobody woke the child: it slept until its {} s timeout, although the \
+                         word it waits on was already 1. A private futex is keyed by (address \
+                         space, virtual address); the parent and the child have different \
+                         address spaces, so the parent's wake-up found no sleeper. Between \
+                         processes, never use FUTEX_PRIVATE_FLAG (Rust's std and glibc's \
+                         process-private locks do).",
+                        timeout.as_secs()
+                    ));
+                } else {
+                    warn(format!(
+                        "the child's wait ended with {returned}, not ETIMEDOUT: it had not gone \
+                         to sleep before the word changed. Run again."
+                    ));
+                }
+            }
+        }
+        // ANCHOR_END: futex
+    }
+
+    if wants(5) {
+        // ANCHOR: robust
+        section("5. A lock holder that dies: plain and robust process-shared mutexes");
+        let mutex = shared.at(2, 0).cast::<libc::pthread_mutex_t>();
+        let data: &Guarded = shared.area(2, GUARDED_OFFSET);
+        explain(format!(
+            "A pthread mutex in the shared page protects two numbers, count and copy, that every \
+             update changes together. A victim process makes {n} updates, then locks once more, \
+             changes count, and is killed with SIGKILL before it changes copy or unlocks."
+        ));
+        for robust in [false, true] {
+            let (rname, rval) = if robust {
+                ("PTHREAD_MUTEX_ROBUST", libc::PTHREAD_MUTEX_ROBUST)
+            } else {
+                ("PTHREAD_MUTEX_STALLED", libc::PTHREAD_MUTEX_STALLED)
+            };
+            subsection(if robust {
+                "a robust mutex"
+            } else {
+                "a plain process-shared mutex"
+            });
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
+            let a = attr.as_mut_ptr();
+            let s = step("pthread_mutexattr_init(&attr)");
+            // SAFETY: a points to storage for one attribute object.
+            s.check(pthread(unsafe { libc::pthread_mutexattr_init(a) }))?;
+            s.ok(0);
+            let s = step("pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)");
+            // SAFETY: a was initialised above.
+            s.check(pthread(unsafe {
+                libc::pthread_mutexattr_setpshared(a, libc::PTHREAD_PROCESS_SHARED)
+            }))?;
+            s.ok(0);
+            let s = step(format!("pthread_mutexattr_setrobust(&attr, {rname})"));
+            // SAFETY: a was initialised above.
+            s.check(pthread(unsafe {
+                libc::pthread_mutexattr_setrobust(a, rval)
+            }))?;
+            s.ok(0);
+            let s = step(format!("pthread_mutex_init({mutex:p}, &attr)"));
+            // SAFETY: mutex points to aligned, unused storage in the shared
+            // page (no process holds or waits on it: any earlier victim is
+            // dead and reaped), and a is initialised.
+            s.check(pthread(unsafe { libc::pthread_mutex_init(mutex, a) }))?;
+            s.ok(0);
+            // SAFETY: a was initialised and is not used after this.
+            unsafe { libc::pthread_mutexattr_destroy(a) };
+            data.count.store(0, Ordering::SeqCst);
+            data.copy.store(0, Ordering::SeqCst);
+            data.holding.store(0, Ordering::SeqCst);
+
+            let s = step("fork()");
+            // SAFETY: the child locks and unlocks a process-shared mutex
+            // initialised before fork (no lock of the parent's is involved),
+            // does atomic stores, and ends in pause() until it is killed.
+            let victim = match s.check(unsafe { fork() })? {
+                ForkResult::Child => {
+                    die_with_parent();
+                    for _ in 0..n {
+                        // SAFETY: the mutex is initialised and mapped.
+                        unsafe { libc::pthread_mutex_lock(mutex) };
+                        data.count.fetch_add(1, Ordering::Relaxed);
+                        data.copy.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: we hold it.
+                        unsafe { libc::pthread_mutex_unlock(mutex) };
+                    }
+                    // SAFETY: as above.
+                    unsafe { libc::pthread_mutex_lock(mutex) };
+                    data.count.fetch_add(1, Ordering::Relaxed); // half an update...
+                    data.holding.store(1, Ordering::SeqCst);
+                    loop {
+                        // SAFETY: pause() only sleeps; SIGKILL ends us here.
+                        unsafe { libc::pause() };
+                    }
+                }
+                ForkResult::Parent { child } => child,
+            };
+            let guard = cleanup::child(victim);
+            s.ok(format!("{victim} (the victim)"));
+            if !wait_until(WORKER_DEADLINE, || data.holding.load(Ordering::SeqCst) == 1) {
+                drop(guard);
+                bail!("the victim did not take the lock within {WORKER_DEADLINE:?}");
+            }
+            fact(
+                "the victim holds the lock, half-way through an update",
+                format!(
+                    "count = {}, copy = {}",
+                    data.count.load(Ordering::SeqCst),
+                    data.copy.load(Ordering::SeqCst)
+                ),
+            );
+            let s = step(format!("kill({victim}, SIGKILL)"));
+            s.check(kill(victim, Signal::SIGKILL))?;
+            s.ok(0);
+            let s = step(format!("waitpid({victim}, &status, 0)"));
+            let status = s.check(waitpid(victim, None))?;
+            guard.disarm();
+            s.ok(describe(status));
+
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec we own.
+            unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
+            ts.tv_sec += LOCK_TIMEOUT.as_secs() as libc::time_t;
+            let s = step(format!(
+                "pthread_mutex_timedlock({mutex:p}, now + {} s)",
+                LOCK_TIMEOUT.as_secs()
+            ));
+            // SAFETY: the mutex is initialised and mapped; ts is a valid
+            // absolute CLOCK_REALTIME time.
+            let rc = unsafe { libc::pthread_mutex_timedlock(mutex, &ts) };
+            let locked = s.outcome(pthread(rc), |_| "0".into());
+            let (count, copy) = (
+                data.count.load(Ordering::SeqCst),
+                data.copy.load(Ordering::SeqCst),
+            );
+            if !robust {
+                if locked != Err(Errno::ETIMEDOUT) {
+                    bail!("a plain mutex whose holder died gave {locked:?}, not ETIMEDOUT");
+                }
+                fact(
+                    "the data",
+                    format!("count = {count}, copy = {copy}: stuck half-updated"),
+                );
+                explain(
+                    "The owner is dead, but nothing tells the mutex: its word still holds the \
+                     dead thread's id, and every later locker waits forever (pthread_mutex_lock \
+                     would hang; only the timeout saved us). The half-done update can never be \
+                     repaired under the lock. The page is left as it is; the next case \
+                     initialises a new mutex in its place.",
+                );
+                continue;
+            }
+            if locked != Err(Errno::EOWNERDEAD) {
+                bail!("a robust mutex whose holder died gave {locked:?}, not EOWNERDEAD");
+            }
+            explain(
+                "EOWNERDEAD: we now hold the lock, and the kernel tells us its last owner died \
+                 holding it. At exit it walked the victim's robust list (registered with \
+                 set_robust_list by glibc) and marked the mutex FUTEX_OWNER_DIED.",
+            );
+            fact(
+                "repair",
+                format!("count = {count}, copy = {copy}: roll back the half-done update"),
+            );
+            data.count.store(copy, Ordering::Relaxed); // the repair
+            let s = step(format!("pthread_mutex_consistent({mutex:p})"));
+            // SAFETY: we hold the mutex (EOWNERDEAD gave it to us).
+            s.check(pthread(unsafe { libc::pthread_mutex_consistent(mutex) }))?;
+            s.ok(0);
+            // SAFETY: we hold it.
+            unsafe { libc::pthread_mutex_unlock(mutex) };
+            explain(format!(
+                "Without pthread_mutex_consistent, unlocking would make the mutex permanently \
+                 unusable (ENOTRECOVERABLE). Now this process makes its own {n} updates under \
+                 the same lock."
+            ));
+            for _ in 0..n {
+                // SAFETY: the mutex is consistent again and mapped.
+                pthread(unsafe { libc::pthread_mutex_lock(mutex) })
+                    .call(format!("pthread_mutex_lock({mutex:p})"))?;
+                data.count.fetch_add(1, Ordering::Relaxed);
+                data.copy.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: we hold it.
+                unsafe { libc::pthread_mutex_unlock(mutex) };
+            }
+            let (count, copy) = (
+                data.count.load(Ordering::SeqCst),
+                data.copy.load(Ordering::SeqCst),
+            );
+            fact(
+                "final counter",
+                format!("{count} of {total}; copy = {copy}"),
+            );
+            if count != total || copy != total {
+                bail!(
+                    "the robust mutex lost updates: count {count}, copy {copy}, expected {total}"
+                );
+            }
+            let s = step(format!("pthread_mutex_destroy({mutex:p})"));
+            // SAFETY: the mutex is unlocked and nobody waits on it.
+            s.check(pthread(unsafe { libc::pthread_mutex_destroy(mutex) }))?;
+            s.ok(0);
+        }
+        // ANCHOR_END: robust
+    }
+
+    if wants(6) {
+        msync_myth(&shared)?;
+    }
+
+    // ANCHOR: cleanup
+    section("Unmap and unlink");
+    let s = step(format!("munmap({:p}, {len})", base.as_ptr()));
+    // SAFETY: base/len are exactly our mapping; every child has been reaped
+    // and no reference into it outlives this call.
+    s.check(unsafe { munmap(base, len) })?;
+    s.ok(0);
+    let s = step(format!("shm_unlink({memname:?})"));
+    s.check(shm_unlink(memname.as_str()))?;
+    object.disarm(); // removed by the lesson itself
+    s.ok(0);
+    // ANCHOR_END: cleanup
+
+    narrate::conclude(
+        "lesson-6 done: the kernel shares the memory but not the discipline. Atomics, \
+         semaphores, futexes and robust mutexes give exact results; msync has nothing to do \
+         with it.",
+    );
+    Ok(())
+}
+
+/// A directory on a real disk (not tmpfs) for the MS_SYNC comparison.
+fn disk_dir() -> Option<(std::path::PathBuf, inspect::FsType)> {
+    [std::path::PathBuf::from("/var/tmp"), std::env::temp_dir()]
+        .into_iter()
+        .find_map(|d| {
+            let t = inspect::fs_type(&d).ok()?;
+            (t.name != "tmpfs" && t.name != "ramfs").then_some((d, t))
+        })
+}
+
+/// Part 6: what msync is, and is not, for.
+fn msync_myth(shared: &Shared) -> anyhow::Result<()> {
+    // ANCHOR: visible
+    section("6. The msync myth");
+    compare(
+        "msync \"writes the cached data back to the physical memory so that other processes \
+         can listen for these changes\"",
+        "see below: a store is visible to the other process at once, without msync",
+        "a MAP_SHARED mapping is the same physical page in every process (mmap(2): \"updates \
+         to the mapping are visible to other processes mapping the same region\"). There is no \
+         cache to write back between processes; CPU caches are kept coherent by the hardware.",
+    );
+    subsection("a child stores, the parent sees it; nobody calls msync");
+    let msg: &Message = shared.area(3, 0);
+    msg.value.store(0, Ordering::SeqCst);
+    msg.ack.store(0, Ordering::SeqCst);
+    let s = step("fork()");
+    // SAFETY: the child does atomic stores/loads, nanosleep and _exit.
+    let child = match s.check(unsafe { fork() })? {
+        ForkResult::Child => {
+            die_with_parent();
+            msg.value.store(MAGIC, Ordering::Relaxed); // a plain store; no msync
+            while msg.ack.load(Ordering::SeqCst) == 0 {
+                std::thread::sleep(Duration::from_millis(1)); // nanosleep
+            }
+            // SAFETY: _exit skips atexit handlers and the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let guard = cleanup::child(child);
+    s.ok(child);
+    let seen = wait_until(Duration::from_secs(10), || {
+        msg.value.load(Ordering::Relaxed) == MAGIC
+    });
+    let child_state = state(child).map_or("gone".to_string(), |c| c.to_string());
+    let value = msg.value.load(Ordering::SeqCst);
+    msg.ack.store(1, Ordering::SeqCst); // let the child exit
+    reap(child, guard, Duration::from_secs(10))?;
+    if !seen {
+        bail!("the child's store did not become visible within 10 s (read {value:#x})");
+    }
+    fact(
+        "the parent read",
+        format!(
+            "{value:#x} while the child was still running (state {child_state}); msync was \
+             never called"
+        ),
+    );
+    explain(
+        "Unlike the article's program, the parent did not wait for the child to exit: it \
+         saw the store while the child was alive, because they share the page.",
+    );
+    // ANCHOR_END: visible
+
+    // ANCHOR: ms_sync
+    subsection("what MS_ASYNC and MS_SYNC do: a file on disk against tmpfs");
+    note(format!(
+        "this kernel is {}. Since Linux 2.6.19, msync(MS_ASYNC) does nothing at all: the kernel \
+         already tracks dirty pages of shared file mappings and writes them back on its own \
+         (mm/msync.c).",
+        inspect::kernel_release()
+    ));
+    let Some((dir, fstype)) = disk_dir() else {
+        warn(
+            "no disk-backed directory found (/var/tmp and the temporary directory are tmpfs \
+             here), so MS_SYNC cannot be compared with a disk. Skipping that comparison.",
+        );
+        return ordering(shared);
+    };
+    let path = dir.join(format!(
+        "{}6-{}-msync",
+        names::PREFIX,
+        nix::unistd::getpid()
+    ));
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let s = step(format!(
+        "open({:?}, {}, 0600)",
+        path.display(),
+        narrate::flags(flags)
+    ));
+    let fd = s.check(nix::fcntl::open(
+        &path,
+        flags,
+        Mode::from_bits_truncate(0o600),
+    ))?;
+    let file_guard = cleanup::path(&path);
+    s.ok(format!("fd {} (on {fstype})", fd.as_raw_fd()));
+    let page = shared.page;
+    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
+    s.check(ftruncate(&fd, page as libc::off_t))?;
+    s.ok(0);
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let s = step(format!(
+        "mmap(NULL, {page}, {}, MAP_SHARED, {}, 0)",
+        narrate::flags(prot),
+        fd.as_raw_fd()
+    ));
+    let nz = NonZeroUsize::new(page).context("zero page size")?;
+    // SAFETY: a fresh mapping at a kernel-chosen address; reached only
+    // through raw volatile accesses.
+    let file_map = s.check(unsafe { mmap(None, nz, prot, MapFlags::MAP_SHARED, fd.as_fd(), 0) })?;
+    s.ok(format!("{:p}", file_map.as_ptr()));
+    let file_word = file_map.as_ptr().cast::<u64>();
+    // SAFETY: file_word is the start of our live, writable, private-to-us
+    // (no other process maps this file) page.
+    unsafe { file_word.write_volatile(MAGIC) };
+    let mut buf = [0u8; 8];
+    let s = step(format!("pread({}, buf, 8, 0)", fd.as_raw_fd()));
+    let got = s.check(pread(fd.as_fd(), &mut buf, 0))?;
+    let read_back = u64::from_ne_bytes(buf);
+    s.ok(format!("{got} (bytes: {read_back:#x})"));
+    if read_back != MAGIC {
+        bail!("read(2) did not see the store through the mapping: {read_back:#x}");
+    }
+    explain(
+        "We stored through the mapping and read with pread(2), no msync in between: read(2) \
+         and the mapping use the same page in the page cache.",
+    );
+
+    let tmpfs_page = NonNull::new(shared.at(4, 0).cast::<libc::c_void>()).context("null page")?;
+    let file_page = file_map;
+    let mut timings = Vec::new();
+    for (label, target) in [
+        ("tmpfs object, MS_ASYNC", tmpfs_page),
+        ("tmpfs object, MS_SYNC", tmpfs_page),
+        ("disk file, MS_ASYNC", file_page),
+        ("disk file, MS_SYNC", file_page),
+    ] {
+        let flag = if label.ends_with("MS_SYNC") {
+            MsFlags::MS_SYNC
+        } else {
+            MsFlags::MS_ASYNC
+        };
+        let fname = if flag == MsFlags::MS_SYNC {
+            "MS_SYNC"
+        } else {
+            "MS_ASYNC"
+        };
+        let s = step(format!("msync({:p}, {page}, {fname})", target.as_ptr()));
+        let mut spent = Duration::ZERO;
+        for round in 0..SYNC_ROUNDS {
+            // SAFETY: target is the start of a live, writable page of ours;
+            // no other process writes it during this loop.
+            unsafe {
+                target
+                    .as_ptr()
+                    .cast::<u64>()
+                    .write_volatile(u64::from(round) + 1)
+            };
+            let t = Instant::now();
+            // SAFETY: target/page lie inside a live mapping of ours.
+            s.check(unsafe { msync(target, page, flag) })?;
+            spent += t.elapsed();
+        }
+        let avg = spent / SYNC_ROUNDS;
+        s.ok(format!(
+            "0   ({label}; a store before each, x{SYNC_ROUNDS})"
+        ));
+        timings.push((label, avg));
+    }
+    block(
+        timings
+            .iter()
+            .map(|(l, d)| format!("{l:<24} {:>9.1} us per msync", d.as_nanos() as f64 / 1000.0))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    explain(
+        "MS_ASYNC returns at once everywhere: it starts nothing. MS_SYNC on the tmpfs object is \
+         just as cheap: tmpfs pages live in memory and have no storage to be written to. On the \
+         disk file MS_SYNC waits until the dirty page has reached the disk: that, and only \
+         that, is what msync is for (crash safety of a file-backed mapping, like fsync).",
+    );
+    let s = step(format!("munmap({:p}, {page})", file_map.as_ptr()));
+    // SAFETY: exactly the file mapping made above; nothing refers into it.
+    s.check(unsafe { munmap(file_map, page) })?;
+    s.ok(0);
+    drop(fd);
+    let s = step(format!("unlink({:?})", path.display()));
+    s.check(unlink(&path))?;
+    file_guard.disarm();
+    s.ok(0);
+    // ANCHOR_END: ms_sync
+    ordering(shared)
+}
+
+/// Part 6, last: order between processes comes from the memory model.
+fn ordering(shared: &Shared) -> anyhow::Result<()> {
+    // ANCHOR: ordering
+    subsection("order is the memory model's job: a flag and a payload");
+    let msg: &Message = shared.area(3, 0);
+    msg.flag.store(0, Ordering::SeqCst);
+    msg.ack.store(0, Ordering::SeqCst);
+    explain(format!(
+        "Visible is not the same as ordered. The child sends {MESSAGES} messages: it fills 8 \
+         payload words, then sets the flag with a Release store; the parent waits for the flag \
+         with an Acquire load, then reads the payload. Release/Acquire guarantees that a reader \
+         who sees the flag also sees every payload store made before it."
+    ));
+    let s = step("fork()");
+    // SAFETY: the child does atomic loads/stores, sched_yield and _exit.
+    let child = match s.check(unsafe { fork() })? {
+        ForkResult::Child => {
+            die_with_parent();
+            for m in 1..=MESSAGES {
+                while msg.ack.load(Ordering::Acquire) != m - 1 {
+                    std::thread::yield_now();
+                }
+                for (i, w) in msg.payload.iter().enumerate() {
+                    w.store(m * 100 + i as u64, Ordering::Relaxed);
+                }
+                msg.flag.store(m, Ordering::Release); // publish the payload
+            }
+            // SAFETY: _exit skips atexit handlers and the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let guard = cleanup::child(child);
+    s.ok(child);
+    let deadline = Instant::now() + WORKER_DEADLINE;
+    let mut torn = 0u64;
+    for m in 1..=MESSAGES {
+        while msg.flag.load(Ordering::Acquire) != m {
+            if Instant::now() > deadline {
+                drop(guard);
+                bail!("the child stopped sending after {} messages", m - 1);
+            }
+            std::thread::yield_now();
+        }
+        let whole = msg
+            .payload
+            .iter()
+            .enumerate()
+            .all(|(i, w)| w.load(Ordering::Relaxed) == m * 100 + i as u64);
+        if !whole {
+            torn += 1;
+        }
+        msg.ack.store(m, Ordering::Release); // the slot may be reused
+    }
+    reap(child, guard, Duration::from_secs(10))?;
+    fact(
+        "messages received",
+        format!("{MESSAGES}; with a torn or stale payload: {torn}"),
+    );
+    if torn != 0 {
+        bail!("{torn} messages arrived with a stale payload despite Release/Acquire");
+    }
+    explain(format!(
+        "This machine is {}. On x86-64 the hardware keeps stores in order, so even Relaxed \
+         would usually pass this test here, by luck; the compiler may still reorder Relaxed \
+         stores, and arm64 hardware does. msync orders nothing: the ordering comes from the \
+         Release store and the Acquire load.",
+        std::env::consts::ARCH
+    ));
+    // ANCHOR_END: ordering
+    Ok(())
+}
