@@ -122,16 +122,21 @@ pub struct Running {
     pub seen: String,
 }
 
-/// Start `bin` with `args` (NO_COLOR=1), stdout piped.
-pub fn start(bin: &Path, args: &[&str]) -> Running {
-    let mut child = Command::new(bin)
+/// `bin args` with NO_COLOR=1, stdin closed, stdout and stderr piped.
+fn spawn(bin: &Path, args: &[&str]) -> Child {
+    Command::new(bin)
         .args(args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the lesson");
+        .expect("start the lesson")
+}
+
+/// Start `bin` with `args` (NO_COLOR=1), stdout piped.
+pub fn start(bin: &Path, args: &[&str]) -> Running {
+    let mut child = spawn(bin, args);
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -229,14 +234,7 @@ impl Running {
 /// Run `bin` with `args` (NO_COLOR=1, stdin closed) to the end; returns the
 /// lesson's pid (for [`assert_nothing_left_by`]) and its output.
 pub fn run_with_pid(bin: &Path, args: &[&str]) -> (u32, Output) {
-    let child = Command::new(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the lesson");
+    let child = spawn(bin, args);
     let pid = child.id();
     (pid, child.wait_with_output().expect("wait for the lesson"))
 }
@@ -244,18 +242,7 @@ pub fn run_with_pid(bin: &Path, args: &[&str]) -> (u32, Output) {
 /// Run `n` copies of `bin args` at the same time; returns each one's pid and
 /// output, in start order. For "parallel runs never collide" tests.
 pub fn run_concurrently(bin: &Path, args: &[&str], n: usize) -> Vec<(u32, Output)> {
-    let children: Vec<Child> = (0..n)
-        .map(|_| {
-            Command::new(bin)
-                .args(args)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("start the lesson")
-        })
-        .collect();
+    let children: Vec<Child> = (0..n).map(|_| spawn(bin, args)).collect();
     children
         .into_iter()
         .map(|c| {
