@@ -19,6 +19,9 @@
 //!   which nix lacks;
 //! - [`children`]: waiting for forked children with a deadline, so a
 //!   lesson never hangs;
+//! - [`futex`]: `FUTEX_WAIT`/`FUTEX_WAKE` on a shared word, private or not;
+//! - [`ns`]: private mount (and user) namespaces in which lesson-4 stages
+//!   its scenarios without touching the host's mounts;
 //! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
 //!   `si_code` and `si_addr` for its parent.
 
