@@ -324,16 +324,29 @@ fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow
     let s = step("state.load(Ordering::Acquire) until READY");
     let state = children::poll_until(left(deadline), || {
         let st = layout::load_state(seg);
-        (st == layout::STATE_READY || st == layout::STATE_ACKED).then_some(st)
+        // 0 is "being written": wait. Anything above ACKED was never stored
+        // by a lesson-5 writer: stop at once.
+        (st != layout::STATE_EMPTY).then_some(st)
     });
     let Some(state) = state else {
         s.ok(layout::state_name(layout::load_state(seg)));
+        if seg.magic() != [0; 8] && seg.magic() != layout::MAGIC {
+            bail!(
+                "this is not a lesson-5 segment: its magic is {:02x?}",
+                seg.magic()
+            );
+        }
         bail!(
             "the object exists, but no writer marked it ready within {} s",
             o.timeout.as_secs()
         );
     };
     s.ok(layout::state_name(state));
+    if state > layout::STATE_ACKED {
+        bail!(
+            "this is not a lesson-5 segment: its state word is {state:#x}, which no writer stores"
+        );
+    }
     explain(
         "The acquire load pairs with the writer's release store: once we see READY, every \
          field the writer stored before it is visible to us too.",
@@ -345,6 +358,7 @@ fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow
                 "stale: sequence {sequence} was written by pid {pid}, which is gone (killed, or \
                  run with --keep). Waiting for a new writer to replace it."
             ));
+            println!("reader: stale object (sequence {sequence}, its writer pid {pid} is gone)");
             return Ok(Consumed::Stale);
         }
         Found::Live { .. } => {}

@@ -222,6 +222,7 @@ fn posix_existing(name: &str) -> anyhow::Result<u64> {
                  (killed, or run with --keep). Replacing it, with sequence {}.",
                 sequence + 1
             ));
+            println!("writer: replacing a stale object (its writer pid {pid} is gone)");
             let s = step(format!("shm_unlink({name:?})"));
             s.check(shm_unlink(name))?;
             s.ok(0);
@@ -344,6 +345,7 @@ fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
                  gone. Replacing it, with sequence {}.",
                 sequence + 1
             ));
+            println!("writer: replacing a stale segment (its writer pid {pid} is gone)");
             let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
             s.check(sysv::shmctl_rmid(shmid))?;
             s.ok(0);
