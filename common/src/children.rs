@@ -119,31 +119,3 @@ mod tests {
         }
     }
 }
-
-/// Poll `probe` until it returns `Some`, or `timeout` passes (`None`). The
-/// pause between tries grows from 1 ms to 25 ms, so a wait that ends at once
-/// costs nothing and a long one costs little: for "wait until the other
-/// process created the object / marked it ready", where the kernel offers no
-/// notification.
-pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    let mut nap = Duration::from_millis(1);
-    loop {
-        if let Some(v) = probe() {
-            return Some(v);
-        }
-        let now = Instant::now();
-        if now >= end {
-            return None;
-        }
-        std::thread::sleep(nap.min(end - now));
-        nap = (nap * 2).min(Duration::from_millis(25));
-    }
-}
-
-/// Whether a process with this pid exists (ours or not): `kill(pid, 0)`
-/// succeeds, or fails with EPERM (it exists but belongs to another user).
-/// ESRCH means it is gone. A pid can be reused, so "alive" may be a stranger.
-pub fn is_alive(pid: Pid) -> bool {
-    pid.as_raw() > 0 && !matches!(kill(pid, None), Err(nix::errno::Errno::ESRCH))
-}

@@ -29,6 +29,7 @@ pub mod fault;
 pub mod inspect;
 pub mod names;
 pub mod narrate;
+pub mod peer;
 pub mod report;
 pub mod sysv;
 #[cfg(feature = "testkit")]

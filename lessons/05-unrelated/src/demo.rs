@@ -47,10 +47,11 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
 
     // A name and a key unique to this run, so the demo never meets a writer
     // or reader a student started by hand.
-    let name = o
-        .explicit_name
-        .then(|| o.name.clone())
-        .unwrap_or_else(|| names::unique_name(5, ""));
+    let name = if o.explicit_name {
+        o.name.clone()
+    } else {
+        names::unique_name(5, "")
+    };
     let key = o.key.unwrap_or_else(|| names::unique_key(5));
     let timeout = o.timeout.as_secs().to_string();
 

@@ -224,7 +224,7 @@ fn a_writer_with_no_reader_removes_its_object_at_the_timeout() {
 #[test]
 fn a_killed_writer_leaves_a_stale_object_that_the_next_writer_replaces() {
     for t in [Target::posix("stale"), Target::sysv()] {
-        let mut w = start_writer(&t, &["--message", "first"]);
+        let w = start_writer(&t, &["--message", "first"]);
         w.signal(Signal::SIGKILL);
         let (code, _) = w.finish(T);
         assert_eq!(code, None, "killed by a signal");
