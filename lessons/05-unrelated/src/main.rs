@@ -168,9 +168,9 @@ pub fn sysv_key(o: &Opts) -> anyhow::Result<libc::key_t> {
     common::narrate::explain(format!(
         "ftok builds the key from {PROJ_ID} (the project id), the low 8 bits of the device \
          number and the low 16 bits of the inode of {}: both sides get the same key if they \
-         name the same file. Pitfalls: two different files can give the same key, and a file \
-         deleted and re-created gets a new inode, hence a new key (and a deleted inode number \
-         is reused by the next new file).",
+         name the same file. Pitfalls: two different files can give the same key; a file \
+         deleted and re-created may get another inode number, hence another key; and a freed \
+         inode number, hence the old key, may go to an unrelated new file.",
         o.ftok_path.display()
     ));
     Ok(key)

@@ -103,6 +103,8 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
             }
             Some(Err(Errno::EACCES)) => {
                 s.ok("-1 EACCES (Permission denied)");
+                let r = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
+                r.ok("-1 EACCES (Permission denied)");
                 return Err(permission_denied_posix(name));
             }
             Some(Err(e)) => {
