@@ -74,6 +74,13 @@ impl Target {
     }
 }
 
+/// Remove the target on every path of a test that leaves it on purpose
+/// (SIGKILL, --keep), even when an assertion fails half-way.
+fn removed_on_drop(t: &Target) -> common::cleanup::Guard {
+    let t = t.clone();
+    common::cleanup::Guard::new("the test's object", move || t.remove())
+}
+
 fn args<'a>(role: &'a str, t: &'a [String], extra: &'a [&'a str]) -> Vec<&'a str> {
     let mut v = vec![role];
     v.extend(t.iter().map(String::as_str));
@@ -224,6 +231,7 @@ fn a_writer_with_no_reader_removes_its_object_at_the_timeout() {
 #[test]
 fn a_killed_writer_leaves_a_stale_object_that_the_next_writer_replaces() {
     for t in [Target::posix("stale"), Target::sysv()] {
+        let _remove = removed_on_drop(&t);
         let w = start_writer(&t, &["--message", "first"]);
         w.signal(Signal::SIGKILL);
         let (code, _) = w.finish(T);
@@ -249,6 +257,7 @@ fn a_killed_writer_leaves_a_stale_object_that_the_next_writer_replaces() {
 #[test]
 fn keep_leaves_the_object_and_the_next_writer_reuses_the_name() {
     for t in [Target::posix("keep"), Target::sysv()] {
+        let _remove = removed_on_drop(&t);
         let w = start_writer(&t, &["--keep"]);
         let (_, rcode, rout, _) = run("reader", &t, &[]);
         assert_eq!(rcode, Some(0), "{rout}");
@@ -278,13 +287,13 @@ fn a_foreign_posix_object_is_refused_and_not_overwritten() {
         let path = format!("/dev/shm/{}", name.trim_start_matches('/'));
         let content = vec![0xabu8; size];
         std::fs::write(&path, &content).unwrap();
+        let _remove = common::cleanup::path(&path); // even if an assertion fails
         for role in ["writer", "reader"] {
             let (_, code, out, err) = run(role, &t, &["--timeout", "5"]);
             assert_eq!(code, Some(1), "{role}: {out}\n{err}");
             assert!(err.contains("not a lesson-5 segment"), "{role}: {err}");
         }
         let still = std::fs::read(&path).unwrap();
-        std::fs::remove_file(&path).unwrap();
         assert_eq!(still, content, "nothing was overwritten");
     }
 }
