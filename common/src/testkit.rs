@@ -272,3 +272,11 @@ pub fn assert_usage_errors(bin: &Path, program: &str, bad: &[&[&str]]) {
         assert!(out.stdout.is_empty(), "{args:?} ran the lesson anyway");
     }
 }
+
+/// A System V key no other test uses: `0x53` (`'S'`, see
+/// [`crate::names::KEY_MARK`]), the low 16 bits of the test process's pid,
+/// then a counter. Create with `IPC_EXCL` all the same.
+pub fn unique_key() -> i32 {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xff;
+    ((crate::names::KEY_MARK << 24) | ((std::process::id() & 0xffff) << 8) | n) as i32
+}

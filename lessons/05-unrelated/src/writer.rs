@@ -1,0 +1,468 @@
+//! The writer: creates the object (POSIX, by name) or the segment (System V,
+//! by key), fills in the header and the message, publishes them with a release
+//! store, waits for a reader's acknowledgement, then removes what it created.
+//!
+//! Who removes: **the writer**, always. After the reader's ack, at
+//! `--timeout`, on an error, on Ctrl-C/SIGTERM (a cleanup guard), unless
+//! `--keep` asks it to leave the object for inspection. A writer killed with
+//! SIGKILL cannot clean up: the next writer finds the stale object (right
+//! magic, dead pid), says so and replaces it.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, bail};
+use common::narrate::{self, evidence, explain, fact, note, section, step, warn};
+use common::report::CallResult;
+use common::{cleanup, inspect, names, peer, sysv};
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::unistd::{close, ftruncate, getpid};
+
+use crate::layout::{self, Found, Segment};
+use crate::{Api, Opts};
+
+pub fn run(o: &Opts) -> anyhow::Result<()> {
+    narrate::title(
+        "lesson-5 writer",
+        &format!("shared memory for an unrelated reader ({})", o.api.as_str()),
+        "The writer creates the shared memory, writes a header and a message into it, marks it \
+         ready with a release store, and waits for a reader (another program, started in \
+         either order) to acknowledge. Then it removes what it created.",
+    );
+    fact("writer pid", getpid());
+    match o.api {
+        Api::Posix => posix(o),
+        Api::Sysv => sysv_writer(o),
+    }
+}
+
+fn message(o: &Opts) -> String {
+    o.message
+        .clone()
+        .unwrap_or_else(|| format!("hello from the lesson-5 writer, pid {}", getpid()))
+}
+
+// ANCHOR: posix_create
+fn posix(o: &Opts) -> anyhow::Result<()> {
+    let name = o.name.as_str();
+    let file = names::file_name(name).to_string();
+
+    section("writer 1. Create the object by name: shm_open(O_CREAT|O_EXCL)");
+    explain(
+        "Unrelated processes share no memory and no descriptors: all they share is the name. \
+         The default name is per user, so two students on one server do not meet by accident.",
+    );
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let mode = Mode::from_bits_truncate(o.mode);
+    let call = format!(
+        "shm_open({name:?}, {}, {})",
+        narrate::flags(flags),
+        narrate::mode(o.mode)
+    );
+    let s = step(call.clone());
+    let (fd, sequence) = match s.outcome(shm_open(name, flags, mode), |fd| {
+        format!("fd {}", fd.as_raw_fd())
+    }) {
+        Ok(fd) => (fd, 1),
+        Err(Errno::EEXIST) => {
+            let old = posix_existing(name)?; // stale: removed, so the name is free again
+            let s = step(call);
+            let fd = s.check(shm_open(name, flags, mode))?;
+            s.ok(format!("fd {}", fd.as_raw_fd()));
+            (fd, old + 1)
+        }
+        Err(e) => return Err(e).call(call),
+    };
+    let object = cleanup::posix_object(name); // the writer removes it on every path
+    // ANCHOR_END: posix_create
+    umask_check(&fd, o.mode)?;
+
+    let s = step(format!("ftruncate({}, {})", fd.as_raw_fd(), layout::SIZE));
+    s.check(ftruncate(&fd, layout::SIZE as libc::off_t))?;
+    s.ok(0);
+    evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
+
+    section("writer 2. Map it");
+    let len = NonZeroUsize::new(layout::SIZE).context("SIZE is 0")?;
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let s = step(format!(
+        "mmap(NULL, {}, {}, MAP_SHARED, {}, 0)",
+        layout::SIZE,
+        narrate::flags(prot),
+        fd.as_raw_fd()
+    ));
+    // SAFETY: a fresh mapping at an address the kernel chooses overlaps no
+    // Rust object; it is used only through `Segment` (atomics and volatile).
+    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
+    s.ok(format!("{:p}", ptr.as_ptr()));
+    let raw = fd.as_raw_fd();
+    let s = step(format!("close({raw})"));
+    s.check(close(fd))?;
+    s.ok(0);
+    // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes until munmap below.
+    let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
+    show_address(&seg);
+
+    publish(&seg, sequence, &message(o));
+    let acked = wait_for_ack(&seg, o, &reader_commands(o, None));
+
+    section("writer 5. Unmap, then remove the name (the writer's job)");
+    let s = step(format!("munmap({:p}, {})", ptr.as_ptr(), layout::SIZE));
+    // SAFETY: the mapping made above; `seg` is not used after this.
+    s.check(unsafe { munmap(ptr, layout::SIZE) })?;
+    s.ok(0);
+    if o.keep {
+        object.disarm();
+        note(format!(
+            "--keep: {name} is left in place. Look at it, then remove it yourself:"
+        ));
+        narrate::commands(&[
+            format!("ls -l /dev/shm/{file}"),
+            format!("od -A d -c /dev/shm/{file} | head"),
+            format!("rm /dev/shm/{file}"),
+        ]);
+    } else {
+        let s = step(format!("shm_unlink({name:?})"));
+        s.check(shm_unlink(name))?;
+        object.disarm();
+        s.ok(0);
+        evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
+    }
+    finish(acked, o)
+}
+
+/// shm_open's mode passes through the umask (like open's): 0666 with umask
+/// 022 gives 0644. Set the exact mode with fchmod when they differ.
+fn umask_check(fd: &OwnedFd, wanted: u32) -> anyhow::Result<()> {
+    let st = fstat(fd).call(format!("fstat({})", fd.as_raw_fd()))?;
+    let got = st.st_mode & 0o777;
+    if got != wanted {
+        explain(format!(
+            "the object got mode {} instead of {}: the umask removed bits, as it does for \
+             open(2). fchmod sets the exact mode.",
+            narrate::mode(got),
+            narrate::mode(wanted)
+        ));
+        let s = step(format!(
+            "fchmod({}, {})",
+            fd.as_raw_fd(),
+            narrate::mode(wanted)
+        ));
+        s.check(fchmod(fd, Mode::from_bits_truncate(wanted)))?;
+        s.ok(0);
+    }
+    Ok(())
+}
+
+// ANCHOR: posix_existing
+/// The name exists. Open it read-only and judge it: refuse anything foreign or
+/// live; remove a stale one (its writer is gone). Returns its sequence number.
+fn posix_existing(name: &str) -> anyhow::Result<u64> {
+    explain(format!(
+        "EEXIST: {name} already exists. Before touching it, look at what it is."
+    ));
+    let s = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
+    let fd = s.check(shm_open(name, OFlag::O_RDONLY, Mode::empty()))?;
+    s.ok(format!("fd {}", fd.as_raw_fd()));
+    let s = step(format!("fstat({})", fd.as_raw_fd()));
+    let st = s.check(fstat(&fd))?;
+    s.ok(format!(
+        "st_size {}, mode {}, owner {}",
+        st.st_size,
+        narrate::mode(st.st_mode),
+        inspect::user_name(st.st_uid)
+    ));
+    let size = st.st_size as u64;
+    let found = match NonZeroUsize::new(layout::SIZE).filter(|_| size == layout::SIZE as u64) {
+        Some(len) => {
+            let s = step(format!(
+                "mmap(NULL, {}, PROT_READ, MAP_SHARED, {}, 0)",
+                layout::SIZE,
+                fd.as_raw_fd()
+            ));
+            // SAFETY: a fresh read-only mapping chosen by the kernel; read
+            // only through `Segment`'s volatile loads.
+            let p = s.check(unsafe {
+                mmap(
+                    None,
+                    len,
+                    ProtFlags::PROT_READ,
+                    MapFlags::MAP_SHARED,
+                    &fd,
+                    0,
+                )
+            })?;
+            s.ok(format!("{:p}", p.as_ptr()));
+            // SAFETY: p is a live mapping of SIZE bytes until the munmap below.
+            let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
+            // SAFETY: the mapping made just above, no longer used.
+            unsafe { munmap(p, layout::SIZE) }.call("munmap")?;
+            found
+        }
+        None => layout::judge(size, None),
+    };
+    drop(fd);
+    let file = names::file_name(name);
+    match found {
+        Found::Foreign(why) => bail!(
+            "{name} exists but is not a lesson-5 segment: {why}. Nothing was overwritten. \
+             Choose another --name, or remove it (rm /dev/shm/{file}) if you know it is yours."
+        ),
+        Found::Live { pid } => bail!(
+            "{name} belongs to a writer that is still running (pid {pid}). Nothing was \
+             overwritten. Wait for it to finish, or choose another --name."
+        ),
+        Found::Stale { pid, sequence } => {
+            warn(format!(
+                "{name} is stale: it has the right magic, but its writer (pid {pid}) is gone \
+                 (killed, or run with --keep). Replacing it, with sequence {}.",
+                sequence + 1
+            ));
+            println!("writer: replacing a stale object (its writer pid {pid} is gone)");
+            let s = step(format!("shm_unlink({name:?})"));
+            s.check(shm_unlink(name))?;
+            s.ok(0);
+            Ok(sequence)
+        }
+    }
+}
+// ANCHOR_END: posix_existing
+
+// ANCHOR: sysv_create
+fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
+    section("writer 1. Create the segment by key: shmget(IPC_CREAT|IPC_EXCL)");
+    let key = crate::sysv_key(o)?;
+    let flags = libc::IPC_CREAT | libc::IPC_EXCL | o.mode as libc::c_int;
+    let call = format!(
+        "shmget({}, {}, {})",
+        sysv::key_string(key),
+        layout::SIZE,
+        sysv::shmflg_string(flags)
+    );
+    let s = step(call.clone());
+    let (shmid, sequence) = match s.outcome(sysv::shmget(key, layout::SIZE, flags), |id| {
+        format!("shmid {id}")
+    }) {
+        Ok(id) => (id, 1),
+        Err(Errno::EEXIST) => {
+            let old = sysv_existing(key)?; // stale: removed, so the key is free again
+            let s = step(call);
+            let id = s.check(sysv::shmget(key, layout::SIZE, flags))?;
+            s.ok(format!("shmid {id}"));
+            (id, old + 1)
+        }
+        Err(e) => return Err(e).call(call),
+    };
+    let segment = cleanup::sysv_segment(shmid); // the writer removes it on every path
+    // ANCHOR_END: sysv_create
+    evidence("ipcs -m", inspect::ipcs_rows(shmid));
+
+    section("writer 2. Attach it");
+    let s = step(format!("shmat({shmid}, NULL, 0)"));
+    let ptr = s.check(sysv::shmat(shmid, 0))?;
+    s.ok(format!("{:p}", ptr.as_ptr()));
+    // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
+    let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
+    show_address(&seg);
+
+    publish(&seg, sequence, &message(o));
+    let acked = wait_for_ack(&seg, o, &reader_commands(o, Some(key)));
+
+    section("writer 5. Detach, then remove the segment (the writer's job)");
+    let s = step(format!("shmdt({:p})", ptr.as_ptr()));
+    // SAFETY: ptr came from shmat; `seg` is not used after this.
+    s.check(unsafe { sysv::shmdt(ptr) })?;
+    s.ok(0);
+    if o.keep {
+        segment.disarm();
+        note(format!(
+            "--keep: segment {shmid} (key {}) is left in place. Look at it, then remove it:",
+            sysv::key_string(key)
+        ));
+        narrate::commands(&["ipcs -m".to_string(), format!("ipcrm -m {shmid}")]);
+    } else {
+        let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
+        s.check(sysv::shmctl_rmid(shmid))?;
+        segment.disarm();
+        s.ok(0);
+        evidence(
+            &format!("grep -w {shmid} /proc/sysvipc/shm"),
+            inspect::sysv_segment(shmid).map(|s| s.line),
+        );
+    }
+    finish(acked, o)
+}
+
+/// The key is taken. Judge the segment: refuse anything foreign or live;
+/// remove a stale one. Returns its sequence number.
+fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
+    explain(format!(
+        "EEXIST: a segment with key {} already exists. Before touching it, look at what it is.",
+        sysv::key_string(key)
+    ));
+    let s = step(format!("shmget({}, 0, 0)", sysv::key_string(key)));
+    let shmid = s.check(sysv::shmget(key, 0, 0))?;
+    s.ok(format!("shmid {shmid}"));
+    let s = step(format!("shmctl({shmid}, IPC_STAT, &ds)"));
+    let ds = s.check(sysv::shmctl_stat(shmid))?;
+    s.ok(format!(
+        "shm_segsz {}, mode {}, owner {}, creator pid {}",
+        ds.shm_segsz,
+        narrate::mode(u32::from(ds.shm_perm.mode)),
+        inspect::user_name(ds.shm_perm.uid),
+        ds.shm_cpid
+    ));
+    let size = ds.shm_segsz as u64;
+    let found = if size == layout::SIZE as u64 {
+        let s = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
+        let p = s.check(sysv::shmat(shmid, libc::SHM_RDONLY))?;
+        s.ok(format!("{:p}", p.as_ptr()));
+        // SAFETY: p is a live attachment of SIZE bytes until shmdt below.
+        let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
+        // SAFETY: p came from shmat and is not used afterwards.
+        unsafe { sysv::shmdt(p) }.call("shmdt")?;
+        found
+    } else {
+        layout::judge(size, None)
+    };
+    let k = sysv::key_string(key);
+    match found {
+        Found::Foreign(why) => bail!(
+            "the segment with key {k} (shmid {shmid}) is not a lesson-5 segment: {why}. Nothing \
+             was overwritten. Choose another --key or --ftok path."
+        ),
+        Found::Live { pid } => bail!(
+            "the segment with key {k} belongs to a writer that is still running (pid {pid}). \
+             Nothing was overwritten."
+        ),
+        Found::Stale { pid, sequence } => {
+            warn(format!(
+                "the segment with key {k} is stale: right magic, but its writer (pid {pid}) is \
+                 gone. Replacing it, with sequence {}.",
+                sequence + 1
+            ));
+            println!("writer: replacing a stale segment (its writer pid {pid} is gone)");
+            let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
+            s.check(sysv::shmctl_rmid(shmid))?;
+            s.ok(0);
+            Ok(sequence)
+        }
+    }
+}
+
+/// Print where this process mapped the segment (the reader prints its own).
+pub fn show_address(seg: &Segment) {
+    println!("writer: mapped at {:#x}", seg.addr());
+    evidence(
+        &format!("grep {:x} /proc/{}/maps", seg.addr(), getpid()),
+        inspect::maps_line_for(seg.addr()),
+    );
+}
+
+// ANCHOR: publish
+/// Fill in the header and the message, then publish them: the release store
+/// of READY makes every store before it visible to a reader whose acquire
+/// load sees READY.
+fn publish(seg: &Segment, sequence: u64, msg: &str) {
+    section("writer 3. Write the header and the message, then publish");
+    explain("The layout, at fixed offsets from the start (never pointers):");
+    narrate::block(layout::table());
+    let pid = getpid().as_raw();
+    seg.set_bytes(layout::OFF_MAGIC, &layout::MAGIC);
+    seg.set_u32(layout::OFF_VERSION, layout::VERSION);
+    seg.set_u32(layout::OFF_WRITER_PID, pid as u32);
+    seg.set_u32(layout::OFF_READER_PID, 0);
+    seg.set_u64(layout::OFF_SEQUENCE, sequence);
+    seg.set_u64(layout::OFF_WRITER_ADDR, seg.addr() as u64);
+    seg.set_u32(layout::OFF_MSG_LEN, msg.len() as u32);
+    seg.set_bytes(layout::OFF_MSG, msg.as_bytes());
+    fact("writer pid", pid);
+    fact("sequence", sequence);
+    fact("message", format!("{msg:?} ({} bytes)", msg.len()));
+    let s = step("state.store(1 /* READY */, Ordering::Release)");
+    seg.state().store(layout::STATE_READY, Ordering::Release);
+    s.ok("state 1 (ready)");
+    explain(
+        "The kernel orders nothing for us. A plain store of READY could become visible to the \
+         reader before the message does; the release store (and the reader's acquire load) \
+         forbids that.",
+    );
+    println!("writer: published sequence {sequence}");
+}
+// ANCHOR_END: publish
+
+fn reader_commands(o: &Opts, key: Option<libc::key_t>) -> Vec<String> {
+    let name = o.name.as_str();
+    match o.api {
+        Api::Posix => vec![
+            format!("cargo run -p lesson-5 -- reader --name {name}"),
+            format!("python3 scripts/lesson5_reader.py {name}"),
+            format!(
+                "cc -o /tmp/lesson5_reader scripts/lesson5_reader.c && /tmp/lesson5_reader {name}"
+            ),
+        ],
+        Api::Sysv => {
+            let k = key.map(sysv::key_string).unwrap_or_default();
+            vec![
+                format!("cargo run -p lesson-5 -- reader --api sysv --key {k}"),
+                format!(
+                    "cc -o /tmp/lesson5_reader scripts/lesson5_reader.c && /tmp/lesson5_reader --key {k}"
+                ),
+            ]
+        }
+    }
+}
+
+// ANCHOR: wait_ack
+/// Wait (at most --timeout) for a reader to store ACKED. Returns its pid.
+fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
+    section("writer 4. Wait for a reader's acknowledgement");
+    println!(
+        "writer: waiting for a reader (at most {} s); in another terminal, run one of:",
+        o.timeout.as_secs()
+    );
+    narrate::commands(commands);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let acked = peer::poll_until(o.timeout, || {
+        (layout::load_state(seg) == layout::STATE_ACKED)
+            .then(|| seg.get_u32(layout::OFF_READER_PID) as i32)
+    });
+    match acked {
+        Some(reader) => {
+            let s = step("state.load(Ordering::Acquire)");
+            s.ok(format!("state 2 (acked) by reader pid {reader}"));
+            println!("writer: reader pid {reader} acknowledged");
+        }
+        None => warn(format!(
+            "no reader acknowledged within {} s",
+            o.timeout.as_secs()
+        )),
+    }
+    acked
+}
+// ANCHOR_END: wait_ack
+
+fn finish(acked: Option<i32>, o: &Opts) -> anyhow::Result<()> {
+    let Some(_) = acked else {
+        let what = if o.keep {
+            "left in place (--keep)"
+        } else {
+            "removed"
+        };
+        bail!(
+            "no reader acknowledged within {} s; the writer's object was {what}",
+            o.timeout.as_secs()
+        );
+    };
+    narrate::conclude(if o.keep {
+        "writer done: the reader acknowledged; the object is left for inspection (--keep)."
+    } else {
+        "writer done: the reader acknowledged, and the writer removed what it created."
+    });
+    Ok(())
+}
