@@ -85,10 +85,18 @@ impl Drop for Guard {
                 .map(|i| reg.remove(i))
         };
         if let Some(mut e) = entry {
-            eprintln!("cleanup: {}", e.what);
+            tell(&format!("cleanup: {}", e.what));
             (e.action)();
         }
     }
+}
+
+/// Say on stderr what is being cleaned up, never panicking: this runs while a
+/// panic unwinds (a second panic would abort and skip the cleanup) and when
+/// stderr is a pipe whose reader is gone (`lesson-2 2>&1 | head`).
+fn tell(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
 /// Unlink a POSIX shared memory object on every path.
@@ -136,7 +144,7 @@ pub fn child(pid: Pid) -> Guard {
 pub fn run_all() {
     let entries: Vec<Entry> = std::mem::take(&mut *registry());
     for mut e in entries.into_iter().rev() {
-        eprintln!("cleanup: {}", e.what);
+        tell(&format!("cleanup: {}", e.what));
         (e.action)();
     }
 }
@@ -170,10 +178,10 @@ pub fn install_signal_cleanup() {
             if let Ok(sig) = set.wait() {
                 INTERRUPTED.store(true, Ordering::SeqCst);
                 crate::narrate::end_pending();
-                eprintln!(
+                tell(&format!(
                     "\ninterrupted by {}: removing what this run created",
                     sig.as_str()
-                );
+                ));
                 run_all();
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

@@ -37,7 +37,8 @@ pub fn init() {
 /// Finish a step line left open (its call blocked, failed or printed nothing).
 pub fn end_pending() {
     if PENDING.swap(false, Ordering::SeqCst) {
-        println!();
+        // Never panics: this also runs from the cleanup paths.
+        let _ = writeln!(std::io::stdout());
     }
 }
 

@@ -180,3 +180,35 @@ fn a_closed_pipe_ends_the_lesson_quietly_and_cleans_up() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!testkit::shm_exists(&name), "{name} left behind");
 }
+
+#[test]
+fn closed_stdout_and_stderr_still_clean_up() {
+    // `lesson-1 --pause 2>&1 | head`: the reader goes away while the object
+    // exists, so even the cleanup's own messages have nowhere to go. A panic
+    // while unwinding would abort and leak the object.
+    use std::io::{BufRead, BufReader, Write};
+    let name = testkit::unique_name("pipes");
+    let mut child = lesson()
+        .args(["--pause", "--name", &name])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("press Enter") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "no pause prompt");
+    }
+    assert!(
+        testkit::shm_exists(&name),
+        "the object exists during the pause"
+    );
+    drop(out);
+    drop(child.stderr.take());
+    child.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141));
+    assert!(!testkit::shm_exists(&name), "{name} left behind");
+}
