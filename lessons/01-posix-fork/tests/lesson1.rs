@@ -209,6 +209,6 @@ fn closed_stdout_and_stderr_still_clean_up() {
     drop(child.stderr.take());
     child.stdin.take().unwrap().write_all(b"\n").unwrap();
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(141));
+    assert_eq!(status.code(), Some(141), "{status:?}");
     assert!(!testkit::shm_exists(&name), "{name} left behind");
 }
