@@ -290,6 +290,6 @@ mod tests {
         assert_eq!(std::mem::offset_of!(Header, tail), 64);
         assert_eq!(std::mem::offset_of!(Header, ctl), 128);
         assert!(std::mem::size_of::<Header>() <= SLOTS_OFFSET);
-        assert!(SLOTS >= 16);
+        const { assert!(SLOTS >= 16) };
     }
 }
