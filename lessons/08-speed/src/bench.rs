@@ -32,6 +32,9 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 use crate::ring::{CHUNK, Region, SLOTS, Wait, now_ns};
 
+/// `ready` value of a child that could not pin itself.
+const NOT_PINNED: u32 = 2;
+
 /// The size `F_SETPIPE_SZ` asks for (the default `pipe-max-size` allows it).
 pub const BIG_PIPE: usize = 1024 * 1024;
 
@@ -394,6 +397,10 @@ impl<'a> Bench<'a> {
                 die_with_parent();
                 close_all(&ends.parent);
                 let code = if sched_setaffinity(Pid::from_raw(0), &cpus).is_err() {
+                    let ctl = &self.region.header().ctl;
+                    ctl.error
+                        .store(nix::errno::Errno::last_raw() as u32, Ordering::SeqCst);
+                    ctl.ready.store(NOT_PINNED, Ordering::Release);
                     3
                 } else {
                     child()
@@ -419,8 +426,11 @@ impl<'a> Bench<'a> {
                             }
                         }
                     });
-                    let r = self.wait_ready().and_then(|()| parent());
+                    let r = self.wait_ready(place.child_cpu).and_then(|()| parent());
                     let _ = done.send(());
+                    if r.is_err() {
+                        let _ = kill(child, Signal::SIGKILL); // don't wait for it
+                    }
                     r
                 });
                 let waited = wait_deadline(child, Duration::from_secs(10))
@@ -442,15 +452,20 @@ impl<'a> Bench<'a> {
     }
 
     /// Wait for the child to say it is pinned and ready.
-    fn wait_ready(&self) -> anyhow::Result<()> {
+    fn wait_ready(&self, cpu: usize) -> anyhow::Result<()> {
         let ctl = &self.region.header().ctl;
-        while ctl.ready.load(Ordering::Acquire) == 0 {
-            if self.region.aborted() {
-                bail!("the child never became ready");
+        loop {
+            match ctl.ready.load(Ordering::Acquire) {
+                0 if self.region.aborted() => bail!("the child never became ready"),
+                0 => std::thread::yield_now(),
+                NOT_PINNED => {
+                    let e = nix::errno::Errno::from_raw(ctl.error.load(Ordering::SeqCst) as i32);
+                    return Err(e)
+                        .call(format!("sched_setaffinity(0, {{CPU {cpu}}}) in the child"));
+                }
+                _ => return Ok(()),
             }
-            std::thread::yield_now();
         }
-        Ok(())
     }
 
     /// Parent → child, `chunks` chunks of 64 KiB. Returns GB/s.
@@ -465,6 +480,7 @@ impl<'a> Bench<'a> {
         let hot = self.hot.as_mut_ptr();
         let private = self.private.as_mut_ptr();
         let child = || reader(region, kind, child_rx, private, chunks);
+        // ANCHOR: writer
         let parent = || {
             let t0 = now_ns();
             for seq in 0..chunks {
@@ -487,6 +503,7 @@ impl<'a> Bench<'a> {
             }
             Ok(t0)
         };
+        // ANCHOR_END: writer
         let out = self.forked(place, ends, child, parent);
         drop(own);
         let Some(t0) = out? else { return Ok(None) };
@@ -522,6 +539,7 @@ impl<'a> Bench<'a> {
         let (ends, own, [ptx, prx, crx, ctx]) = split(kind, true)?;
         let region = self.region;
         let child = || ponger(region, kind, crx, ctx, trips);
+        // ANCHOR: ping
         let parent = || {
             let mut bad = 0u64;
             let t0 = now_ns();
@@ -557,6 +575,7 @@ impl<'a> Bench<'a> {
             }
             Ok((now_ns() - t0, bad))
         };
+        // ANCHOR_END: ping
         let out = self.forked(place, ends, child, parent);
         drop(own);
         let Some((ns, bad)) = out? else {
@@ -627,6 +646,7 @@ fn reader(region: &Region, kind: Kind, rx: RawFd, private: *mut u8, chunks: u32)
     unsafe { std::ptr::write_bytes(private, 0, CHUNK) };
     ctl.ready.store(1, Ordering::Release);
     let mut sum = 0u64;
+    // ANCHOR: reader
     for seq in 0..chunks {
         match kind {
             Kind::Shm(wait) => {
@@ -648,6 +668,7 @@ fn reader(region: &Region, kind: Kind, rx: RawFd, private: *mut u8, chunks: u32)
         }
         sum = fold(sum, private);
     }
+    // ANCHOR_END: reader
     ctl.end_ns.store(now_ns(), Ordering::SeqCst);
     ctl.checksum.store(sum, Ordering::SeqCst);
     ctl.content.store(content(private), Ordering::SeqCst);

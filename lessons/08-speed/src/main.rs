@@ -493,7 +493,7 @@ fn conclusions(
     if let (Some((best, bk)), Some(spin)) = (main.best_kernel_gbps(), main.gbps("shm_spin")) {
         out.push(format!(
             "Throughput, {}: the spinning ring moved {spin:.1} GB/s, {:.1}× the best kernel \
-             transport ({best}, {bk:.1} GB/s) and {} of a single-thread memcpy ({} GB/s). A \
+             transport ({best}, {bk:.1} GB/s) and {} a single-thread memcpy ({} GB/s). A \
              pipe copies each byte into the kernel and out again and wakes the reader; the \
              ring's 1 MiB of slots stays in the CPU caches, which is why it can even beat a \
              memcpy through DRAM.",
@@ -533,8 +533,8 @@ fn conclusions(
                  with {z:.2} FUTEX_WAIT calls per message. {}",
                 g.placement,
                 if g.placement == "same-cpu" {
-                    "On one CPU the other side can only run once we sleep, so (nearly) every \
-                     message costs a sleep and a wake-up: the same system calls and the same \
+                    "On one CPU the other side can only run once we sleep, so most messages \
+                     cost a sleep and a wake-up: the same system calls and the same \
                      scheduler work as a pipe, and about the same time. Shared memory removes \
                      copies, not wake-ups."
                 } else if z < 0.25 {

@@ -163,6 +163,7 @@ impl Region {
         self.header().ctl.abort.load(Ordering::Relaxed) != 0
     }
 
+    // ANCHOR: wait
     /// Wait until `ready(counter)` holds; returns the counter's value.
     /// Async-signal-safe (atomics, PAUSE, sched_yield, futex): the child
     /// calls it too.
@@ -220,6 +221,7 @@ impl Region {
             c.value.store(v, Ordering::Release);
         }
     }
+    // ANCHOR_END: wait
 }
 
 impl Drop for Region {
@@ -230,6 +232,7 @@ impl Drop for Region {
     }
 }
 
+// ANCHOR: futex
 /// `futex(word, FUTEX_WAIT, expected, timeout)`, *without*
 /// FUTEX_PRIVATE_FLAG: the word is in a MAP_SHARED mapping used by two
 /// processes, and a private futex would never be woken from the other one.
@@ -268,6 +271,8 @@ pub fn futex_wake(word: &AtomicU32, n: i32) -> i64 {
         )
     }
 }
+
+// ANCHOR_END: futex
 
 /// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: the child uses it).
 pub fn now_ns() -> u64 {
