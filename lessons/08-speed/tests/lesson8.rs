@@ -276,3 +276,19 @@ fn sigint_while_measuring_exits_promptly_and_stops_the_child() {
         }
     }
 }
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    let Some(out) = testkit::run_as_nobody(bin(), &["--quick", "--runs", "1", "--json"]) else {
+        return;
+    };
+    let v = json_of(&out);
+    let placement = v["placement"].as_str().unwrap().to_string();
+    let skipped: &[&str] = if placement == "same-cpu" {
+        &["shm_spin"]
+    } else {
+        &[]
+    };
+    // F_SETPIPE_SZ to 1 MiB needs no privilege (the default pipe-max-size).
+    assert_group_complete(&v, &placement, skipped);
+}
