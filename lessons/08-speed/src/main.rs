@@ -184,6 +184,7 @@ fn lesson() -> anyhow::Result<()> {
     section("3. The kernel transports (each run makes fresh ones)");
     narrate::subsection("a pipe, default size");
     drop(bench::make_fds(Kind::Pipe, true, true)?);
+    explain("A pipe carries bytes one way: the ping-pong needs a second one for the answers.");
     narrate::subsection("a pipe enlarged to 1 MiB");
     drop(bench::make_fds(Kind::Pipe1M, false, true)?);
     narrate::subsection("a Unix stream socketpair");
@@ -261,27 +262,36 @@ fn lesson() -> anyhow::Result<()> {
     fact(
         &format!("memcpy of {} MiB", plan.memcpy_len >> 20),
         format!(
-            "median {:.1} GB/s, min {:.1} GB/s over {} runs",
+            "median {:.1} GB/s, min {:.1} GB/s (runs: {})",
             memcpy_gbps.unwrap_or(0.0),
             memcpy.min().unwrap_or(0.0),
             plan.runs
         ),
     );
     explain(
-        "A buffer larger than the caches: this is the speed of DRAM, the ceiling for any \
-         transport that must touch memory outside the caches.",
+        "At 64 MiB (the default; --quick copies 16 MiB) source and destination are larger \
+         than the caches: this is the speed of DRAM, the ceiling for any transport whose \
+         data must go through memory rather than stay in the caches.",
     );
     // ANCHOR_END: memcpy
 
     // ANCHOR: measure
     section("6. Measuring");
     explain(format!(
-        "{} runs of each: throughput {} MiB in {} KiB chunks; latency {} round trips of 8 bytes.",
+        "Runs of each: {}. Throughput: {} MiB in {} KiB chunks; latency: {} round trips of \
+         8 bytes.",
         plan.runs,
         (plan.chunks as usize * CHUNK) >> 20,
         CHUNK / 1024,
         plan.trips
     ));
+    if !one_cpu_only {
+        explain(format!(
+            "On one CPU, pure spin moves only {} chunks and makes {} round trips a run: each \
+             wait there lasts until the end of a time slice.",
+            plan.same_cpu_spin_chunks, plan.same_cpu_spin_trips
+        ));
+    }
     let mut bench = Bench::new(&region, plan.timeout);
     let groups_to_run = if one_cpu_only { 1 } else { 2 };
     let mut progress =
