@@ -1,0 +1,722 @@
+//! The measurements: how each transport is made, what the parent (writer,
+//! pinger) and the forked child (reader, ponger) do, and how a run is timed
+//! and checked.
+//!
+//! Every transport does the same work. Throughput: the writer stamps a
+//! sequence number into a hot 64 KiB buffer and sends it (`write` copies it
+//! into the kernel; the ring copies it into a slot); the reader ends with the
+//! bytes in its own private buffer (`read` copies them out of the kernel; the
+//! ring copies them out of the slot) and folds them into a checksum. Latency:
+//! an 8-byte message goes over and comes back incremented.
+//!
+//! After `fork`, the child does only async-signal-safe work (atomics, raw
+//! copies, read/write/futex/sched_yield/clock_gettime) and leaves with
+//! `_exit`: no allocation, no lock, no formatting.
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::bail;
+use common::children::{Waited, die_with_parent, wait_deadline};
+use common::cleanup;
+use common::narrate::step;
+use common::report::{AsErrno, CallResult};
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::sched::{CpuSet, sched_setaffinity};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
+
+use crate::ring::{CHUNK, Region, SLOTS, Wait, now_ns};
+
+/// `ready` value of a child that could not pin itself.
+const NOT_PINNED: u32 = 2;
+
+/// The size `F_SETPIPE_SZ` asks for (the default `pipe-max-size` allows it).
+pub const BIG_PIPE: usize = 1024 * 1024;
+
+/// A transport under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pipe,
+    Pipe1M,
+    Unix,
+    Eventfd,
+    Shm(Wait),
+}
+
+impl Kind {
+    /// The key in `--json`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Kind::Pipe => "pipe",
+            Kind::Pipe1M => "pipe_1mib",
+            Kind::Unix => "unix_socket",
+            Kind::Eventfd => "eventfd",
+            Kind::Shm(Wait::Spin) => "shm_spin",
+            Kind::Shm(Wait::Yield) => "shm_yield",
+            Kind::Shm(Wait::Futex) => "shm_futex",
+        }
+    }
+
+    /// The label in the table.
+    pub fn label(self, latency: bool) -> &'static str {
+        match self {
+            Kind::Pipe if latency => "pipe pair",
+            Kind::Pipe => "pipe (default size)",
+            Kind::Pipe1M => "pipe, F_SETPIPE_SZ 1 MiB",
+            Kind::Unix => "unix socketpair",
+            Kind::Eventfd => "eventfd pair",
+            Kind::Shm(Wait::Spin) => "shm ring, spin",
+            Kind::Shm(Wait::Yield) => "shm ring, spin+yield",
+            Kind::Shm(Wait::Futex) => "shm ring, spin+futex",
+        }
+    }
+}
+
+pub const THROUGHPUT: [Kind; 6] = [
+    Kind::Pipe,
+    Kind::Pipe1M,
+    Kind::Unix,
+    Kind::Shm(Wait::Spin),
+    Kind::Shm(Wait::Yield),
+    Kind::Shm(Wait::Futex),
+];
+
+pub const LATENCY: [Kind; 6] = [
+    Kind::Pipe,
+    Kind::Unix,
+    Kind::Eventfd,
+    Kind::Shm(Wait::Spin),
+    Kind::Shm(Wait::Yield),
+    Kind::Shm(Wait::Futex),
+];
+
+/// Where the two processes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub parent_cpu: usize,
+    pub child_cpu: usize,
+}
+
+impl Placement {
+    /// `"cross-cpu"` or `"same-cpu"`, as in `--json`.
+    pub fn key(self) -> &'static str {
+        if self.parent_cpu == self.child_cpu {
+            "same-cpu"
+        } else {
+            "cross-cpu"
+        }
+    }
+}
+
+/// A set holding one CPU.
+pub fn one_cpu(cpu: usize) -> anyhow::Result<CpuSet> {
+    let mut set = CpuSet::new();
+    set.set(cpu).call(format!("CPU_SET({cpu})"))?;
+    Ok(set)
+}
+
+/// Run `f` narrated as a step (the first time a transport is made) or
+/// silently (the runs after it), with the same error either way.
+fn call<T, E: AsErrno>(
+    loud: bool,
+    text: String,
+    f: impl FnOnce() -> Result<T, E>,
+    show: impl FnOnce(&T) -> String,
+) -> anyhow::Result<T> {
+    if loud {
+        let s = step(text);
+        let v = s.check(f())?;
+        s.ok(show(&v));
+        Ok(v)
+    } else {
+        f().call(text)
+    }
+}
+
+/// The descriptors of one run: the parent's ends and the child's ends.
+/// After `fork` each side closes the other's, so the death of one shows up
+/// in the other as EOF or EPIPE instead of a hang.
+pub struct Fds {
+    pub parent_tx: OwnedFd,
+    pub parent_rx: OwnedFd,
+    pub child_rx: OwnedFd,
+    pub child_tx: OwnedFd,
+}
+
+/// `pipe2(O_CLOEXEC)`: returns (read end, write end).
+pub fn make_pipe(loud: bool) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    call(
+        loud,
+        "pipe2([rfd, wfd], O_CLOEXEC)".into(),
+        || pipe2(OFlag::O_CLOEXEC),
+        |(r, w)| format!("0, [{}, {}]", r.as_raw_fd(), w.as_raw_fd()),
+    )
+}
+
+/// `fcntl(fd, F_GETPIPE_SZ)`.
+pub fn pipe_size(fd: &OwnedFd, loud: bool) -> anyhow::Result<usize> {
+    let n = call(
+        loud,
+        format!("fcntl({}, F_GETPIPE_SZ)", fd.as_raw_fd()),
+        || fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ),
+        |n| format!("{n} ({} KiB)", n / 1024),
+    )?;
+    Ok(n as usize)
+}
+
+/// `fcntl(fd, F_SETPIPE_SZ, size)`: returns the size the kernel granted.
+pub fn set_pipe_size(fd: &OwnedFd, size: usize, loud: bool) -> anyhow::Result<usize> {
+    let n = call(
+        loud,
+        format!("fcntl({}, F_SETPIPE_SZ, {size})", fd.as_raw_fd()),
+        || fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(size as libc::c_int)),
+        |n| format!("{n} ({} KiB)", n / 1024),
+    )?;
+    Ok(n as usize)
+}
+
+/// `socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0)`.
+pub fn make_socketpair(loud: bool) -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    call(
+        loud,
+        "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv)".into(),
+        || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::SOCK_CLOEXEC,
+            )
+        },
+        |(a, b)| format!("0, sv = [{}, {}]", a.as_raw_fd(), b.as_raw_fd()),
+    )
+}
+
+/// `eventfd(0, EFD_CLOEXEC)`.
+pub fn make_eventfd(loud: bool) -> anyhow::Result<OwnedFd> {
+    call(
+        loud,
+        "eventfd(0, EFD_CLOEXEC)".into(),
+        || {
+            // SAFETY: eventfd takes two integers and returns a new descriptor
+            // (or -1), which we own from here on.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                Err(nix::errno::Errno::last())
+            } else {
+                // SAFETY: fd is a fresh descriptor nobody else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        },
+        |fd| format!("fd {}", fd.as_raw_fd()),
+    )
+}
+
+fn dup(fd: &OwnedFd) -> anyhow::Result<OwnedFd> {
+    fd.try_clone()
+        .call(format!("fcntl({}, F_DUPFD_CLOEXEC)", fd.as_raw_fd()))
+}
+
+/// Make the descriptors a kernel transport needs, narrated when `loud`.
+/// `latency`: two directions (ping and pong); otherwise one (parent → child).
+pub fn make_fds(kind: Kind, latency: bool, loud: bool) -> anyhow::Result<Fds> {
+    Ok(match kind {
+        Kind::Pipe | Kind::Pipe1M => {
+            let (child_rx, parent_tx) = make_pipe(loud)?;
+            if kind == Kind::Pipe1M {
+                let got = set_pipe_size(&parent_tx, BIG_PIPE, loud)?;
+                if got < BIG_PIPE {
+                    bail!("F_SETPIPE_SZ granted {got} bytes, not {BIG_PIPE}");
+                }
+            } else {
+                pipe_size(&parent_tx, loud)?;
+            }
+            // The way back (unused by the throughput test, which only needs
+            // one direction; its own pipe, so no side holds the other's end).
+            let (parent_rx, child_tx) = make_pipe(loud && latency)?;
+            Fds {
+                parent_tx,
+                parent_rx,
+                child_rx,
+                child_tx,
+            }
+        }
+        Kind::Unix => {
+            let (a, b) = make_socketpair(loud)?;
+            Fds {
+                parent_rx: dup(&a)?,
+                parent_tx: a,
+                child_tx: dup(&b)?,
+                child_rx: b,
+            }
+        }
+        Kind::Eventfd => {
+            let ping = make_eventfd(loud)?;
+            let pong = make_eventfd(loud)?;
+            Fds {
+                child_rx: dup(&ping)?,
+                parent_tx: ping,
+                parent_rx: dup(&pong)?,
+                child_tx: pong,
+            }
+        }
+        Kind::Shm(_) => bail!("the ring needs no descriptors"),
+    })
+}
+
+// ---- raw I/O for both sides (async-signal-safe: no allocation) ----
+
+/// Write all `len` bytes at `buf`; Err(errno) on failure.
+fn write_full(fd: RawFd, buf: *const u8, len: usize) -> Result<(), i32> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: buf..buf+len is readable memory of the caller's.
+        let n = unsafe { libc::write(fd, buf.add(done).cast(), len - done) };
+        if n < 0 {
+            let e = nix::errno::Errno::last_raw();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Read exactly `len` bytes into `buf`; Err(0) on EOF, Err(errno) on failure.
+fn read_full(fd: RawFd, buf: *mut u8, len: usize) -> Result<(), i32> {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: buf..buf+len is writable memory private to this process.
+        let n = unsafe { libc::read(fd, buf.add(done).cast(), len - done) };
+        if n < 0 {
+            let e = nix::errno::Errno::last_raw();
+            if e == libc::EINTR {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(0);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+// ---- checksums ----
+
+/// Write the sequence number into the first and last 8 bytes of a chunk.
+fn stamp(buf: *mut u8, seq: u64) {
+    // SAFETY: buf points to CHUNK writable bytes private to this process.
+    unsafe {
+        buf.cast::<u64>().write_unaligned(seq);
+        buf.add(CHUNK - 8).cast::<u64>().write_unaligned(!seq);
+    }
+}
+
+/// Fold one received chunk into the running checksum: both stamps and a word
+/// from the middle (cheap, so it does not dominate the fast transports).
+fn fold(sum: u64, buf: *const u8) -> u64 {
+    // SAFETY: buf points to CHUNK readable bytes private to this process.
+    let (a, m, z) = unsafe {
+        (
+            buf.cast::<u64>().read_unaligned(),
+            buf.add(CHUNK / 2).cast::<u64>().read_unaligned(),
+            buf.add(CHUNK - 8).cast::<u64>().read_unaligned(),
+        )
+    };
+    (sum.rotate_left(7) ^ a)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(m ^ z.rotate_left(29))
+}
+
+/// FNV-1a of a whole chunk: the last chunk is checked byte for byte.
+fn content(buf: *const u8) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..CHUNK {
+        // SAFETY: i < CHUNK, inside the caller's private buffer.
+        h = (h ^ u64::from(unsafe { *buf.add(i) })).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+// ---- one measured run ----
+
+/// One run's result: the figure (GB/s or µs) and whether every check passed.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    pub value: f64,
+    pub ok: bool,
+    /// FUTEX_WAIT calls per message (a round trip is two messages).
+    pub sleeps: f64,
+}
+
+/// The buffers and the shared region the runs use.
+pub struct Bench<'a> {
+    region: &'a Region,
+    hot: Vec<u8>,
+    private: Vec<u8>,
+    /// How long one run may take before the watchdog kills the child.
+    pub timeout: Duration,
+}
+
+impl<'a> Bench<'a> {
+    pub fn new(region: &'a Region, timeout: Duration) -> Bench<'a> {
+        let hot: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        Bench {
+            region,
+            hot,
+            private: vec![0; CHUNK],
+            timeout,
+        }
+    }
+
+    /// Fork a child pinned to `place.child_cpu`; run `child` there and
+    /// `parent` here, under a watchdog. `Ok(None)`: the watchdog fired.
+    fn forked<T>(
+        &self,
+        place: Placement,
+        ends: Ends,
+        child: impl FnOnce() -> i32,
+        parent: impl FnOnce() -> anyhow::Result<T>,
+    ) -> anyhow::Result<Option<T>> {
+        self.region.reset();
+        let cpus = one_cpu(place.child_cpu)?;
+        // SAFETY: the child only pins itself, runs `child` (atomics, raw
+        // copies and async-signal-safe system calls, no allocation or lock)
+        // and leaves with _exit.
+        match unsafe { fork() }.call("fork()")? {
+            ForkResult::Child => {
+                die_with_parent();
+                close_all(&ends.parent);
+                let code = if sched_setaffinity(Pid::from_raw(0), &cpus).is_err() {
+                    let ctl = &self.region.header().ctl;
+                    ctl.error
+                        .store(nix::errno::Errno::last_raw() as u32, Ordering::SeqCst);
+                    ctl.ready.store(NOT_PINNED, Ordering::Release);
+                    3
+                } else {
+                    child()
+                };
+                // SAFETY: _exit ends the child without running the parent's
+                // destructors, atexit handlers or stdio flushes.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                let guard = cleanup::child(child);
+                let unblock = ends.unblock;
+                drop(ends.child); // a dead child now means EOF or EPIPE here
+                let ctl = &self.region.header().ctl;
+                let (done, stop) = mpsc::channel::<()>();
+                let timeout = self.timeout;
+                let result = std::thread::scope(|s| {
+                    s.spawn(move || {
+                        if stop.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+                            ctl.abort.store(1, Ordering::SeqCst);
+                            let _ = kill(child, Signal::SIGKILL);
+                            if let Some(fd) = unblock {
+                                let _ = write_full(fd, 1u64.to_ne_bytes().as_ptr(), 8);
+                            }
+                        }
+                    });
+                    let r = self.wait_ready(place.child_cpu).and_then(|()| parent());
+                    let _ = done.send(());
+                    if r.is_err() {
+                        let _ = kill(child, Signal::SIGKILL); // don't wait for it
+                    }
+                    r
+                });
+                let waited = wait_deadline(child, Duration::from_secs(10))
+                    .call(format!("waitpid({child})"))?;
+                guard.disarm();
+                if self.region.aborted() {
+                    return Ok(None);
+                }
+                let value = result?;
+                match waited {
+                    Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(Some(value)),
+                    other => {
+                        let err = ctl.error.load(Ordering::SeqCst);
+                        bail!("the child failed: {other:?} (errno {err})")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Wait for the child to say it is pinned and ready.
+    fn wait_ready(&self, cpu: usize) -> anyhow::Result<()> {
+        let ctl = &self.region.header().ctl;
+        loop {
+            match ctl.ready.load(Ordering::Acquire) {
+                0 if self.region.aborted() => bail!("the child never became ready"),
+                0 => std::thread::yield_now(),
+                NOT_PINNED => {
+                    let e = nix::errno::Errno::from_raw(ctl.error.load(Ordering::SeqCst) as i32);
+                    return Err(e)
+                        .call(format!("sched_setaffinity(0, {{CPU {cpu}}}) in the child"));
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Parent → child, `chunks` chunks of 64 KiB. Returns GB/s.
+    pub fn throughput(
+        &mut self,
+        kind: Kind,
+        place: Placement,
+        chunks: u32,
+    ) -> anyhow::Result<Option<Run>> {
+        let (ends, own, [parent_tx, _, child_rx, _]) = split(kind, false)?;
+        let region = self.region;
+        let hot = self.hot.as_mut_ptr();
+        let private = self.private.as_mut_ptr();
+        let child = || reader(region, kind, child_rx, private, chunks);
+        // ANCHOR: writer
+        let parent = || {
+            let t0 = now_ns();
+            for seq in 0..chunks {
+                stamp(hot, u64::from(seq));
+                match kind {
+                    Kind::Shm(wait) => {
+                        let h = region.header();
+                        region
+                            .wait_for(&h.tail, wait, |t| seq.wrapping_sub(t) < SLOTS as u32)
+                            .map_err(|_| anyhow::anyhow!("aborted"))?;
+                        // SAFETY: slot(seq) is free (the reader released it:
+                        // tail > seq - SLOTS) and CHUNK long; hot is ours.
+                        unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(seq), CHUNK) };
+                        region.publish(&h.head, seq.wrapping_add(1), wait);
+                    }
+                    _ => write_full(parent_tx, hot, CHUNK)
+                        .map_err(nix::errno::Errno::from_raw)
+                        .call(format!("write({parent_tx}, buf, {CHUNK})"))?,
+                }
+            }
+            Ok(t0)
+        };
+        // ANCHOR_END: writer
+        let out = self.forked(place, ends, child, parent);
+        drop(own);
+        let Some(t0) = out? else { return Ok(None) };
+
+        let ctl = &self.region.header().ctl;
+        let end = ctl.end_ns.load(Ordering::SeqCst);
+        let secs = (end.saturating_sub(t0)).max(1) as f64 / 1e9;
+        let bytes = f64::from(chunks) * CHUNK as f64;
+        // What the reader must have seen: recompute with our own stamps.
+        let mut expect = 0u64;
+        for seq in 0..chunks {
+            stamp(hot, u64::from(seq));
+            expect = fold(expect, hot);
+        }
+        let ok = ctl.checksum.load(Ordering::SeqCst) == expect
+            && ctl.content.load(Ordering::SeqCst) == content(hot)
+            && ctl.count.load(Ordering::SeqCst) == u64::from(chunks);
+        let sleeps = ctl.sleeps.load(Ordering::SeqCst) as f64 / f64::from(chunks);
+        Ok(Some(Run {
+            value: bytes / secs / 1e9,
+            ok,
+            sleeps,
+        }))
+    }
+
+    /// `trips` 8-byte round trips. Returns µs per round trip.
+    pub fn latency(
+        &mut self,
+        kind: Kind,
+        place: Placement,
+        trips: u32,
+    ) -> anyhow::Result<Option<Run>> {
+        let (ends, own, [ptx, prx, crx, ctx]) = split(kind, true)?;
+        let region = self.region;
+        let child = || ponger(region, kind, crx, ctx, trips);
+        // ANCHOR: ping
+        let parent = || {
+            let mut bad = 0u64;
+            let t0 = now_ns();
+            for i in 0..trips {
+                let m = u64::from(i) + 1;
+                let r = match kind {
+                    Kind::Shm(wait) => {
+                        let h = region.header();
+                        h.head.msg.store(m, Ordering::Relaxed);
+                        region.publish(&h.head, i.wrapping_add(1), wait);
+                        region
+                            .wait_for(&h.tail, wait, |t| t == i.wrapping_add(1))
+                            .map_err(|_| anyhow::anyhow!("aborted"))?;
+                        h.tail.msg.load(Ordering::Relaxed)
+                    }
+                    _ => {
+                        write_full(ptx, m.to_ne_bytes().as_ptr(), 8)
+                            .map_err(nix::errno::Errno::from_raw)
+                            .call(format!("write({ptx}, &msg, 8)"))?;
+                        let mut r = [0u8; 8];
+                        read_full(prx, r.as_mut_ptr(), 8)
+                            .map_err(nix::errno::Errno::from_raw)
+                            .call(format!("read({prx}, &msg, 8)"))?;
+                        u64::from_ne_bytes(r)
+                    }
+                };
+                if r != m + 1 {
+                    bad += 1;
+                }
+                if region.aborted() {
+                    bail!("aborted");
+                }
+            }
+            Ok((now_ns() - t0, bad))
+        };
+        // ANCHOR_END: ping
+        let out = self.forked(place, ends, child, parent);
+        drop(own);
+        let Some((ns, bad)) = out? else {
+            return Ok(None);
+        };
+        let ctl = &self.region.header().ctl;
+        let ok = bad == 0 && ctl.count.load(Ordering::SeqCst) == u64::from(trips);
+        let sleeps = ctl.sleeps.load(Ordering::SeqCst) as f64 / (2.0 * f64::from(trips));
+        Ok(Some(Run {
+            value: ns as f64 / 1e3 / f64::from(trips),
+            ok,
+            sleeps,
+        }))
+    }
+}
+
+/// Close descriptors by number (in the child: the parent's ends).
+fn close_all(fds: &[RawFd]) {
+    for &fd in fds {
+        // SAFETY: close is async-signal-safe; these are the child's inherited
+        // copies of the parent's ends, never used again in the child.
+        unsafe { libc::close(fd) };
+    }
+}
+
+/// Who closes what after `fork`.
+struct Ends {
+    /// The child's ends: the parent drops them right after fork.
+    child: Vec<OwnedFd>,
+    /// The parent's ends: the child closes them (by number) right after fork.
+    parent: Vec<RawFd>,
+    /// eventfd has no EOF: the watchdog writes here to wake a blocked parent.
+    unblock: Option<RawFd>,
+}
+
+/// Make a run's descriptors (none for the ring) and split them: the ends
+/// each side closes, the parent's own (kept until the run ends), and the raw
+/// numbers `[parent_tx, parent_rx, child_rx, child_tx]` (-1 for the ring).
+fn split(kind: Kind, latency: bool) -> anyhow::Result<(Ends, Vec<OwnedFd>, [RawFd; 4])> {
+    if let Kind::Shm(_) = kind {
+        let ends = Ends {
+            child: Vec::new(),
+            parent: Vec::new(),
+            unblock: None,
+        };
+        return Ok((ends, Vec::new(), [-1; 4]));
+    }
+    let f = make_fds(kind, latency, false)?;
+    let raw = [
+        f.parent_tx.as_raw_fd(),
+        f.parent_rx.as_raw_fd(),
+        f.child_rx.as_raw_fd(),
+        f.child_tx.as_raw_fd(),
+    ];
+    let ends = Ends {
+        child: vec![f.child_rx, f.child_tx],
+        parent: vec![raw[0], raw[1]],
+        unblock: (kind == Kind::Eventfd).then_some(raw[1]),
+    };
+    Ok((ends, vec![f.parent_tx, f.parent_rx], raw))
+}
+
+/// The child's side of the throughput test. Returns its exit status.
+fn reader(region: &Region, kind: Kind, rx: RawFd, private: *mut u8, chunks: u32) -> i32 {
+    let ctl = &region.header().ctl;
+    // Touch the private buffer now: its first writes would copy-on-write.
+    // SAFETY: private points to CHUNK bytes of this process's own copy.
+    unsafe { std::ptr::write_bytes(private, 0, CHUNK) };
+    ctl.ready.store(1, Ordering::Release);
+    let mut sum = 0u64;
+    // ANCHOR: reader
+    for seq in 0..chunks {
+        match kind {
+            Kind::Shm(wait) => {
+                let h = region.header();
+                if region.wait_for(&h.head, wait, |v| v != seq).is_err() {
+                    return 4;
+                }
+                // SAFETY: the writer published slot(seq) (head > seq) and
+                // will not reuse it until we advance tail; private is ours.
+                unsafe { std::ptr::copy_nonoverlapping(region.slot(seq), private, CHUNK) };
+                region.publish(&h.tail, seq.wrapping_add(1), wait);
+            }
+            _ => {
+                if let Err(e) = read_full(rx, private, CHUNK) {
+                    ctl.error.store(e as u32, Ordering::SeqCst);
+                    return 5;
+                }
+            }
+        }
+        sum = fold(sum, private);
+    }
+    // ANCHOR_END: reader
+    ctl.end_ns.store(now_ns(), Ordering::SeqCst);
+    ctl.checksum.store(sum, Ordering::SeqCst);
+    ctl.content.store(content(private), Ordering::SeqCst);
+    ctl.count.store(u64::from(chunks), Ordering::SeqCst);
+    0
+}
+
+/// The child's side of the ping-pong: answer each message with message + 1.
+fn ponger(region: &Region, kind: Kind, rx: RawFd, tx: RawFd, trips: u32) -> i32 {
+    let ctl = &region.header().ctl;
+    ctl.ready.store(1, Ordering::Release);
+    for i in 0..trips {
+        match kind {
+            Kind::Shm(wait) => {
+                let h = region.header();
+                if region
+                    .wait_for(&h.head, wait, |v| v == i.wrapping_add(1))
+                    .is_err()
+                {
+                    return 4;
+                }
+                let m = h.head.msg.load(Ordering::Relaxed);
+                h.tail.msg.store(m + 1, Ordering::Relaxed);
+                region.publish(&h.tail, i.wrapping_add(1), wait);
+            }
+            _ => {
+                let mut b = [0u8; 8];
+                let r = read_full(rx, b.as_mut_ptr(), 8).and_then(|()| {
+                    let reply = (u64::from_ne_bytes(b) + 1).to_ne_bytes();
+                    write_full(tx, reply.as_ptr(), 8)
+                });
+                if let Err(e) = r {
+                    ctl.error.store(e as u32, Ordering::SeqCst);
+                    return 5;
+                }
+            }
+        }
+    }
+    ctl.count.store(u64::from(trips), Ordering::SeqCst);
+    0
+}
+
+/// The memcpy baseline: copy `len` bytes from one buffer to another, once.
+/// Returns GB/s.
+pub fn memcpy(src: &[u8], dst: &mut [u8]) -> f64 {
+    let t0 = now_ns();
+    dst.copy_from_slice(src);
+    let ns = (now_ns() - t0).max(1);
+    std::hint::black_box(&dst);
+    src.len() as f64 / ns as f64
+}

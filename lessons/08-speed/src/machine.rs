@@ -1,0 +1,69 @@
+//! What machine the numbers come from: CPU model and count, whether it looks
+//! virtualised, and which CPUs this process may run on.
+
+use nix::sched::CpuSet;
+
+pub struct Machine {
+    /// `model name` from /proc/cpuinfo.
+    pub model: String,
+    /// CPUs online (`sysconf(_SC_NPROCESSORS_ONLN)`).
+    pub online: usize,
+    /// The `hypervisor` flag in /proc/cpuinfo: the CPU says it runs under a
+    /// hypervisor.
+    pub virtualized: bool,
+}
+
+/// Read /proc/cpuinfo and sysconf.
+pub fn read() -> Machine {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    parse(&info, online())
+}
+
+fn online() -> usize {
+    // SAFETY: sysconf takes an integer and returns one.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    n.max(1) as usize
+}
+
+/// Parse /proc/cpuinfo text.
+pub fn parse(info: &str, online: usize) -> Machine {
+    let field = |name: &str| {
+        info.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    };
+    let model = field("model name")
+        .or_else(|| field("cpu model"))
+        .or_else(|| field("Hardware"))
+        .unwrap_or_else(|| "unknown".into());
+    let virtualized =
+        field("flags").is_some_and(|f| f.split_whitespace().any(|x| x == "hypervisor"));
+    Machine {
+        model,
+        online,
+        virtualized,
+    }
+}
+
+/// The CPUs in an affinity mask, in order.
+pub fn cpus_in(set: &CpuSet) -> Vec<usize> {
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_model_and_the_hypervisor_flag() {
+        let text =
+            "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu vme hypervisor lahf_lm\n";
+        let m = parse(text, 2);
+        assert_eq!(m.model, "AMD EPYC");
+        assert!(m.virtualized);
+        assert!(!parse("model name : X\nflags : fpu\n", 1).virtualized);
+    }
+}

@@ -1,0 +1,655 @@
+//! Lesson 8: is shared memory really the fastest IPC?
+//!
+//! The article says shared memory "has the highest efficiency among the
+//! various inter-process communication methods". This lesson measures it on
+//! the student's machine against a pipe (default and 1 MiB), a Unix
+//! socketpair, eventfd and a plain memcpy: throughput (256 MiB in 64 KiB
+//! chunks, parent to child) and latency (an 8-byte ping-pong), with the two
+//! processes pinned to different CPUs, then to the same one.
+//!
+//! Run it: `cargo run -p lesson-8 --release` (`--quick` for a first look,
+//! `--json` for a machine-readable summary).
+
+mod bench;
+mod machine;
+mod results;
+mod ring;
+
+use std::io::{IsTerminal, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bench::{Bench, Kind, LATENCY, Placement, THROUGHPUT, one_cpu};
+use common::args::Cli;
+use common::inspect;
+use common::narrate::{self, block, compare, evidence, explain, fact, note, section, step, warn};
+use common::report::CallResult;
+use nix::sched::{sched_getaffinity, sched_setaffinity};
+use nix::unistd::{Pid, getpid};
+use results::{Group, Series, ratio};
+use ring::{CHUNK, MAP_LEN, Region, SLOTS, SLOTS_OFFSET, Wait};
+
+const ABOUT: &str = "Lesson 8: is shared memory really the fastest IPC? Measures throughput \
+    (parent to child, 64 KiB chunks) and 8-byte round-trip latency over pipes, a Unix \
+    socketpair, eventfd and a shared-memory ring with three ways to wait (spin, yield, futex), \
+    against a plain memcpy; pinned to different CPUs, then to one.";
+
+/// How much work one invocation does.
+struct Plan {
+    runs: usize,
+    chunks: u32,
+    trips: u32,
+    memcpy_len: usize,
+    /// A spinner sharing a CPU waits out whole time slices: far fewer messages.
+    same_cpu_spin_chunks: u32,
+    same_cpu_spin_trips: u32,
+    timeout: Duration,
+}
+
+fn parse_runs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=50).contains(&n) => Ok(n),
+        Ok(_) => Err("between 1 and 50".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    common::run(lesson)
+}
+
+fn lesson() -> anyhow::Result<()> {
+    let args = Cli::new("lesson-8", ABOUT)
+        .flag(
+            "--quick",
+            "16 MiB and 1000 round trips a run: a few seconds, for tests and a first look",
+        )
+        .option_with(
+            "--runs",
+            "N",
+            "runs of each measurement (default 5)",
+            parse_runs,
+        )
+        .flag(
+            "--json",
+            "narrate on stderr and print one JSON object of medians on stdout",
+        )
+        .parse();
+    let quick = args.flag("--quick");
+    let runs = args.value("--runs").map_or(Ok(5), parse_runs).unwrap_or(5);
+    let plan = if quick {
+        Plan {
+            runs,
+            chunks: 256,
+            trips: 1000,
+            memcpy_len: 16 << 20,
+            same_cpu_spin_chunks: 32,
+            same_cpu_spin_trips: 10,
+            timeout: Duration::from_secs(10),
+        }
+    } else {
+        Plan {
+            runs,
+            chunks: 4096, // 256 MiB
+            trips: 20_000,
+            memcpy_len: 64 << 20,
+            same_cpu_spin_chunks: 64,
+            same_cpu_spin_trips: 20,
+            timeout: Duration::from_secs(20),
+        }
+    };
+    // --json: the narration goes to stderr, the object alone to stdout.
+    let json_out = if args.flag("--json") {
+        Some(stdout_to_stderr()?)
+    } else {
+        None
+    };
+
+    narrate::title(
+        "lesson-8",
+        "is shared memory really the fastest IPC?",
+        "A measured shoot-out: pipes, a Unix socketpair, eventfd and a shared-memory ring, \
+         against memcpy. Shared memory removes copies, not wake-ups: watch which of the two \
+         dominates each number.",
+    );
+
+    // ANCHOR: machine
+    section("1. The machine the numbers come from");
+    let m = machine::read();
+    fact("CPU model", &m.model);
+    fact("CPUs online", m.online);
+    fact(
+        "virtualised",
+        if m.virtualized {
+            "yes (the 'hypervisor' flag is set in /proc/cpuinfo)"
+        } else {
+            "no 'hypervisor' flag in /proc/cpuinfo"
+        },
+    );
+    let s = step("sched_getaffinity(0, sizeof(cpu_set_t), &mask)");
+    let mask = s.check(sched_getaffinity(Pid::from_raw(0)))?;
+    let usable = machine::cpus_in(&mask);
+    s.ok(format!("0, CPUs {usable:?}"));
+    evidence(
+        "grep -m1 'model name' /proc/cpuinfo; nproc",
+        [
+            format!("model name : {}", m.model),
+            usable.len().to_string(),
+        ],
+    );
+    if m.virtualized {
+        explain(
+            "A virtual machine's idle vCPU is halted by the hypervisor; waking it to run a \
+             sleeping reader costs tens of microseconds. Every blocking round trip pays it.",
+        );
+    }
+    // ANCHOR_END: machine
+
+    // ANCHOR: region
+    section("2. The shared-memory ring: one mapping made before fork");
+    let s = step(format!(
+        "mmap(NULL, {MAP_LEN}, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
+    ));
+    let region = s.check(Region::map())?;
+    s.ok(format!("{:#x}", region.addr()));
+    evidence(
+        &format!("grep {:x} /proc/{}/maps", region.addr(), getpid()),
+        inspect::maps_line_for(region.addr()),
+    );
+    block(format!(
+        "offset  what\n\
+         0       head: count of chunks written  (+ 'reader sleeps' flag, 8-byte message)\n\
+         64      tail: count of chunks read     (+ 'writer sleeps' flag, 8-byte message)\n\
+         128     control: ready, abort, end time, checksums\n\
+         {SLOTS_OFFSET}    {SLOTS} slots of {} KiB",
+        CHUNK / 1024
+    ));
+    explain(
+        "MAP_SHARED|MAP_ANONYMOUS: memory with no name, shared with the children forked after \
+         it (a MAP_PRIVATE mapping would be copied on the first write). The writer fills a \
+         slot and stores head+1 (release); the reader sees it (acquire), copies the slot out \
+         and stores tail+1. head and tail sit on different 64-byte cache lines, so each CPU \
+         writes only its own line.",
+    );
+    explain(
+        "How a side waits for the other: spin (the PAUSE instruction in a loop, never \
+         sleeping); spin then sched_yield(); or spin then futex(FUTEX_WAIT) on the counter, \
+         woken by futex(FUTEX_WAKE) from the other side. The futex is shared (no \
+         FUTEX_PRIVATE_FLAG): the two processes are different address spaces.",
+    );
+    // ANCHOR_END: region
+
+    // ANCHOR: kernel
+    section("3. The kernel transports (each run makes fresh ones)");
+    narrate::subsection("a pipe, default size");
+    drop(bench::make_fds(Kind::Pipe, true, true)?);
+    explain("A pipe carries bytes one way: the ping-pong needs a second one for the answers.");
+    narrate::subsection("a pipe enlarged to 1 MiB");
+    drop(bench::make_fds(Kind::Pipe1M, false, true)?);
+    narrate::subsection("a Unix stream socketpair");
+    drop(bench::make_fds(Kind::Unix, true, true)?);
+    narrate::subsection("two eventfds (ping and pong)");
+    drop(bench::make_fds(Kind::Eventfd, true, true)?);
+    explain(
+        "Each of these copies every byte twice: write() from the writer's buffer into the \
+         kernel, read() from the kernel into the reader's buffer. The ring copies twice too \
+         (into a slot, out of it) but never enters the kernel, unless a side sleeps.",
+    );
+    // ANCHOR_END: kernel
+
+    // ANCHOR: placement
+    section("4. Placement: sched_setaffinity");
+    let (main_place, same_place) = match usable.as_slice() {
+        [a, b, ..] => (
+            Placement {
+                parent_cpu: *a,
+                child_cpu: *b,
+            },
+            Placement {
+                parent_cpu: *a,
+                child_cpu: *a,
+            },
+        ),
+        [a] => {
+            let p = Placement {
+                parent_cpu: *a,
+                child_cpu: *a,
+            };
+            (p, p)
+        }
+        [] => anyhow::bail!("sched_getaffinity returned no CPU"),
+    };
+    let s = step(format!(
+        "sched_setaffinity(0, {{CPU {}}})",
+        main_place.parent_cpu
+    ));
+    s.check(sched_setaffinity(
+        Pid::from_raw(0),
+        &one_cpu(main_place.parent_cpu)?,
+    ))?;
+    s.ok(0);
+    explain(format!(
+        "The parent (writer, pinger) runs on CPU {}. Each forked child pins itself with \
+         sched_setaffinity(0, {{CPU {}}}) before it says it is ready; the headline figures \
+         are {}. Then both run on CPU {}.",
+        main_place.parent_cpu,
+        main_place.child_cpu,
+        main_place.key(),
+        same_place.parent_cpu
+    ));
+    let one_cpu_only = main_place == same_place;
+    if one_cpu_only {
+        warn(
+            "only one CPU is usable here, so pure spin is skipped: a spinning reader on the \
+             writer's own CPU burns its whole time slice before the writer can run, and each \
+             round trip would cost milliseconds (run without taskset to see it measured).",
+        );
+    }
+    // ANCHOR_END: placement
+
+    // ANCHOR: memcpy
+    section("5. The baseline: memcpy in one thread");
+    let src = vec![0x5au8; plan.memcpy_len];
+    let mut dst = vec![0u8; plan.memcpy_len];
+    bench::memcpy(&src, &mut dst); // fault the pages in, untimed
+    let mut memcpy = Series::new(Kind::Pipe);
+    for _ in 0..plan.runs {
+        memcpy.values.push(bench::memcpy(&src, &mut dst));
+    }
+    drop((src, dst));
+    let memcpy_gbps = memcpy.median();
+    fact(
+        &format!("memcpy of {} MiB", plan.memcpy_len >> 20),
+        format!(
+            "median {:.1} GB/s, min {:.1} GB/s (runs: {})",
+            memcpy_gbps.unwrap_or(0.0),
+            memcpy.min().unwrap_or(0.0),
+            plan.runs
+        ),
+    );
+    explain(
+        "At 64 MiB (the default; --quick copies 16 MiB) source and destination are larger \
+         than the caches: this is the speed of DRAM, the ceiling for any transport whose \
+         data must go through memory rather than stay in the caches.",
+    );
+    // ANCHOR_END: memcpy
+
+    // ANCHOR: measure
+    section("6. Measuring");
+    explain(format!(
+        "Runs of each: {}. Throughput: {} MiB in {} KiB chunks; latency: {} round trips of \
+         8 bytes.",
+        plan.runs,
+        (plan.chunks as usize * CHUNK) >> 20,
+        CHUNK / 1024,
+        plan.trips
+    ));
+    if !one_cpu_only {
+        explain(format!(
+            "On one CPU, pure spin moves only {} chunks and makes {} round trips a run: each \
+             wait there lasts until the end of a time slice.",
+            plan.same_cpu_spin_chunks, plan.same_cpu_spin_trips
+        ));
+    }
+    let mut bench = Bench::new(&region, plan.timeout);
+    let groups_to_run = if one_cpu_only { 1 } else { 2 };
+    let mut progress =
+        Progress::new(groups_to_run * plan.runs * (THROUGHPUT.len() + LATENCY.len()));
+    let main_group = measure(&mut bench, &plan, main_place, one_cpu_only, &mut progress)?;
+    let same_group = if one_cpu_only {
+        main_group.clone()
+    } else {
+        measure(&mut bench, &plan, same_place, false, &mut progress)?
+    };
+    progress.clear();
+    // ANCHOR_END: measure
+
+    // ANCHOR: report
+    for g in if one_cpu_only {
+        vec![&main_group]
+    } else {
+        vec![&main_group, &same_group]
+    } {
+        section(format!("7. Results, {}", g.placement));
+        block(results::throughput_table(g, memcpy_gbps));
+        let mut rows = vec![("memcpy (one thread)".to_string(), memcpy_gbps)];
+        rows.extend(
+            g.throughput
+                .iter()
+                .map(|s| (s.kind.label(false).to_string(), s.median())),
+        );
+        block(results::chart(&rows, false, "GB/s"));
+        block(results::latency_table(g));
+        let rows: Vec<_> = g
+            .latency
+            .iter()
+            .map(|s| (s.kind.label(true).to_string(), s.median()))
+            .collect();
+        block(results::chart(&rows, true, "µs"));
+        let sl = |s: Option<&Series>| s.and_then(Series::sleeps).unwrap_or(0.0);
+        fact(
+            "spin+futex: FUTEX_WAIT calls per message",
+            format!(
+                "{:.2} in the throughput test, {:.2} in the ping-pong",
+                sl(g.tput("shm_futex")),
+                sl(g.lat("shm_futex"))
+            ),
+        );
+        for s in g.throughput.iter().chain(&g.latency) {
+            if let Some(why) = &s.skipped {
+                note(format!("{}: skipped: {why}", s.kind.label(false)));
+            }
+        }
+    }
+    // ANCHOR_END: report
+
+    // ANCHOR: conclude
+    section("8. What the numbers say");
+    for text in conclusions(
+        &main_group,
+        &same_group,
+        memcpy_gbps,
+        one_cpu_only,
+        m.virtualized,
+    ) {
+        explain(text);
+    }
+    let spin_x = ratio(
+        main_group.gbps("shm_spin"),
+        main_group.best_kernel_gbps().map(|b| b.1),
+    );
+    let fmt_us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} µs"));
+    compare(
+        "shared memory has the highest efficiency among the various inter-process \
+         communication methods",
+        &match spin_x {
+            Some(x) => format!(
+                "across CPUs a spinning ring moved data {x:.1}× faster than the best kernel \
+                 transport; on one CPU, with a futex sleep per message, its round trip took {} \
+                 against the pipe's {}",
+                fmt_us(same_group.us("shm_futex")),
+                fmt_us(same_group.us("pipe")),
+            ),
+            None => format!(
+                "pure spin could not be measured on one CPU; with a futex sleep per message \
+                 the ring's round trip took {} against the pipe's {}",
+                fmt_us(same_group.us("shm_futex")),
+                fmt_us(same_group.us("pipe")),
+            ),
+        },
+        "shared memory saves the copies through the kernel, not the cost of waking the other \
+         side. It wins big only when the reader busy-waits on another CPU.",
+    );
+    // ANCHOR_END: conclude
+
+    section("9. Clean up");
+    let s = step("sched_setaffinity(0, <the mask we started with>)");
+    s.check(sched_setaffinity(Pid::from_raw(0), &mask))?;
+    s.ok(0);
+    let s = step(format!("munmap({:#x}, {MAP_LEN})", region.addr()));
+    drop(bench);
+    drop(region); // Region's Drop calls munmap
+    s.ok(0);
+    narrate::conclude(
+        "lesson-8 done: every transport's checksum and every reply were checked; the numbers \
+         above are this machine's.",
+    );
+
+    if let Some(saved) = json_out {
+        narrate::end_pending();
+        std::io::stdout().flush().ok();
+        restore_stdout(saved)?;
+        println!(
+            "{}",
+            results::json(&m, usable.len(), memcpy_gbps, &main_group, &same_group)
+        );
+    }
+    let all_ok = [&main_group, &same_group]
+        .iter()
+        .flat_map(|g| g.throughput.iter().chain(&g.latency))
+        .all(|s| s.ok);
+    if !all_ok {
+        anyhow::bail!("a checksum or a reply did not match (see the tables)");
+    }
+    Ok(())
+}
+
+/// Every transport, `plan.runs` times, in one placement.
+fn measure(
+    bench: &mut Bench,
+    plan: &Plan,
+    place: Placement,
+    skip_spin: bool,
+    progress: &mut Progress,
+) -> anyhow::Result<Group> {
+    let same = place.parent_cpu == place.child_cpu;
+    let mut group = Group {
+        placement: place.key(),
+        throughput: THROUGHPUT.iter().map(|&k| Series::new(k)).collect(),
+        latency: LATENCY.iter().map(|&k| Series::new(k)).collect(),
+    };
+    for latency in [false, true] {
+        let list = if latency {
+            &mut group.latency
+        } else {
+            &mut group.throughput
+        };
+        for series in list.iter_mut() {
+            let spin = series.kind == Kind::Shm(Wait::Spin);
+            if spin && skip_spin {
+                series.skipped = Some(
+                    "one usable CPU: a spinner would hold it for a whole time slice per message"
+                        .into(),
+                );
+                progress.skip(plan.runs);
+                continue;
+            }
+            for run in 0..plan.runs {
+                progress.tick(&format!(
+                    "{} {} {}, run {}/{}",
+                    place.key(),
+                    if latency { "latency" } else { "throughput" },
+                    series.kind.label(latency),
+                    run + 1,
+                    plan.runs
+                ));
+                let r = if latency {
+                    let n = if spin && same {
+                        plan.same_cpu_spin_trips
+                    } else {
+                        plan.trips
+                    };
+                    bench.latency(series.kind, place, n)?
+                } else {
+                    let n = if spin && same {
+                        plan.same_cpu_spin_chunks
+                    } else {
+                        plan.chunks
+                    };
+                    bench.throughput(series.kind, place, n)?
+                };
+                match r {
+                    Some(r) => {
+                        series.values.push(r.value);
+                        series.sleeps.push(r.sleeps);
+                        series.ok &= r.ok;
+                    }
+                    None => {
+                        series.skipped = Some(format!(
+                            "a run took longer than {} s and was stopped",
+                            bench.timeout.as_secs()
+                        ));
+                        progress.skip(plan.runs - run - 1);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(group)
+}
+
+/// The closing explanation, drawn from the measured numbers.
+fn conclusions(
+    main: &Group,
+    same: &Group,
+    memcpy: Option<f64>,
+    one_cpu: bool,
+    virtualized: bool,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    if let (Some((best, bk)), Some(spin)) = (main.best_kernel_gbps(), main.gbps("shm_spin")) {
+        out.push(format!(
+            "Throughput, {}: the spinning ring moved {spin:.1} GB/s, {:.1}× the best kernel \
+             transport ({best}, {bk:.1} GB/s) and {} a single-thread memcpy ({} GB/s). A \
+             pipe copies each byte into the kernel and out again and wakes the reader; the \
+             ring's 1 MiB of slots stays in the CPU caches, which is why it can even beat a \
+             memcpy through DRAM.",
+            main.placement,
+            spin / bk,
+            fmt_vs(Some(spin), memcpy),
+            f(memcpy),
+        ));
+    }
+    let (pipe, big) = (main.gbps("pipe"), main.gbps("pipe_1mib"));
+    if let (Some(p), Some(b)) = (pipe, big) {
+        out.push(format!(
+            "F_SETPIPE_SZ took the pipe from {p:.2} to {b:.2} GB/s ({:.1}×): with 64 KiB of \
+             buffer a 64 KiB write fills it, so writer and reader wake each other for every \
+             chunk; with 1 MiB they work in batches.",
+            b / p
+        ));
+    }
+    if let (Some((best, bu)), Some(spin)) = (main.best_kernel_us(), main.us("shm_spin")) {
+        out.push(format!(
+            "Latency, {}: a spin round trip took {spin:.2} µs, {:.0}× faster than the fastest \
+             kernel transport ({best}, {bu:.1} µs). Nobody sleeps, so nobody is woken: the \
+             message is just a cache line moving between two CPUs.",
+            main.placement,
+            bu / spin
+        ));
+    }
+    let sleeps = |g: &Group| g.lat("shm_futex").and_then(Series::sleeps);
+    for g in if one_cpu {
+        vec![main]
+    } else {
+        vec![main, same]
+    } {
+        if let (Some(fu), Some(p), Some(z)) = (g.us("shm_futex"), g.us("pipe"), sleeps(g)) {
+            out.push(format!(
+                "Spin then futex, {}: {fu:.2} µs per round trip against the pipe's {p:.2} µs, \
+                 with {z:.2} FUTEX_WAIT calls per message. {}",
+                g.placement,
+                if g.placement == "same-cpu" {
+                    "On one CPU the other side can only run once we sleep, so most messages \
+                     cost a sleep and a wake-up: the same system calls and the same \
+                     scheduler work as a pipe, and about the same time. Shared memory removes \
+                     copies, not wake-ups."
+                } else if z < 0.25 {
+                    "The short spin usually catches the answer arriving from the other CPU, so \
+                     the ring rarely sleeps: that is the whole trick of spin-then-sleep locks."
+                } else {
+                    "Every sleep costs a system call and a wake-up of the other CPU, as for a \
+                     pipe: shared memory removes copies, not wake-ups."
+                }
+            ));
+        }
+    }
+    if virtualized {
+        out.push(
+            "This machine is virtualised: waking a sleeping process on an idle vCPU goes \
+             through the hypervisor, which is why every blocking round trip across CPUs \
+             (pipe, socket, eventfd) costs tens of microseconds here."
+                .into(),
+        );
+    }
+    if !one_cpu {
+        if let (Some(s1), Some(s2)) = (same.us("shm_spin"), main.us("shm_spin")) {
+            out.push(format!(
+                "On one CPU the same spin took {s1:.0} µs per round trip, {:.0}× slower than \
+                 across CPUs: the spinner holds the CPU until its time slice ends, while the \
+                 process it waits for cannot run. Yield ({} µs) gives the CPU away at once; \
+                 that is why spinning is only for a reader with a CPU of its own.",
+                s1 / s2,
+                f(same.us("shm_yield"))
+            ));
+        }
+    } else {
+        out.push(
+            "With one usable CPU, only yield and futex waits make sense for shared memory; \
+             run without taskset to see the spinning ring on a CPU of its own."
+                .into(),
+        );
+    }
+    out
+}
+
+/// A ratio as text: "2.10×".
+fn fmt_vs(x: Option<f64>, y: Option<f64>) -> String {
+    match (x, y) {
+        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
+        _ => "an unmeasured fraction".into(),
+    }
+}
+
+/// A progress line on stderr, only when stderr is a terminal.
+struct Progress {
+    total: usize,
+    done: usize,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: usize) -> Progress {
+        Progress {
+            total,
+            done: 0,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    fn tick(&mut self, what: &str) {
+        self.done += 1;
+        if self.tty {
+            eprint!("\r\x1b[K[{:>3}/{}] {what}", self.done, self.total);
+        }
+    }
+
+    fn skip(&mut self, n: usize) {
+        self.done += n;
+    }
+
+    fn clear(&self) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// Point fd 1 at fd 2 (the narration goes to stderr); returns the real stdout.
+fn stdout_to_stderr() -> anyhow::Result<OwnedFd> {
+    std::io::stdout().flush().ok();
+    // SAFETY: dup returns a new descriptor (or -1) that we own from here on.
+    let copy = unsafe { libc::dup(1) };
+    if copy < 0 {
+        return Err(nix::errno::Errno::last()).call("dup(1)");
+    }
+    // SAFETY: copy is a fresh descriptor nobody else owns.
+    let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+    // SAFETY: dup2 replaces fd 1, which std's Stdout uses by number only.
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(nix::errno::Errno::last()).call("dup2(2, 1)");
+    }
+    Ok(copy)
+}
+
+/// Put the real stdout back on fd 1.
+fn restore_stdout(saved: OwnedFd) -> anyhow::Result<()> {
+    // SAFETY: saved is a valid descriptor; dup2 replaces fd 1.
+    if unsafe { libc::dup2(saved.as_raw_fd(), 1) } < 0 {
+        return Err(nix::errno::Errno::last()).call("dup2(saved, 1)");
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! The shared-memory ring: a header of atomics and 16 slots of 64 KiB, in one
+//! `MAP_SHARED|MAP_ANONYMOUS` mapping made before `fork`, so parent and child
+//! see the same physical pages.
+//!
+//! Layout (offsets from the start of the mapping):
+//!
+//! ```text
+//!   0  head  (u32 counter + "reader sleeps" flag)  written by the producer
+//!  64  tail  (u32 counter + "writer sleeps" flag)  written by the consumer
+//! 128  control: ready, abort, end time, checksums  (start/stop of one run)
+//! 4096 slot 0 .. slot 15, 64 KiB each
+//! ```
+//!
+//! head and tail sit on separate 64-byte cache lines: each side writes only
+//! its own line, so a store by one does not steal the line the other is
+//! writing ("false sharing").
+//!
+//! The slots are written by another process, so they are never seen through a
+//! Rust reference: only raw pointers and copies (see FACTS: `&[u8]` over memory
+//! another process writes is undefined behaviour).
+//!
+//! The futex calls are local to this lesson for now (lesson-6 has its own in
+//! `common::futex`, written in parallel; they can be unified later).
+
+use std::hint::spin_loop;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
+
+/// Bytes moved per message in the throughput test.
+pub const CHUNK: usize = 64 * 1024;
+/// Slots in the ring (at least 16).
+pub const SLOTS: usize = 16;
+/// Where the slots start: one page after the header.
+pub const SLOTS_OFFSET: usize = 4096;
+/// The whole mapping.
+pub const MAP_LEN: usize = SLOTS_OFFSET + SLOTS * CHUNK;
+/// Pause instructions before a yielding or futex waiter gives up the CPU.
+pub const SPIN_BEFORE_YIELD: u32 = 16;
+pub const SPIN_BEFORE_FUTEX: u32 = 16;
+
+/// One counter alone on its own 64-byte cache line.
+#[repr(C, align(64))]
+pub struct Counter {
+    /// How many messages this side has published (wraps at 2^32).
+    pub value: AtomicU32,
+    /// 1 while the other side sleeps in FUTEX_WAIT on `value`.
+    pub sleeping: AtomicU32,
+    /// The 8-byte message of the ping-pong, on the same line as its counter.
+    pub msg: AtomicU64,
+}
+
+/// Start and result of one run, written by the child for the parent.
+#[repr(C, align(64))]
+pub struct Control {
+    pub ready: AtomicU32,
+    pub abort: AtomicU32,
+    pub error: AtomicU32,
+    pub end_ns: AtomicU64,
+    pub checksum: AtomicU64,
+    pub content: AtomicU64,
+    pub count: AtomicU64,
+    /// FUTEX_WAIT calls made by either side during the run.
+    pub sleeps: AtomicU64,
+}
+
+/// The header at the start of the mapping: atomics only, so a shared
+/// reference to it is sound even though two processes write it.
+#[repr(C)]
+pub struct Header {
+    pub head: Counter,
+    pub tail: Counter,
+    pub ctl: Control,
+}
+
+/// How a side waits for the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Busy-wait with `spin_loop()` (the PAUSE instruction): never sleeps.
+    Spin,
+    /// Spin briefly, then `sched_yield()` in a loop.
+    Yield,
+    /// Spin briefly, then sleep in `FUTEX_WAIT` on the counter (shared futex).
+    Futex,
+}
+
+/// The waiting side gave up: the run was aborted by the parent's watchdog.
+#[derive(Debug)]
+pub struct Aborted;
+
+/// The mapping: created before `fork`, inherited by the child.
+pub struct Region {
+    base: NonNull<libc::c_void>,
+}
+
+impl Region {
+    /// `mmap(NULL, MAP_LEN, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)`.
+    pub fn map() -> nix::Result<Region> {
+        let len = NonZeroUsize::new(MAP_LEN).expect("MAP_LEN > 0");
+        // SAFETY: a fresh anonymous mapping chosen by the kernel overlaps no
+        // Rust object; it is zero-filled, a valid state for every atomic.
+        let base = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )?
+        };
+        let region = Region { base };
+        // Touch every page now so page faults are not timed.
+        for off in (SLOTS_OFFSET..MAP_LEN).step_by(4096) {
+            // SAFETY: off < MAP_LEN, inside the mapping; no other process
+            // exists yet.
+            unsafe { region.byte(off).write_volatile(0) };
+        }
+        Ok(region)
+    }
+
+    pub fn addr(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    fn byte(&self, off: usize) -> *mut u8 {
+        debug_assert!(off < MAP_LEN);
+        // SAFETY: callers pass off < MAP_LEN, so the result stays inside the
+        // mapping.
+        unsafe { self.base.as_ptr().cast::<u8>().add(off) }
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned, larger than Header, lives as
+        // long as self, and Header holds only atomics (interior mutability):
+        // a shared reference is sound while another process writes them.
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    /// The start of slot `i % SLOTS`, as a raw pointer (never a reference).
+    pub fn slot(&self, i: u32) -> *mut u8 {
+        self.byte(SLOTS_OFFSET + (i as usize % SLOTS) * CHUNK)
+    }
+
+    /// Zero the counters and the control block before a run.
+    pub fn reset(&self) {
+        let h = self.header();
+        for c in [&h.head, &h.tail] {
+            c.value.store(0, Ordering::SeqCst);
+            c.sleeping.store(0, Ordering::SeqCst);
+            c.msg.store(0, Ordering::SeqCst);
+        }
+        let c = &h.ctl;
+        for a in [&c.ready, &c.abort, &c.error] {
+            a.store(0, Ordering::SeqCst);
+        }
+        for a in [&c.end_ns, &c.checksum, &c.content, &c.count, &c.sleeps] {
+            a.store(0, Ordering::SeqCst);
+        }
+    }
+
+    pub fn aborted(&self) -> bool {
+        self.header().ctl.abort.load(Ordering::Relaxed) != 0
+    }
+
+    // ANCHOR: wait
+    /// Wait until `ready(counter)` holds; returns the counter's value.
+    /// Async-signal-safe (atomics, PAUSE, sched_yield, futex): the child
+    /// calls it too.
+    pub fn wait_for(
+        &self,
+        c: &Counter,
+        wait: Wait,
+        ready: impl Fn(u32) -> bool,
+    ) -> Result<u32, Aborted> {
+        let mut spins: u32 = 0;
+        loop {
+            let v = c.value.load(Ordering::Acquire);
+            if ready(v) {
+                return Ok(v);
+            }
+            spins = spins.wrapping_add(1);
+            match wait {
+                Wait::Spin => spin_loop(),
+                Wait::Yield if spins < SPIN_BEFORE_YIELD => spin_loop(),
+                Wait::Yield => {
+                    // SAFETY: sched_yield takes no arguments.
+                    unsafe { libc::sched_yield() };
+                }
+                Wait::Futex if spins < SPIN_BEFORE_FUTEX => spin_loop(),
+                Wait::Futex => {
+                    // Tell the publisher we are about to sleep, then look once
+                    // more: if it published between our load and this store,
+                    // we must not sleep (it may not have seen the flag).
+                    c.sleeping.store(1, Ordering::SeqCst);
+                    let v = c.value.load(Ordering::SeqCst);
+                    if ready(v) {
+                        return Ok(v);
+                    }
+                    // Sleeps only if the counter still equals v; bounded, so
+                    // an abort is noticed within 50 ms.
+                    self.header().ctl.sleeps.fetch_add(1, Ordering::Relaxed);
+                    futex_wait(&c.value, v, 50_000_000);
+                }
+            }
+            if spins % 256 == 0 && self.aborted() {
+                return Err(Aborted);
+            }
+        }
+    }
+
+    /// Publish a new counter value; with futex waits, wake the other side if
+    /// it said it sleeps.
+    pub fn publish(&self, c: &Counter, v: u32, wait: Wait) {
+        if wait == Wait::Futex {
+            c.value.store(v, Ordering::SeqCst);
+            if c.sleeping.swap(0, Ordering::SeqCst) != 0 {
+                futex_wake(&c.value, 1);
+            }
+        } else {
+            c.value.store(v, Ordering::Release);
+        }
+    }
+    // ANCHOR_END: wait
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: base/MAP_LEN are exactly the mapping made in map(), and no
+        // reference into it outlives self.
+        let _ = unsafe { munmap(self.base, MAP_LEN) };
+    }
+}
+
+// ANCHOR: futex
+/// `futex(word, FUTEX_WAIT, expected, timeout)`, *without*
+/// FUTEX_PRIVATE_FLAG: the word is in a MAP_SHARED mapping used by two
+/// processes, and a private futex would never be woken from the other one.
+pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: i64) -> i64 {
+    let ts = libc::timespec {
+        tv_sec: timeout_ns / 1_000_000_000,
+        tv_nsec: timeout_ns % 1_000_000_000,
+    };
+    // SAFETY: word is a valid, aligned u32 in shared memory; ts lives across
+    // the call; FUTEX_WAIT reads the word and sleeps, touching nothing else.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0,
+        )
+    }
+}
+
+/// `futex(word, FUTEX_WAKE, n)`, shared (no FUTEX_PRIVATE_FLAG).
+pub fn futex_wake(word: &AtomicU32, n: i32) -> i64 {
+    // SAFETY: word is a valid, aligned u32; FUTEX_WAKE only wakes waiters.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            n,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0,
+        )
+    }
+}
+
+// ANCHOR_END: futex
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: the child uses it).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_and_tail_are_on_separate_cache_lines() {
+        assert_eq!(std::mem::offset_of!(Header, head), 0);
+        assert_eq!(std::mem::offset_of!(Header, tail), 64);
+        assert_eq!(std::mem::offset_of!(Header, ctl), 128);
+        assert!(std::mem::size_of::<Header>() <= SLOTS_OFFSET);
+        const { assert!(SLOTS >= 16) };
+    }
+}

@@ -1,0 +1,294 @@
+//! lesson-8 measures; its tests check what the measurement claims about
+//! itself, never a speed: every transport ran, every checksum and reply
+//! matched, the ratios are computed from the measured values, one CPU skips
+//! pure spin, and nothing is left behind.
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::testkit;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const THROUGHPUT: [&str; 6] = [
+    "pipe",
+    "pipe_1mib",
+    "unix_socket",
+    "shm_spin",
+    "shm_yield",
+    "shm_futex",
+];
+const LATENCY: [&str; 6] = [
+    "pipe",
+    "unix_socket",
+    "eventfd",
+    "shm_spin",
+    "shm_yield",
+    "shm_futex",
+];
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lesson-8"))
+}
+
+/// Run the lesson, optionally restricted to one CPU (what `taskset -c CPU`
+/// does: sched_setaffinity before exec).
+fn run(args: &[&str], cpu: Option<usize>) -> (u32, Output) {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(cpu) = cpu {
+        // SAFETY: the closure only calls sched_setaffinity (a system call,
+        // async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().expect("start lesson-8");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("wait for lesson-8"))
+}
+
+fn json_of(out: &Output) -> Value {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout: {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not one JSON object ({e}): {text}"))
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur
+            .get(p)
+            .unwrap_or_else(|| panic!("no key {path:?} in {v}"));
+    }
+    cur.as_f64()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-5 + 2e-3 * b.abs()
+}
+
+/// Every ratio in a group equals the quotient of the values it reports.
+fn assert_ratios_from_values(g: &Value, memcpy: f64) {
+    let pipe = num(g, &["throughput_gbps", "pipe"]).expect("pipe throughput");
+    let pipe_us = num(g, &["latency_us", "pipe"]).expect("pipe latency");
+    for k in THROUGHPUT {
+        let Some(v) = num(g, &["throughput_gbps", k]) else {
+            assert!(num(g, &["throughput_vs_pipe", k]).is_none(), "{k}");
+            continue;
+        };
+        let r = num(g, &["throughput_vs_pipe", k]).unwrap();
+        assert!(close(r, v / pipe), "{k}: {r} != {v}/{pipe}");
+        let r = num(g, &["throughput_vs_memcpy", k]).unwrap();
+        assert!(close(r, v / memcpy), "{k}: {r} != {v}/{memcpy}");
+        let min = num(g, &["throughput_min_gbps", k]).unwrap();
+        assert!(
+            min <= v * (1.0 + 1e-6),
+            "{k}: the minimum {min} > the median {v}"
+        );
+    }
+    for k in LATENCY {
+        let Some(v) = num(g, &["latency_us", k]) else {
+            continue;
+        };
+        let r = num(g, &["latency_speedup_vs_pipe", k]).unwrap();
+        assert!(close(r, pipe_us / v), "{k}: {r} != {pipe_us}/{v}");
+        let min = num(g, &["latency_min_us", k]).unwrap();
+        assert!(
+            min <= v * (1.0 + 1e-6),
+            "{k}: the minimum {min} > the median {v}"
+        );
+    }
+}
+
+/// Every transport of a group was measured (except those listed as
+/// skipped, with a reason) and every checksum and reply matched.
+fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
+    assert_eq!(g["placement"], placement, "{g}");
+    for k in THROUGHPUT {
+        let v = num(g, &["throughput_gbps", k]);
+        if skipped.contains(&k) {
+            assert!(v.is_none(), "{k} should be skipped: {g}");
+            assert!(g["skipped"][k].as_str().is_some_and(|s| !s.is_empty()));
+        } else {
+            assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
+            assert_eq!(g["checksum_ok"][k], true, "{k} checksum: {g}");
+        }
+    }
+    for k in LATENCY {
+        let v = num(g, &["latency_us", k]);
+        if skipped.contains(&k) {
+            assert!(v.is_none(), "{k} should be skipped: {g}");
+        } else {
+            assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
+            assert_eq!(g["replies_ok"][k], true, "{k} replies: {g}");
+        }
+    }
+}
+
+#[test]
+fn quick_json_parses_and_every_transport_is_checked() {
+    let (pid, out) = run(&["--quick", "--json"], None);
+    let v = json_of(&out);
+    for key in [
+        "cpus",
+        "cpu_model",
+        "virtualized",
+        "memcpy_gbps",
+        "placement",
+        "same_cpu",
+    ] {
+        assert!(v.get(key).is_some(), "no {key} in {v}");
+    }
+    assert!(v["cpus"].as_u64().is_some_and(|n| n >= 1));
+    assert!(v["cpu_model"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(v["virtualized"].is_boolean());
+    let memcpy = num(&v, &["memcpy_gbps"]).expect("memcpy measured");
+    assert!(memcpy > 0.0);
+
+    let usable = v["usable_cpus"].as_u64().unwrap();
+    if usable >= 2 {
+        // Pure spin is measured in both placements, the headline across CPUs.
+        assert_group_complete(&v, "cross-cpu", &[]);
+        assert_group_complete(&v["same_cpu"], "same-cpu", &[]);
+    } else {
+        assert_group_complete(&v, "same-cpu", &["shm_spin"]);
+    }
+    assert_ratios_from_values(&v, memcpy);
+    assert_ratios_from_values(&v["same_cpu"], memcpy);
+    for k in THROUGHPUT {
+        assert_eq!(
+            v["runs"][k],
+            if usable < 2 && k == "shm_spin" { 0 } else { 5 }
+        );
+    }
+    // The narration went to stderr, so stdout held the object alone.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--- 8. What the numbers say ---"), "{err}");
+    testkit::assert_nothing_left_by(8, pid);
+}
+
+#[test]
+fn one_usable_cpu_skips_pure_spin_and_finishes() {
+    let (pid, out) = run(&["--quick", "--json", "--runs", "2"], Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["usable_cpus"], 1, "{v}");
+    assert_group_complete(&v, "same-cpu", &["shm_spin"]);
+    assert_group_complete(&v["same_cpu"], "same-cpu", &["shm_spin"]);
+    assert_ratios_from_values(&v, num(&v, &["memcpy_gbps"]).unwrap());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only one CPU is usable here, so pure spin is skipped"),
+        "{err}"
+    );
+    assert!(err.contains("skipped: one usable CPU"), "{err}");
+    testkit::assert_nothing_left_by(8, pid);
+}
+
+#[test]
+fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
+    let (_, out) = run(&["--quick", "--runs", "1"], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "sched_getaffinity(0, sizeof(cpu_set_t), &mask) = 0, CPUs [",
+        "MAP_SHARED|MAP_ANONYMOUS, -1, 0) = 0x",
+        " rw-s ",
+        "pipe2([rfd, wfd], O_CLOEXEC) = 0, [",
+        "F_GETPIPE_SZ) = ",
+        "F_SETPIPE_SZ, 1048576) = 1048576",
+        "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) = 0",
+        "eventfd(0, EFD_CLOEXEC) = fd ",
+        "sched_setaffinity(0, {CPU ",
+        "memcpy of 16 MiB: median ",
+        "shm ring, spin+futex",
+        "FUTEX_WAIT calls per message",
+        "(log scale",
+        "--- 8. What the numbers say ---",
+        "the article says: shared memory has the highest efficiency",
+        "munmap(0x",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    assert!(!text.contains("MISMATCH"), "{text}");
+    // One "ok" per transport in each table printed.
+    let oks = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with("  ok"))
+        .count();
+    assert!(oks >= 12, "{oks} checked rows in:\n{text}");
+    assert!(!text.contains('\x1b'), "escape codes with NO_COLOR=1");
+}
+
+#[test]
+fn bad_arguments_print_usage_and_exit_2() {
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-8",
+        &[
+            &["--bogus"],
+            &["--runs"],
+            &["--runs", "0"],
+            &["--runs", "many"],
+            &["--runs", "51"],
+            &["--json=yes"],
+            &["extra"],
+        ],
+    );
+}
+
+#[test]
+fn sigint_while_measuring_exits_promptly_and_stops_the_child() {
+    let mut run = testkit::start(bin(), &["--quick", "--runs", "50"]);
+    run.wait_for("--- 6. Measuring ---", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    run.signal(Signal::SIGINT);
+    let (status, stderr) = run.finish(Duration::from_secs(5));
+    assert_eq!(status, Some(130), "stderr: {stderr}");
+    // A child that was running got SIGKILL from the cleanup guard (or, at
+    // the latest, from PR_SET_PDEATHSIG when the lesson exited): it is gone.
+    for line in stderr.lines() {
+        if let Some(rest) = line.strip_prefix("cleanup: kill(") {
+            let child: u32 = rest.split(',').next().unwrap().parse().unwrap();
+            let alive = std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .is_ok_and(|s| s.contains("(lesson-8)"));
+            assert!(!alive, "child {child} survived: {stderr}");
+        }
+    }
+}
+
+#[test]
+fn works_for_an_unprivileged_user() {
+    let Some(out) = testkit::run_as_nobody(bin(), &["--quick", "--runs", "1", "--json"]) else {
+        return;
+    };
+    let v = json_of(&out);
+    let placement = v["placement"].as_str().unwrap().to_string();
+    let skipped: &[&str] = if placement == "same-cpu" {
+        &["shm_spin"]
+    } else {
+        &[]
+    };
+    // F_SETPIPE_SZ to 1 MiB needs no privilege (the default pipe-max-size).
+    assert_group_complete(&v, &placement, skipped);
+}
