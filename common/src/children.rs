@@ -1,4 +1,4 @@
-//! Waiting for forked children without ever hanging the lesson.
+//! Waiting for other processes without ever hanging the lesson.
 //!
 //! A lesson that forks must still finish when a child misbehaves (a futex
 //! that never wakes, a lock that is never released). [`wait_deadline`] polls
@@ -47,20 +47,32 @@ pub fn wait_deadline(pid: Pid, timeout: Duration) -> nix::Result<Waited> {
     }
 }
 
-/// Poll `cond` until it is true or `timeout` passes; true if it became true.
-/// For "wait until the child is blocked / the file exists" without a fixed
-/// sleep.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Poll `probe` until it returns `Some`, or `timeout` passes (`None`). For
+/// waits on processes that are not our children (a writer and a reader in
+/// two terminals) or on things the kernel sends no notice of (a file that
+/// appears, a child that blocks), without a fixed sleep. The pause between
+/// tries grows from 1 ms to 25 ms, so a wait that ends at once costs nothing
+/// and a long one costs little.
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let end = Instant::now() + timeout;
+    let mut nap = Duration::from_millis(1);
     loop {
-        if cond() {
-            return true;
+        if let Some(v) = probe() {
+            return Some(v);
         }
-        if Instant::now() >= end {
-            return false;
+        let now = Instant::now();
+        if now >= end {
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(nap.min(end - now));
+        nap = (nap * 2).min(Duration::from_millis(25));
     }
+}
+
+/// Poll `cond` until it is true (then `true`) or `timeout` passes (`false`):
+/// [`poll_until`] for a yes/no condition.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    poll_until(timeout, || cond().then_some(())).is_some()
 }
 
 /// The scheduler state letter of a process (`R`, `S`, `D`, `Z`, ...) from
@@ -105,6 +117,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn poll_until_returns_the_value_or_none_at_the_deadline() {
+        let mut n = 0;
+        assert_eq!(
+            poll_until(Duration::from_secs(5), || {
+                n += 1;
+                (n == 3).then_some(n)
+            }),
+            Some(3)
+        );
+        assert_eq!(poll_until(Duration::from_millis(10), || None::<()>), None);
     }
 
     #[test]

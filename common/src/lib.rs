@@ -34,7 +34,6 @@ pub mod inspect;
 pub mod names;
 pub mod narrate;
 pub mod ns;
-pub mod peer;
 pub mod report;
 pub mod sysv;
 #[cfg(feature = "testkit")]

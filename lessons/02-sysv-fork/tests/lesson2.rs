@@ -10,12 +10,6 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_lesson-2"))
 }
 
-/// A key for one test: unique to this test process (its pid) and to the
-/// test (`slot`), so parallel tests and other runs never share it.
-fn test_key(slot: u8) -> i32 {
-    names::unique_key(0xc + slot)
-}
-
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -83,7 +77,7 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
 
 #[test]
 fn a_named_key_is_shown_in_hex_and_in_the_maps_file_name() {
-    let key = test_key(0);
+    let key = testkit::unique_key();
     let hex = names::key_hex(key);
     let (pid, out) = testkit::run_with_pid(bin(), &["--key", &key.to_string()]);
     let text = stdout(&out);
@@ -105,7 +99,7 @@ fn a_named_key_is_shown_in_hex_and_in_the_maps_file_name() {
 
 #[test]
 fn a_key_someone_else_holds_fails_with_eexist_and_is_left_alone() {
-    let key = test_key(1);
+    let key = testkit::unique_key();
     let theirs = sysv::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600).unwrap();
     let _remove = common::cleanup::sysv_segment(theirs);
     let (pid, out) = testkit::run_with_pid(bin(), &["--key", &names::key_hex(key)]);
@@ -127,7 +121,7 @@ fn a_key_someone_else_holds_fails_with_eexist_and_is_left_alone() {
 
 #[test]
 fn a_second_run_with_the_same_key_fails_while_the_first_holds_it() {
-    let key = test_key(2).to_string();
+    let key = testkit::unique_key().to_string();
     let mut first = testkit::start(bin(), &["--key", &key, "--hold", "30"]);
     first.wait_for("holding for 30 s", Duration::from_secs(10));
     let (second, out) = testkit::run_with_pid(bin(), &["--key", &key]);

@@ -193,7 +193,7 @@ pub fn judge(size: u64, seg: Option<&Segment>) -> Found {
         return Found::Foreign(format!("its layout version is {version}, not {VERSION}"));
     }
     let pid = seg.writer_pid();
-    if common::peer::is_alive(nix::unistd::Pid::from_raw(pid)) {
+    if common::inspect::pid_alive(pid) {
         Found::Live { pid }
     } else {
         Found::Stale {

@@ -16,7 +16,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use common::narrate::{self, explain, fact, note, section, step, warn};
 use common::report::CallResult;
-use common::{inspect, names, peer, sysv};
+use common::{children, inspect, names, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open};
@@ -70,7 +70,7 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tries = 0u32;
         let s = step(format!("shm_open({name:?}, O_RDWR, 0)"));
-        let opened = peer::poll_until(left(deadline), || {
+        let opened = children::poll_until(left(deadline), || {
             tries += 1;
             let fd = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
                 Ok(fd) => Opened::ReadWrite(fd),
@@ -212,7 +212,7 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut tries = 0u32;
         let s = step(format!("shmget({k}, 0, 0)"));
-        let found = peer::poll_until(left(deadline), || {
+        let found = children::poll_until(left(deadline), || {
             tries += 1;
             match sysv::shmget(key, 0, 0) {
                 Ok(id) if Some(id) != stale_id => Some(Ok(id)),
@@ -324,7 +324,7 @@ enum Consumed {
 fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow::Result<Consumed> {
     section("reader 3. Wait until the writer marks it ready (acquire load)");
     let s = step("state.load(Ordering::Acquire) until READY");
-    let state = peer::poll_until(left(deadline), || {
+    let state = children::poll_until(left(deadline), || {
         let st = layout::load_state(seg);
         // 0 is "being written": wait. Anything above ACKED was never stored
         // by a lesson-5 writer: stop at once.

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, bail};
 use common::narrate::{self, evidence, explain, fact, note, section, step, warn};
 use common::report::CallResult;
-use common::{cleanup, inspect, names, peer, sysv};
+use common::{children, cleanup, inspect, names, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
@@ -428,7 +428,7 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
     narrate::commands(commands);
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let acked = peer::poll_until(o.timeout, || {
+    let acked = children::poll_until(o.timeout, || {
         (layout::load_state(seg) == layout::STATE_ACKED)
             .then(|| seg.get_u32(layout::OFF_READER_PID) as i32)
     });
