@@ -26,7 +26,9 @@ use std::hint::spin_loop;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
 
+use common::futex;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
 /// Bytes moved per message in the throughput test.
@@ -200,7 +202,10 @@ impl Region {
                     // Sleeps only if the counter still equals v; bounded, so
                     // an abort is noticed within 50 ms.
                     self.header().ctl.sleeps.fetch_add(1, Ordering::Relaxed);
-                    futex_wait(&c.value, v, 50_000_000);
+                    // Shared, not private (the last argument): the other side is
+                    // another process. The result does not matter: woken,
+                    // timed out or EAGAIN, we look at the counter again.
+                    let _ = futex::wait(&c.value, v, Duration::from_millis(50), false);
                 }
             }
             if spins % 256 == 0 && self.aborted() {
@@ -215,7 +220,7 @@ impl Region {
         if wait == Wait::Futex {
             c.value.store(v, Ordering::SeqCst);
             if c.sleeping.swap(0, Ordering::SeqCst) != 0 {
-                futex_wake(&c.value, 1);
+                let _ = futex::wake(&c.value, 1, false);
             }
         } else {
             c.value.store(v, Ordering::Release);
@@ -231,48 +236,6 @@ impl Drop for Region {
         let _ = unsafe { munmap(self.base, MAP_LEN) };
     }
 }
-
-// ANCHOR: futex
-/// `futex(word, FUTEX_WAIT, expected, timeout)`, *without*
-/// FUTEX_PRIVATE_FLAG: the word is in a MAP_SHARED mapping used by two
-/// processes, and a private futex would never be woken from the other one.
-pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: i64) -> i64 {
-    let ts = libc::timespec {
-        tv_sec: timeout_ns / 1_000_000_000,
-        tv_nsec: timeout_ns % 1_000_000_000,
-    };
-    // SAFETY: word is a valid, aligned u32 in shared memory; ts lives across
-    // the call; FUTEX_WAIT reads the word and sleeps, touching nothing else.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-            std::ptr::null::<u32>(),
-            0,
-        )
-    }
-}
-
-/// `futex(word, FUTEX_WAKE, n)`, shared (no FUTEX_PRIVATE_FLAG).
-pub fn futex_wake(word: &AtomicU32, n: i32) -> i64 {
-    // SAFETY: word is a valid, aligned u32; FUTEX_WAKE only wakes waiters.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE,
-            n,
-            std::ptr::null::<libc::timespec>(),
-            std::ptr::null::<u32>(),
-            0,
-        )
-    }
-}
-
-// ANCHOR_END: futex
 
 /// CLOCK_MONOTONIC in nanoseconds (async-signal-safe: the child uses it).
 pub fn now_ns() -> u64 {
