@@ -205,4 +205,15 @@ fn works_for_an_unprivileged_user() {
         "the segment is owned by nobody:\n{text}"
     );
     assert!(text.contains("IPC_STAT, &buf) = -1 EINVAL"), "{text}");
+    // setpriv execs the lesson in place, so the pid in its maps command is
+    // the lesson's own: no segment that run created is left.
+    let needle = "$ grep SYSV00000000 /proc/";
+    let at = text.find(needle).expect("a /proc/<pid>/maps command") + needle.len();
+    let pid: u32 = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    testkit::assert_nothing_left_by(2, pid);
 }
