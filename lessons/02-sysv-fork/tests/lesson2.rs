@@ -47,6 +47,7 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
         "rw-s 00000000 ".to_string(),
         "/SYSV00000000 (deleted)".to_string(),
         // nattch: 0 after shmget, 1 after shmat, 2 with the child, 1 after.
+        "nattch, the number of attachments: 0 so far".to_string(),
         "nattch: 1\n".to_string(),
         "nattch while the child is alive: 2\n".to_string(),
         "nattch after the child exited: 1\n".to_string(),
