@@ -111,11 +111,12 @@ fn lesson() -> anyhow::Result<()> {
             .into_iter()
             .chain(inspect::sysv_segment(smid).map(|s| s.line)),
     );
-    explain(
+    explain(format!(
         "ipcs reads /proc/sysvipc/shm: key (0x00000000 is IPC_PRIVATE), shmid (what shmget \
          returned, the segment's handle like a file descriptor), owner, perms, bytes, and \
-         nattch, the number of attachments: 0 so far.",
-    );
+         nattch, the number of attachments: {} so far, as nothing has called shmat yet.",
+        nattch(smid)
+    ));
     // ANCHOR_END: shmget
 
     // ANCHOR: shmat

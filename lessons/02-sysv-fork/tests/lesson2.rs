@@ -47,6 +47,7 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
         "rw-s 00000000 ".to_string(),
         "/SYSV00000000 (deleted)".to_string(),
         // nattch: 0 after shmget, 1 after shmat, 2 with the child, 1 after.
+        "nattch, the number of attachments: 0 so far".to_string(),
         "nattch: 1\n".to_string(),
         "nattch while the child is alive: 2\n".to_string(),
         "nattch after the child exited: 1\n".to_string(),
@@ -205,4 +206,15 @@ fn works_for_an_unprivileged_user() {
         "the segment is owned by nobody:\n{text}"
     );
     assert!(text.contains("IPC_STAT, &buf) = -1 EINVAL"), "{text}");
+    // setpriv execs the lesson in place, so the pid in its maps command is
+    // the lesson's own: no segment that run created is left.
+    let needle = "$ grep SYSV00000000 /proc/";
+    let at = text.find(needle).expect("a /proc/<pid>/maps command") + needle.len();
+    let pid: u32 = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    testkit::assert_nothing_left_by(2, pid);
 }

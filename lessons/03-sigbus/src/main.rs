@@ -33,6 +33,7 @@ use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::stat::{Mode, fstat};
+use nix::sys::uio::pread;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, SysconfVar, close, fork, ftruncate, getpid, sysconf};
 
@@ -389,10 +390,17 @@ fn lesson() -> anyhow::Result<()> {
                 format!("{now:#x}"),
             );
             size_of(&fd)?;
+            let mut buf = vec![0u8; page];
+            let s = step(format!("pread({}, buf, {page}, 0)", fd.as_raw_fd()));
+            let n = s.check(pread(&fd, &mut buf, 0))?;
+            s.ok(format!(
+                "{n} (bytes read: the object's size, not the page's)"
+            ));
             explain(format!(
                 "The kernel maps whole pages, so the bytes from {PARTIAL} to {} exist: zero \
                  when first read, writable, shared. They are not part of the object: st_size \
-                 stays {PARTIAL}, and read(2) of the object returns {PARTIAL} bytes only.",
+                 stays {PARTIAL}, and reading the object through its descriptor returns {n} \
+                 bytes, without the value the child wrote at offset {INSIDE_PAGE}.",
                 page - 1
             ));
         } else {

@@ -84,6 +84,11 @@ fn a_100_byte_object_works_to_the_end_of_its_page_and_no_further() {
         "{first}"
     );
     assert!(first.contains("st_size 100, "), "{first}");
+    // Read through the descriptor, the object is still 100 bytes long.
+    assert!(
+        first.contains(&format!("buf, {page}, 0) = 100 (bytes read")),
+        "pread: {first}"
+    );
     assert!(!first.contains("SIGBUS with"), "{first}");
     // One page later: SIGBUS, BUS_ADRERR, at exactly that address.
     assert_sigbus_at(&text[later..], &err, addr + page + 200, page + 200);
@@ -213,4 +218,15 @@ fn works_for_an_unprivileged_user() {
     );
     assert!(text.contains("\nchild wrote 0xdeadbeef\n"));
     assert!(!text.contains("warning:"), "{text}");
+    // setpriv execs the lesson in place, so the pid in its object names is
+    // the lesson's own: nothing of that run is left in /dev/shm.
+    let needle = "shm_open(\"/shm-lessons-3-";
+    let at = text.find(needle).expect("an shm_open step") + needle.len();
+    let pid: u32 = text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap();
+    testkit::assert_nothing_left_by(3, pid);
 }
