@@ -11,9 +11,13 @@
 //! the pid of a running process or that a process maps or holds open, a
 //! segment that is attached or whose creator still runs. Segments with key
 //! IPC_PRIVATE whose creator is dead are listed but never removed: nothing
-//! says a lesson made them.
+//! says a lesson made them. The same holds for a segment whose key is
+//! `ftok($HOME, 5)`, the key lesson-5 uses without `--key` (`writer --keep
+//! --api sysv` leaves one): an ftok key carries no lesson mark, since any
+//! program that hashes the same file with project id 5 gets the same key.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 
 use anyhow::bail;
 use common::inspect::{self, ShmEntry, SysvSegment};
@@ -90,6 +94,9 @@ pub struct Plan {
     pub sysv: Vec<(SysvSegment, Verdict)>,
     /// IPC_PRIVATE segments of ours, unattached, whose creator is dead.
     pub orphans: Vec<SysvSegment>,
+    /// Segments of ours with lesson-5's default key `ftok($HOME, 5)`,
+    /// unattached, whose creator is dead: listed, never removed.
+    pub ftok_keyed: Vec<SysvSegment>,
 }
 
 impl Plan {
@@ -107,7 +114,8 @@ pub fn pid_in_name(file: &str) -> Option<i32> {
 }
 
 /// Decide, without touching anything. `posix_in_use` says why a name is
-/// still in use (if it is); `alive` whether a pid runs.
+/// still in use (if it is); `alive` whether a pid runs; `lesson5_key` is
+/// `ftok($HOME, 5)`, if it could be computed.
 pub fn plan(
     entries: &[ShmEntry],
     segments: &[SysvSegment],
@@ -115,6 +123,7 @@ pub fn plan(
     filter: &Filter,
     posix_in_use: impl Fn(&ShmEntry) -> Option<String>,
     alive: impl Fn(i32) -> bool,
+    lesson5_key: Option<i32>,
 ) -> Plan {
     let mut out = Plan::default();
     for e in entries {
@@ -133,14 +142,20 @@ pub fn plan(
         out.posix.push((e.clone(), verdict));
     }
     for s in segments {
-        if s.key == libc::IPC_PRIVATE {
+        let unmarked = s.key == libc::IPC_PRIVATE || Some(s.key) == lesson5_key;
+        if unmarked {
+            // Listed (never removed) only when it looks abandoned.
             if filter.keys.is_none()
                 && s.uid == uid
                 && s.nattch == 0
                 && s.perms & sysv::SHM_DEST == 0
                 && !alive(s.cpid)
             {
-                out.orphans.push(s.clone());
+                if s.key == libc::IPC_PRIVATE {
+                    out.orphans.push(s.clone());
+                } else {
+                    out.ftok_keyed.push(s.clone());
+                }
             }
             continue;
         }
@@ -163,6 +178,19 @@ pub fn plan(
     }
     out
 }
+
+/// The directory lesson-5's `ftok` hashes by default: the home directory
+/// from the password database, else `$HOME` (as lesson-5 resolves it).
+fn home_dir() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+}
+
+/// lesson-5's `ftok` project id.
+const LESSON5_PROJ_ID: u8 = 5;
 
 /// Why a POSIX object on this machine is still in use, if it is.
 fn posix_in_use(e: &ShmEntry) -> Option<String> {
@@ -206,6 +234,10 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         filter.prefix
     ));
 
+    let home = home_dir();
+    let lesson5_key = home
+        .as_deref()
+        .and_then(|h| sysv::ftok(h, LESSON5_PROJ_ID).ok());
     // ANCHOR: plan
     let plan = plan(
         &inspect::dev_shm_entries(),
@@ -214,6 +246,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         filter,
         posix_in_use,
         inspect::pid_alive,
+        lesson5_key,
     );
     // ANCHOR_END: plan
     evidence(
@@ -259,6 +292,28 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
                 s.shmid, s.size, s.cpid, s.shmid
             ),
         );
+    }
+    for s in &plan.ftok_keyed {
+        let home = home.as_deref().unwrap_or(std::path::Path::new("?"));
+        fact(
+            "not removed",
+            format!(
+                "System V key {} shmid {}: key = ftok({home:?}, {LESSON5_PROJ_ID}), {} bytes, \
+                 creator pid {} dead, nattch 0",
+                names::key_hex(s.key),
+                s.shmid,
+                s.size,
+                s.cpid
+            ),
+        );
+        explain(format!(
+            "This is the key lesson-5 uses without --key (its writer --keep --api sysv leaves \
+             one), but an ftok key carries no lesson mark: any program that calls ftok on \
+             {home:?} with project id {LESSON5_PROJ_ID} gets the same key, so the cleanup does \
+             not remove it. lesson-5's writer recognises its own stale segment by the magic \
+             inside and replaces it. If you know it is yours: ipcrm -m {}",
+            s.shmid
+        ));
     }
     let n = plan.to_remove();
     if yes {
@@ -361,6 +416,8 @@ mod tests {
     const ME: u32 = 1000;
     const DEAD: i32 = 999_999;
     const LIVE: i32 = 4242;
+    /// What ftok($HOME, 5) gives: project id 5 in the top byte.
+    const LESSON5: i32 = 0x0501_2345;
 
     fn decide(filter: &Filter) -> Plan {
         let entries = [
@@ -383,6 +440,7 @@ mod tests {
             seg(12345678, 5, ME, 0, DEAD),
             seg(0, 6, ME, 0, DEAD),
             seg(0, 7, ME, 0, LIVE),
+            seg(LESSON5, 8, ME, 0, DEAD),
         ];
         plan(
             &entries,
@@ -391,6 +449,7 @@ mod tests {
             filter,
             |e| (pid_in_name(&e.name) == Some(LIVE)).then(|| "live".into()),
             |p| p == LIVE,
+            Some(LESSON5),
         )
     }
 
@@ -417,6 +476,37 @@ mod tests {
         assert!(matches!(p.sysv[1].1, Verdict::Foreign(1001)));
         assert_eq!(p.orphans.iter().map(|s| s.shmid).collect::<Vec<_>>(), [6]);
         assert_eq!(p.to_remove(), 2);
+    }
+
+    #[test]
+    fn an_ftok_keyed_lesson5_segment_is_listed_never_removed() {
+        let p = decide(&Filter::default());
+        let listed: Vec<i32> = p.ftok_keyed.iter().map(|s| s.shmid).collect();
+        assert_eq!(listed, [8]);
+        assert!(p.sysv.iter().all(|(s, _)| s.key != LESSON5));
+        // Only an abandoned one of ours is listed: not one in use, not
+        // another user's, and not when --keys narrows the search.
+        let entries: [ShmEntry; 0] = [];
+        let segments = [
+            seg(LESSON5, 9, ME, 1, DEAD),
+            seg(LESSON5, 10, ME, 0, LIVE),
+            seg(LESSON5, 11, 1001, 0, DEAD),
+        ];
+        let p = plan(
+            &entries,
+            &segments,
+            ME,
+            &Filter::default(),
+            |_| None,
+            |pid| pid == LIVE,
+            Some(LESSON5),
+        );
+        assert!(p.ftok_keyed.is_empty() && p.sysv.is_empty() && p.to_remove() == 0);
+        let p = decide(&Filter {
+            keys: Some(vec![0x5370_0001]),
+            ..Filter::default()
+        });
+        assert!(p.ftok_keyed.is_empty());
     }
 
     #[test]
