@@ -114,7 +114,8 @@ pub fn pid_in_name(file: &str) -> Option<i32> {
 }
 
 /// Decide, without touching anything. `posix_in_use` says why a name is
-/// still in use (if it is); `alive` whether a pid runs; `lesson5_key` is
+/// still in use (if it is); `running` why a segment's processes are (the
+/// creator, or the lesson run whose pid is in the key); `lesson5_key` is
 /// `ftok($HOME, 5)`, if it could be computed.
 pub fn plan(
     entries: &[ShmEntry],
@@ -122,7 +123,7 @@ pub fn plan(
     uid: u32,
     filter: &Filter,
     posix_in_use: impl Fn(&ShmEntry) -> Option<String>,
-    alive: impl Fn(i32) -> bool,
+    running: impl Fn(&SysvSegment) -> Option<String>,
     lesson5_key: Option<i32>,
 ) -> Plan {
     let mut out = Plan::default();
@@ -149,7 +150,7 @@ pub fn plan(
                 && s.uid == uid
                 && s.nattch == 0
                 && s.perms & sysv::SHM_DEST == 0
-                && !alive(s.cpid)
+                && running(s).is_none()
             {
                 if s.key == libc::IPC_PRIVATE {
                     out.orphans.push(s.clone());
@@ -169,8 +170,8 @@ pub fn plan(
             Verdict::Foreign(s.uid)
         } else if s.nattch > 0 {
             Verdict::InUse(format!("{} process(es) attached", s.nattch))
-        } else if alive(s.cpid) {
-            Verdict::InUse(format!("its creator, pid {}, is running", s.cpid))
+        } else if let Some(why) = running(s) {
+            Verdict::InUse(why)
         } else {
             Verdict::Remove
         };
@@ -191,6 +192,58 @@ fn home_dir() -> Option<PathBuf> {
 
 /// lesson-5's `ftok` project id.
 const LESSON5_PROJ_ID: u8 = 5;
+
+/// The `ipcs -m` header and the rows of these segments; without `ipcs`,
+/// the `/proc/sysvipc/shm` header and lines.
+fn ipcs_rows<'a>(segments: impl Iterator<Item = &'a SysvSegment>) -> Vec<String> {
+    let segments: Vec<&SysvSegment> = segments.collect();
+    if segments.is_empty() {
+        return Vec::new();
+    }
+    let Some(lines) = inspect::ipcs_m() else {
+        let mut out = vec![
+            "(ipcs is not installed: showing /proc/sysvipc/shm)".to_string(),
+            inspect::sysvipc_header(),
+        ];
+        out.extend(segments.iter().map(|s| s.line.clone()));
+        return out;
+    };
+    let ids: Vec<String> = segments.iter().map(|s| s.shmid.to_string()).collect();
+    lines
+        .into_iter()
+        .filter(|l| {
+            l.starts_with("key") || ids.iter().any(|id| l.split_whitespace().nth(1) == Some(id))
+        })
+        .collect()
+}
+
+/// Why a segment on this machine is still in use, if it is: its creator
+/// runs, or the lesson run that made its key does. A lesson key holds the
+/// low 20 bits of that run's pid (see [`names::unique_key`]): part 3's
+/// segment, say, is created by a child that dies, while the run that will
+/// remove it holds for inspection.
+fn segment_running(s: &SysvSegment) -> Option<String> {
+    if inspect::pid_alive(s.cpid) {
+        return Some(format!("its creator, pid {}, is running", s.cpid));
+    }
+    if !names::is_lesson_key(s.key) {
+        return None;
+    }
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1 << 22);
+    let low = s.key & 0xf_ffff;
+    (0..)
+        .map(|k| low + (k << 20))
+        .take_while(|&p| p < pid_max)
+        .find_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            let comm = comm.trim();
+            comm.starts_with("lesson-")
+                .then(|| format!("the run that made its key, pid {p} ({comm}), is running"))
+        })
+}
 
 /// Why a POSIX object on this machine is still in use, if it is.
 fn posix_in_use(e: &ShmEntry) -> Option<String> {
@@ -245,7 +298,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         uid,
         filter,
         posix_in_use,
-        inspect::pid_alive,
+        segment_running,
         lesson5_key,
     );
     // ANCHOR_END: plan
@@ -268,7 +321,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
     }
     evidence(
         &format!("ipcs -m   # keys {keys}"),
-        plan.sysv.iter().map(|(s, _)| s.line.clone()),
+        ipcs_rows(plan.sysv.iter().map(|(s, _)| s)),
     );
     for (s, v) in &plan.sysv {
         let what = format!("System V key {} shmid {}", names::key_hex(s.key), s.shmid);
@@ -448,7 +501,7 @@ mod tests {
             ME,
             filter,
             |e| (pid_in_name(&e.name) == Some(LIVE)).then(|| "live".into()),
-            |p| p == LIVE,
+            |s| (s.cpid == LIVE).then(|| "live".into()),
             Some(LESSON5),
         )
     }
@@ -498,7 +551,7 @@ mod tests {
             ME,
             &Filter::default(),
             |_| None,
-            |pid| pid == LIVE,
+            |s| (s.cpid == LIVE).then(|| "live".into()),
             Some(LESSON5),
         );
         assert!(p.ftok_keyed.is_empty() && p.sysv.is_empty() && p.to_remove() == 0);

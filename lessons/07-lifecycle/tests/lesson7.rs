@@ -185,12 +185,36 @@ fn ctrl_c_during_a_hold_removes_what_the_run_made() {
         testkit::shm_exists(&name),
         "the leftover exists during the hold"
     );
+    // The cleanup, even with --yes, leaves both to the run that holds them:
+    // the object's name and the segment's key carry its pid.
+    let key = (0x53u32 << 24 | 7 << 20 | (pid & 0xf_ffff)) as i32;
+    let seg = testkit::segments_with_key(key);
+    assert_eq!(
+        seg.len(),
+        1,
+        "the dead child's segment exists during the hold"
+    );
+    let prefix = format!("shm-lessons-7-{pid}-");
+    let keys = format!("{:#010x}", key as u32);
+    let out = text(&cleanup(&["--prefix", &prefix, "--keys", &keys, "--yes"]).stdout);
+    has(
+        &out,
+        &[
+            &format!("left alone: /dev/shm/{name}: in use: its name carries pid {pid}"),
+            &format!(
+                "left alone: System V key {keys} shmid {}: in use: the run that made its key, \
+                 pid {pid} (lesson-7), is running",
+                seg[0].shmid
+            ),
+            "removed 0 object(s)",
+        ],
+    );
+    assert!(testkit::shm_exists(&name) && testkit::segments_with_key(key).len() == 1);
     run.signal(Signal::SIGINT);
     let (status, stderr) = run.finish(Duration::from_secs(5));
     assert_eq!(status, Some(130), "{stderr}");
     assert!(stderr.contains("cleanup: shm_unlink"), "{stderr}");
     assert!(!testkit::shm_exists(&name), "{name} left after Ctrl-C");
-    let key = (0x53u32 << 24 | 7 << 20 | (pid & 0xf_ffff)) as i32;
     assert!(testkit::segments_with_key(key).is_empty(), "segment left");
     testkit::assert_nothing_left_by(7, pid);
 
