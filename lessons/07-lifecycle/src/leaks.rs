@@ -248,7 +248,6 @@ const NOBODY: u32 = 65534;
 /// segment may be removed only by its owner, its creator or root. Shown
 /// with a child that becomes `nobody` when we are root; otherwise only the
 /// directory's mode is shown.
-// ANCHOR: sticky
 fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     subsection("Another user's leftovers: you can't remove them");
     let md = std::fs::metadata("/dev/shm").context("stat /dev/shm")?;
@@ -271,6 +270,9 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
         "This /dev/shm has no sticky bit (01000), unlike the usual drwxrwxrwt: here anyone who \
          may write the directory can remove anyone's objects."
     });
+    if !sticky {
+        return Ok(()); // another user could remove them here: nothing to show
+    }
     if !nix::unistd::geteuid().is_root() {
         note(format!(
             "Run this part as root to watch a second user (uid {NOBODY}) try: this process can't \
@@ -280,6 +282,7 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
         ));
         return Ok(());
     }
+    // ANCHOR: sticky
     let path = CString::new(format!("/dev/shm/{}", names::file_name(name)))?;
     let (r, w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
     let s = step("fork()");
@@ -289,24 +292,20 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     match s.check(unsafe { fork() })? {
         // SAFETY: see above; `path` and `shmid` were made before the fork.
         ForkResult::Child => unsafe {
+            // errno of each call, 0 for success: [become nobody, unlink, IPC_RMID]
             let mut errs: [i32; 3] = [0, -1, -1];
-            if libc::setgroups(0, std::ptr::null()) == -1
-                || libc::setgid(NOBODY) == -1
-                || libc::setuid(NOBODY) == -1
-            {
-                errs[0] = *libc::__errno_location();
-            } else {
-                if libc::unlink(path.as_ptr()) == -1 {
-                    errs[1] = *libc::__errno_location();
-                } else {
-                    errs[1] = 0;
-                }
+            let errno = |r: libc::c_int| if r == -1 { Errno::last_raw() } else { 0 };
+            errs[0] = errno(libc::setgroups(0, std::ptr::null()));
+            if errs[0] == 0 {
+                errs[0] = errno(libc::setgid(NOBODY));
+            }
+            if errs[0] == 0 {
+                errs[0] = errno(libc::setuid(NOBODY)); // the last: uid 0 may still setgid
+            }
+            if errs[0] == 0 {
+                errs[1] = errno(libc::unlink(path.as_ptr()));
                 if let Some(id) = shmid {
-                    errs[2] = if libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) == -1 {
-                        *libc::__errno_location()
-                    } else {
-                        0
-                    };
+                    errs[2] = errno(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()));
                 }
             }
             libc::write(
@@ -316,6 +315,7 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
             );
             libc::_exit(0);
         },
+        // ANCHOR_END: sticky
         ForkResult::Parent { child } => {
             let guard = cleanup::child(child);
             drop(w);
@@ -377,7 +377,6 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     }
     Ok(())
 }
-// ANCHOR_END: sticky
 
 /// An errno as the child reported it: 0 for success.
 fn result(errno: i32) -> Result<(), Errno> {

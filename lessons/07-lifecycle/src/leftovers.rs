@@ -429,8 +429,9 @@ pub fn part() -> anyhow::Result<()> {
         "scripts/cleanup (which runs lesson-7 --cleanup) lists what the lessons left behind \
          and you own: every lesson name starts with shm-lessons- and every lesson key with \
          0x53. It is a dry run unless you add --yes. Objects of other users, objects still in \
-         use and anything without the lessons' mark are never touched; /dev/shm is sticky \
-         (drwxrwxrwt), so another user's stale object could not be removed by you anyway.",
+         use and anything without the lessons' mark are never touched. Root could remove \
+         another user's objects (part 3 showed that nobody else can), so the cleanup checks \
+         the owner itself.",
     );
     run(&Filter::default(), false)
 }
