@@ -208,6 +208,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             );
             // ANCHOR_END: survive
 
+            another_user(&name, seg.as_ref().map(|s| s.shmid))?;
+
             // ANCHOR: remove
             subsection("Removing them: the calls, and the same from a shell");
             let s = step(format!("shm_unlink({name:?})"));
@@ -237,6 +239,152 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The uid that part 3's second user takes (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// Another user tries to remove our leftovers: `/dev/shm` is sticky, and a
+/// segment may be removed only by its owner, its creator or root. Shown
+/// with a child that becomes `nobody` when we are root; otherwise only the
+/// directory's mode is shown.
+fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
+    subsection("Another user's leftovers: you can't remove them");
+    let md = std::fs::metadata("/dev/shm").context("stat /dev/shm")?;
+    let mode = std::os::unix::fs::PermissionsExt::mode(&md.permissions());
+    evidence(
+        "stat -c '%A %U' /dev/shm",
+        [format!(
+            "d{} {}",
+            inspect::mode_string(mode & 0o7777),
+            inspect::user_name(std::os::unix::fs::MetadataExt::uid(&md))
+        )],
+    );
+    let sticky = mode & libc::S_ISVTX != 0;
+    explain(if sticky {
+        "The t at the end is the sticky bit (01000): in this directory a file can be removed \
+         only by its owner, the directory's owner or root, like /tmp. Everyone may create \
+         files in /dev/shm, but a stale object of another user stays until that user or root \
+         removes it, and its name stays taken."
+    } else {
+        "This /dev/shm has no sticky bit (01000), unlike the usual drwxrwxrwt: here anyone who \
+         may write the directory can remove anyone's objects."
+    });
+    if !sticky {
+        return Ok(()); // another user could remove them here: nothing to show
+    }
+    if !nix::unistd::geteuid().is_root() {
+        note(format!(
+            "Run this part as root to watch a second user (uid {NOBODY}) try: this process can't \
+             change its uid. With a classmate: they run `rm /dev/shm/{}` and get \
+             \"Operation not permitted\".",
+            names::file_name(name)
+        ));
+        return Ok(());
+    }
+    // ANCHOR: sticky
+    let path = CString::new(format!("/dev/shm/{}", names::file_name(name)))?;
+    let (r, w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
+    let s = step("fork()");
+    // SAFETY: the child makes only async-signal-safe calls (setgroups,
+    // setgid, setuid, unlink, shmctl: plain system calls; write, _exit) on
+    // data prepared before the fork.
+    match s.check(unsafe { fork() })? {
+        // SAFETY: see above; `path` and `shmid` were made before the fork.
+        ForkResult::Child => unsafe {
+            // errno of each call, 0 for success: [become nobody, unlink, IPC_RMID]
+            let mut errs: [i32; 3] = [0, -1, -1];
+            let errno = |r: libc::c_int| if r == -1 { Errno::last_raw() } else { 0 };
+            errs[0] = errno(libc::setgroups(0, std::ptr::null()));
+            if errs[0] == 0 {
+                errs[0] = errno(libc::setgid(NOBODY));
+            }
+            if errs[0] == 0 {
+                errs[0] = errno(libc::setuid(NOBODY)); // the last: uid 0 may still setgid
+            }
+            if errs[0] == 0 {
+                errs[1] = errno(libc::unlink(path.as_ptr()));
+                if let Some(id) = shmid {
+                    errs[2] = errno(libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()));
+                }
+            }
+            libc::write(
+                w.as_raw_fd(),
+                errs.as_ptr().cast(),
+                std::mem::size_of_val(&errs),
+            );
+            libc::_exit(0);
+        },
+        // ANCHOR_END: sticky
+        ForkResult::Parent { child } => {
+            let guard = cleanup::child(child);
+            drop(w);
+            s.ok(format!("{child}"));
+            let status = children::wait_deadline(child, Duration::from_secs(10))
+                .context("waitpid")?
+                .status();
+            guard.disarm();
+            let mut buf = [0u8; 12];
+            let n = read(&r, &mut buf).context("read")?;
+            if n != buf.len() || status != WaitStatus::Exited(child, 0) {
+                bail!(
+                    "the second user's child ended early: {}",
+                    fault::describe(status)
+                );
+            }
+            let errno = |i: usize| {
+                i32::from_ne_bytes([buf[4 * i], buf[4 * i + 1], buf[4 * i + 2], buf[4 * i + 3]])
+            };
+            let s = step(format!(
+                "[child {child}] setgroups(0, NULL), setgid({NOBODY}), setuid({NOBODY})"
+            ));
+            if errno(0) != 0 {
+                s.outcome::<(), _>(Err(Errno::from_raw(errno(0))), |_| String::new())
+                    .ok();
+                note(
+                    "This machine would not let the child become another user (a user namespace \
+                      that maps no uid 65534?): nothing more to show.",
+                );
+                return Ok(());
+            }
+            s.ok(format!(
+                "0: the child is now {}",
+                inspect::user_name(NOBODY)
+            ));
+            let s = step(format!("[child {child}] unlink({path:?})"));
+            match s.outcome(result(errno(1)), |_| "0".into()) {
+                Err(Errno::EPERM) => {}
+                other => bail!("expected EPERM from another user's unlink, got {other:?}"),
+            }
+            if let Some(id) = shmid {
+                let s = step(format!("[child {child}] shmctl({id}, IPC_RMID, NULL)"));
+                match s.outcome(result(errno(2)), |_| "0".into()) {
+                    Err(Errno::EPERM) => {}
+                    other => bail!("expected EPERM from another user's IPC_RMID, got {other:?}"),
+                }
+            }
+            explain(format!(
+                "Both fail with EPERM for {}: the sticky bit protects the file, and a segment \
+                 may be removed only by its owner, its creator or a process with \
+                 CAP_SYS_ADMIN. From a shell: su -s /bin/sh {} -c 'rm -f {}' says \
+                 \"Operation not permitted\". This is why the cleanup command removes only \
+                 what you own.",
+                inspect::user_name(NOBODY),
+                inspect::user_name(NOBODY),
+                path.to_string_lossy()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An errno as the child reported it: 0 for success.
+fn result(errno: i32) -> Result<(), Errno> {
+    if errno == 0 {
+        Ok(())
+    } else {
+        Err(Errno::from_raw(errno))
+    }
 }
 
 /// What the child does, for the student (it can't print: it only does

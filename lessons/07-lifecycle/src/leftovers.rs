@@ -11,9 +11,13 @@
 //! the pid of a running process or that a process maps or holds open, a
 //! segment that is attached or whose creator still runs. Segments with key
 //! IPC_PRIVATE whose creator is dead are listed but never removed: nothing
-//! says a lesson made them.
+//! says a lesson made them. The same holds for a segment whose key is
+//! `ftok($HOME, 5)`, the key lesson-5 uses without `--key` (`writer --keep
+//! --api sysv` leaves one): an ftok key carries no lesson mark, since any
+//! program that hashes the same file with project id 5 gets the same key.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
 
 use anyhow::bail;
 use common::inspect::{self, ShmEntry, SysvSegment};
@@ -90,6 +94,9 @@ pub struct Plan {
     pub sysv: Vec<(SysvSegment, Verdict)>,
     /// IPC_PRIVATE segments of ours, unattached, whose creator is dead.
     pub orphans: Vec<SysvSegment>,
+    /// Segments of ours with lesson-5's default key `ftok($HOME, 5)`,
+    /// unattached, whose creator is dead: listed, never removed.
+    pub ftok_keyed: Vec<SysvSegment>,
 }
 
 impl Plan {
@@ -107,14 +114,17 @@ pub fn pid_in_name(file: &str) -> Option<i32> {
 }
 
 /// Decide, without touching anything. `posix_in_use` says why a name is
-/// still in use (if it is); `alive` whether a pid runs.
+/// still in use (if it is); `running` why a segment's processes are (the
+/// creator, or the lesson run whose pid is in the key); `lesson5_key` is
+/// `ftok($HOME, 5)`, if it could be computed.
 pub fn plan(
     entries: &[ShmEntry],
     segments: &[SysvSegment],
     uid: u32,
     filter: &Filter,
     posix_in_use: impl Fn(&ShmEntry) -> Option<String>,
-    alive: impl Fn(i32) -> bool,
+    running: impl Fn(&SysvSegment) -> Option<String>,
+    lesson5_key: Option<i32>,
 ) -> Plan {
     let mut out = Plan::default();
     for e in entries {
@@ -133,14 +143,20 @@ pub fn plan(
         out.posix.push((e.clone(), verdict));
     }
     for s in segments {
-        if s.key == libc::IPC_PRIVATE {
+        let unmarked = s.key == libc::IPC_PRIVATE || Some(s.key) == lesson5_key;
+        if unmarked {
+            // Listed (never removed) only when it looks abandoned.
             if filter.keys.is_none()
                 && s.uid == uid
                 && s.nattch == 0
                 && s.perms & sysv::SHM_DEST == 0
-                && !alive(s.cpid)
+                && running(s).is_none()
             {
-                out.orphans.push(s.clone());
+                if s.key == libc::IPC_PRIVATE {
+                    out.orphans.push(s.clone());
+                } else {
+                    out.ftok_keyed.push(s.clone());
+                }
             }
             continue;
         }
@@ -154,14 +170,79 @@ pub fn plan(
             Verdict::Foreign(s.uid)
         } else if s.nattch > 0 {
             Verdict::InUse(format!("{} process(es) attached", s.nattch))
-        } else if alive(s.cpid) {
-            Verdict::InUse(format!("its creator, pid {}, is running", s.cpid))
+        } else if let Some(why) = running(s) {
+            Verdict::InUse(why)
         } else {
             Verdict::Remove
         };
         out.sysv.push((s.clone(), verdict));
     }
     out
+}
+
+/// The directory lesson-5's `ftok` hashes by default: the home directory
+/// from the password database, else `$HOME` (as lesson-5 resolves it).
+fn home_dir() -> Option<PathBuf> {
+    nix::unistd::User::from_uid(getuid())
+        .ok()
+        .flatten()
+        .map(|u| u.dir)
+        .or_else(|| std::env::var_os("HOME").map(PathBuf::from))
+}
+
+/// lesson-5's `ftok` project id.
+const LESSON5_PROJ_ID: u8 = 5;
+
+/// The `ipcs -m` header and the rows of these segments; without `ipcs`,
+/// the `/proc/sysvipc/shm` header and lines.
+fn ipcs_rows<'a>(segments: impl Iterator<Item = &'a SysvSegment>) -> Vec<String> {
+    let segments: Vec<&SysvSegment> = segments.collect();
+    if segments.is_empty() {
+        return Vec::new();
+    }
+    let Some(lines) = inspect::ipcs_m() else {
+        let mut out = vec![
+            "(ipcs is not installed: showing /proc/sysvipc/shm)".to_string(),
+            inspect::sysvipc_header(),
+        ];
+        out.extend(segments.iter().map(|s| s.line.clone()));
+        return out;
+    };
+    let ids: Vec<String> = segments.iter().map(|s| s.shmid.to_string()).collect();
+    lines
+        .into_iter()
+        .filter(|l| {
+            l.starts_with("key") || ids.iter().any(|id| l.split_whitespace().nth(1) == Some(id))
+        })
+        .collect()
+}
+
+/// Why a segment on this machine is still in use, if it is: its creator
+/// runs, or the lesson run that made its key does. A lesson key holds the
+/// low 20 bits of that run's pid (see [`names::unique_key`]): part 3's
+/// segment, say, is created by a child that dies, while the run that will
+/// remove it holds for inspection.
+fn segment_running(s: &SysvSegment) -> Option<String> {
+    if inspect::pid_alive(s.cpid) {
+        return Some(format!("its creator, pid {}, is running", s.cpid));
+    }
+    if !names::is_lesson_key(s.key) {
+        return None;
+    }
+    let pid_max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(1 << 22);
+    let low = s.key & 0xf_ffff;
+    (0..)
+        .map(|k| low + (k << 20))
+        .take_while(|&p| p < pid_max)
+        .find_map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).ok()?;
+            let comm = comm.trim();
+            comm.starts_with("lesson-")
+                .then(|| format!("the run that made its key, pid {p} ({comm}), is running"))
+        })
 }
 
 /// Why a POSIX object on this machine is still in use, if it is.
@@ -206,6 +287,10 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         filter.prefix
     ));
 
+    let home = home_dir();
+    let lesson5_key = home
+        .as_deref()
+        .and_then(|h| sysv::ftok(h, LESSON5_PROJ_ID).ok());
     // ANCHOR: plan
     let plan = plan(
         &inspect::dev_shm_entries(),
@@ -213,7 +298,8 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         uid,
         filter,
         posix_in_use,
-        inspect::pid_alive,
+        segment_running,
+        lesson5_key,
     );
     // ANCHOR_END: plan
     evidence(
@@ -235,7 +321,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
     }
     evidence(
         &format!("ipcs -m   # keys {keys}"),
-        plan.sysv.iter().map(|(s, _)| s.line.clone()),
+        ipcs_rows(plan.sysv.iter().map(|(s, _)| s)),
     );
     for (s, v) in &plan.sysv {
         let what = format!("System V key {} shmid {}", names::key_hex(s.key), s.shmid);
@@ -259,6 +345,28 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
                 s.shmid, s.size, s.cpid, s.shmid
             ),
         );
+    }
+    for s in &plan.ftok_keyed {
+        let home = home.as_deref().unwrap_or(std::path::Path::new("?"));
+        fact(
+            "not removed",
+            format!(
+                "System V key {} shmid {}: key = ftok({home:?}, {LESSON5_PROJ_ID}), {} bytes, \
+                 creator pid {} dead, nattch 0",
+                names::key_hex(s.key),
+                s.shmid,
+                s.size,
+                s.cpid
+            ),
+        );
+        explain(format!(
+            "This is the key lesson-5 uses without --key (its writer --keep --api sysv leaves \
+             one), but an ftok key carries no lesson mark: any program that calls ftok on \
+             {home:?} with project id {LESSON5_PROJ_ID} gets the same key, so the cleanup does \
+             not remove it. lesson-5's writer recognises its own stale segment by the magic \
+             inside and replaces it. If you know it is yours: ipcrm -m {}",
+            s.shmid
+        ));
     }
     let n = plan.to_remove();
     if yes {
@@ -321,8 +429,9 @@ pub fn part() -> anyhow::Result<()> {
         "scripts/cleanup (which runs lesson-7 --cleanup) lists what the lessons left behind \
          and you own: every lesson name starts with shm-lessons- and every lesson key with \
          0x53. It is a dry run unless you add --yes. Objects of other users, objects still in \
-         use and anything without the lessons' mark are never touched; /dev/shm is sticky \
-         (drwxrwxrwt), so another user's stale object could not be removed by you anyway.",
+         use and anything without the lessons' mark are never touched. Root could remove \
+         another user's objects (part 3 showed that nobody else can), so the cleanup checks \
+         the owner itself.",
     );
     run(&Filter::default(), false)
 }
@@ -361,6 +470,8 @@ mod tests {
     const ME: u32 = 1000;
     const DEAD: i32 = 999_999;
     const LIVE: i32 = 4242;
+    /// What ftok($HOME, 5) gives: project id 5 in the top byte.
+    const LESSON5: i32 = 0x0501_2345;
 
     fn decide(filter: &Filter) -> Plan {
         let entries = [
@@ -383,6 +494,7 @@ mod tests {
             seg(12345678, 5, ME, 0, DEAD),
             seg(0, 6, ME, 0, DEAD),
             seg(0, 7, ME, 0, LIVE),
+            seg(LESSON5, 8, ME, 0, DEAD),
         ];
         plan(
             &entries,
@@ -390,7 +502,8 @@ mod tests {
             ME,
             filter,
             |e| (pid_in_name(&e.name) == Some(LIVE)).then(|| "live".into()),
-            |p| p == LIVE,
+            |s| (s.cpid == LIVE).then(|| "live".into()),
+            Some(LESSON5),
         )
     }
 
@@ -417,6 +530,37 @@ mod tests {
         assert!(matches!(p.sysv[1].1, Verdict::Foreign(1001)));
         assert_eq!(p.orphans.iter().map(|s| s.shmid).collect::<Vec<_>>(), [6]);
         assert_eq!(p.to_remove(), 2);
+    }
+
+    #[test]
+    fn an_ftok_keyed_lesson5_segment_is_listed_never_removed() {
+        let p = decide(&Filter::default());
+        let listed: Vec<i32> = p.ftok_keyed.iter().map(|s| s.shmid).collect();
+        assert_eq!(listed, [8]);
+        assert!(p.sysv.iter().all(|(s, _)| s.key != LESSON5));
+        // Only an abandoned one of ours is listed: not one in use, not
+        // another user's, and not when --keys narrows the search.
+        let entries: [ShmEntry; 0] = [];
+        let segments = [
+            seg(LESSON5, 9, ME, 1, DEAD),
+            seg(LESSON5, 10, ME, 0, LIVE),
+            seg(LESSON5, 11, 1001, 0, DEAD),
+        ];
+        let p = plan(
+            &entries,
+            &segments,
+            ME,
+            &Filter::default(),
+            |_| None,
+            |s| (s.cpid == LIVE).then(|| "live".into()),
+            Some(LESSON5),
+        );
+        assert!(p.ftok_keyed.is_empty() && p.sysv.is_empty() && p.to_remove() == 0);
+        let p = decide(&Filter {
+            keys: Some(vec![0x5370_0001]),
+            ..Filter::default()
+        });
+        assert!(p.ftok_keyed.is_empty());
     }
 
     #[test]

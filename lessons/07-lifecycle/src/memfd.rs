@@ -178,6 +178,30 @@ pub fn run() -> anyhow::Result<()> {
     let s = step(format!("close({raw})"));
     s.check(close(mfd))?;
     s.ok("0: the memory is freed; there was never a name to remove");
+    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    let target = std::fs::read_link(e.path()).ok()?;
+                    let target = target.display().to_string();
+                    target
+                        .contains(MEMFD_NAME)
+                        .then(|| format!("{} -> {target}", e.file_name().to_string_lossy()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    evidence(&format!("ls -l /proc/{pid}/fd | grep {MEMFD_NAME}"), fds);
+    evidence(
+        &format!("grep {MEMFD_NAME} /proc/{pid}/maps"),
+        inspect::maps_lines_matching(MEMFD_NAME),
+    );
+    explain(
+        "No descriptor and no mapping refers to the memfd any more, and the receivers have \
+         exited: nothing can reach it, so the kernel frees its pages (the Shmem accounting of \
+         part 1). Had we crashed instead, the kernel would have closed the descriptor and \
+         removed the mapping itself: nothing would be left.",
+    );
     compare(
         "POSIX objects have names (shm_unlink) and System V segments keys (ipcs)",
         "a memfd has neither: it is freed with its last descriptor and mapping, even after a \

@@ -115,6 +115,31 @@ fn part3_both_kinds_survive_a_sigkilled_child() {
         file_line.contains("-rw------- 1 ") && file_line.ends_with("-leak"),
         "the POSIX object survived the child: {file_line}"
     );
+    // /dev/shm is sticky: as root, the child that became nobody can't
+    // remove our leftovers.
+    let sticky = after.split("Another user's leftovers").nth(1).unwrap();
+    let mode = std::fs::metadata("/dev/shm").unwrap().mode();
+    if mode & 0o1000 == 0 {
+        assert!(sticky.contains("has no sticky bit"), "{sticky}");
+    } else if mode & 0o7777 == 0o1777 {
+        assert!(sticky.contains("| drwxrwxrwt root"), "{sticky}");
+    }
+    if testkit::is_root() && mode & 0o1000 != 0 {
+        has(
+            sticky,
+            &[
+                "setuid(65534) = 0: the child is now nobody",
+                "-leak\") = -1 EPERM (Operation not permitted)",
+                "Both fail with EPERM",
+            ],
+        );
+        if !rmid_forced() {
+            assert!(
+                sticky.contains(", IPC_RMID, NULL) = -1 EPERM (Operation not permitted)"),
+                "{sticky}"
+            );
+        }
+    }
     if rmid_forced() {
         assert!(after.contains("kernel.shm_rmid_forced: 1"), "{after}");
     } else {
@@ -161,6 +186,13 @@ fn part4_memfd_sigbus_without_seals_eperm_with_them() {
         "the receiver's handler saw the fault: {err}"
     );
     assert!(!out.contains("/dev/shm/shm-lessons-7-memfd"), "{out}");
+    // After close, no descriptor and no mapping of the memfd remains.
+    let release = sealed.split("Release: the last descriptor").nth(1).unwrap();
+    for probe in ["/fd | grep shm-lessons-7-memfd", "/maps"] {
+        let after = release.split(probe).nth(1).unwrap();
+        let shown = after.lines().nth(1).unwrap();
+        assert_eq!(shown.trim(), "| (nothing)", "{probe}: {release}");
+    }
 }
 
 #[test]
@@ -185,12 +217,36 @@ fn ctrl_c_during_a_hold_removes_what_the_run_made() {
         testkit::shm_exists(&name),
         "the leftover exists during the hold"
     );
+    // The cleanup, even with --yes, leaves both to the run that holds them:
+    // the object's name and the segment's key carry its pid.
+    let key = (0x53u32 << 24 | 7 << 20 | (pid & 0xf_ffff)) as i32;
+    let seg = testkit::segments_with_key(key);
+    assert_eq!(
+        seg.len(),
+        1,
+        "the dead child's segment exists during the hold"
+    );
+    let prefix = format!("shm-lessons-7-{pid}-");
+    let keys = format!("{:#010x}", key as u32);
+    let out = text(&cleanup(&["--prefix", &prefix, "--keys", &keys, "--yes"]).stdout);
+    has(
+        &out,
+        &[
+            &format!("left alone: /dev/shm/{name}: in use: its name carries pid {pid}"),
+            &format!(
+                "left alone: System V key {keys} shmid {}: in use: the run that made its key, \
+                 pid {pid} (lesson-7), is running",
+                seg[0].shmid
+            ),
+            "removed 0 object(s)",
+        ],
+    );
+    assert!(testkit::shm_exists(&name) && testkit::segments_with_key(key).len() == 1);
     run.signal(Signal::SIGINT);
     let (status, stderr) = run.finish(Duration::from_secs(5));
     assert_eq!(status, Some(130), "{stderr}");
     assert!(stderr.contains("cleanup: shm_unlink"), "{stderr}");
     assert!(!testkit::shm_exists(&name), "{name} left after Ctrl-C");
-    let key = (0x53u32 << 24 | 7 << 20 | (pid & 0xf_ffff)) as i32;
     assert!(testkit::segments_with_key(key).is_empty(), "segment left");
     testkit::assert_nothing_left_by(7, pid);
 
@@ -540,6 +596,12 @@ fn works_for_an_unprivileged_user() {
             "owned by nobody (uid 65534): dry run",
         ],
     );
+    if std::fs::metadata("/dev/shm").unwrap().mode() & 0o1000 != 0 {
+        assert!(
+            stdout.contains("Run this part as root to watch a second user"),
+            "{stdout}"
+        );
+    }
     // Only this test runs lesson-7 as nobody: nothing of it may remain.
     let left: Vec<_> = common::inspect::dev_shm_entries()
         .into_iter()
