@@ -408,3 +408,44 @@ fn only_runs_the_scenario_asked_for() {
     assert!(!stdout.contains("result 2 ("), "{stdout}");
     assert_nothing_left(pid);
 }
+
+#[test]
+fn a_crashed_child_is_reported_and_what_it_left_is_removed() {
+    let host = Host::before();
+    for only in ["0", "2"] {
+        let mut run = testkit::start(bin(), &["--only", only, "--hold", "30"]);
+        let pid = run.pid();
+        run.wait_for("holding for 30 s", std::time::Duration::from_secs(20));
+        let scratch = scratch_dir(&run.seen);
+        let file = format!("shm-lessons-4-{pid}-s{only}");
+        let object = if only == "0" {
+            Path::new("/dev/shm").join(&file)
+        } else {
+            scratch.join(&file)
+        };
+        assert!(object.exists(), "{} during the hold", object.display());
+        // The scenario's child (which this test's lesson started) dies
+        // without running any cleanup of its own.
+        let child: i32 = run
+            .seen
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("child: pid "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no child pid in:\n{}", run.seen));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let (status, stderr) = run.finish(std::time::Duration::from_secs(10));
+        assert_eq!(status, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("scenario {only}'s child killed by SIGKILL")),
+            "{stderr}"
+        );
+        assert!(!object.exists(), "{} left behind", object.display());
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+        assert_nothing_left(pid);
+    }
+    host.assert_unchanged();
+}
