@@ -109,7 +109,11 @@ fn lesson() -> anyhow::Result<()> {
 
     let scratch = scratch_dir()?;
     let scratch_guard = cleanup::path(&scratch); // removed on every path
-    fact("scratch directory on disk", scratch.display());
+    let scratch_fs = inspect::fs_type(&scratch).context("statfs of the scratch directory")?;
+    fact(
+        "scratch directory",
+        format!("{}, on {scratch_fs}", scratch.display()),
+    );
 
     for (n, heading) in SCENARIOS.iter().enumerate() {
         if only.is_some_and(|o| o != n) {
@@ -264,6 +268,10 @@ fn unmounted(name: &str, hold: Hold) -> anyhow::Result<()> {
          directory on it. We stage exactly that: a fresh tmpfs over /dev (hiding the host's \
          /dev in this namespace only), holding a plain shm directory.",
     );
+    evidence(
+        "findmnt /dev   # before: the /dev this child inherited from the host",
+        ns::mount_containing("/dev").as_ref().map(findmnt_line),
+    );
     let s = step("mount(\"udev\", \"/dev\", \"tmpfs\", MS_NOSUID, \"mode=0755\")");
     s.check(mount(
         Some("udev"),
@@ -296,9 +304,9 @@ fn unmounted(name: &str, hold: Hold) -> anyhow::Result<()> {
          whether /dev/shm is a partition mounted with tmpfs\"",
         &format!("shm_open worked; {fs}"),
         "glibc 2.34+ simply opens /dev/shm/NAME: a plain directory is fine, and the file lands \
-         on whatever filesystem holds it. On a machine of today that is devtmpfs, shared by \
-         every namespace: the article's experiment run for real would write into the host's \
-         /dev.",
+         on whatever filesystem holds it. On a machine of today that is the /dev shown \
+         above, usually a devtmpfs, which every namespace shares: the article's experiment run \
+         for real would write into the host's /dev.",
     );
     result(1, "unmounted", &format!("shm_open worked; {fs}"));
     Ok(())
@@ -754,9 +762,22 @@ fn result(n: usize, what: &str, text: &str) {
     fact(&format!("result {n} ({what})"), text);
 }
 
-/// `TARGET SOURCE FSTYPE OPTIONS`, as findmnt prints a mount.
+/// `TARGET SOURCE FSTYPE OPTIONS`, as findmnt prints a mount: the mount's
+/// options, then the filesystem's, each named once (`rw` is in both).
 fn findmnt_line(m: &inspect::MountInfo) -> String {
-    format!("{} {} {} {}", m.mount_point, m.source, m.fs_type, m.options)
+    let mut options: Vec<&str> = Vec::new();
+    for o in m.options.split(',') {
+        if !options.contains(&o) {
+            options.push(o);
+        }
+    }
+    format!(
+        "{} {} {} {}",
+        m.mount_point,
+        m.source,
+        m.fs_type,
+        options.join(",")
+    )
 }
 
 /// Every mount at /dev/shm in the host's namespace (they may be stacked).
@@ -775,9 +796,11 @@ fn host_dev_shm() -> Vec<String> {
 
 /// A fresh directory on a disk filesystem for scenario 2's bind mount (and
 /// the mount point of scenario 3's new root): the temp dir if it is on a
-/// disk, else next to the executable.
+/// disk, else /var/tmp (on a disk by convention: it survives reboots), else
+/// next to the executable. If none is, it says so: scenario 2 then shows a
+/// memory filesystem, not a disk.
 fn scratch_dir() -> anyhow::Result<PathBuf> {
-    let mut candidates = vec![std::env::temp_dir()];
+    let mut candidates = vec![std::env::temp_dir(), PathBuf::from("/var/tmp")];
     if let Some(dir) = std::env::current_exe()?.parent() {
         candidates.push(dir.to_path_buf());
     }
@@ -792,6 +815,17 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
     let s = step(format!("mkdir({:?}, 0700)", dir.display().to_string()));
     s.check(std::fs::DirBuilder::new().mode(0o700).create(&dir))?;
     s.ok(0);
+    if !on_disk(&dir) {
+        narrate::warn(format!(
+            "no directory on a disk filesystem found ({}): scenario 2 will show {} instead",
+            candidates
+                .iter()
+                .map(|c| c.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            inspect::fs_type(&dir).map_or_else(|_| "?".into(), |t| t.to_string()),
+        ));
+    }
     Ok(dir)
 }
 

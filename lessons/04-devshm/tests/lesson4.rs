@@ -1,7 +1,8 @@
 //! lesson-4 proves what it prints, on the running kernel, and that the host's
 //! mounts and /dev/shm are exactly as they were.
 
-use std::os::unix::fs::MetadataExt;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -44,7 +45,13 @@ impl Host {
         let md = std::fs::metadata("/dev/shm").expect("the host has /dev/shm");
         let name = testkit::unique_name("sentinel");
         let sentinel = Path::new("/dev/shm").join(name.trim_start_matches('/'));
-        std::fs::write(&sentinel, SENTINEL).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&sentinel)
+            .and_then(|mut f| f.write_all(SENTINEL))
+            .unwrap();
         Host {
             mountinfo: ns::mount_table(),
             dev_shm_dev: md.dev(),
@@ -81,18 +88,46 @@ impl Drop for Host {
     }
 }
 
-/// The filesystem scenario 2 must report: the lesson's scratch directory
-/// lives in the temp dir when that is on a disk, else next to the binary.
-fn expected_disk_fs(binary: &Path) -> inspect::FsType {
-    let temp = inspect::fs_type(std::env::temp_dir()).unwrap();
-    if temp.name != "tmpfs" && temp.name != "ramfs" {
-        return temp;
+fn in_memory(fs: &inspect::FsType) -> bool {
+    fs.name == "tmpfs" || fs.name == "ramfs"
+}
+
+/// Where the lesson may put its scratch directory, in its order of choice.
+fn scratch_candidates() -> [PathBuf; 3] {
+    [
+        std::env::temp_dir(),
+        PathBuf::from("/var/tmp"),
+        bin().parent().unwrap().to_path_buf(),
+    ]
+}
+
+/// The scratch directory the lesson printed (`scratch directory: PATH, on
+/// FS`): on a disk whenever the temp dir or /var/tmp is.
+fn scratch_dir(stdout: &str) -> PathBuf {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("scratch directory: "))
+        .unwrap_or_else(|| panic!("no scratch directory line in:\n{stdout}"));
+    let dir = PathBuf::from(line.split_once(", on ").unwrap().0);
+    let parent = inspect::fs_type(dir.parent().unwrap()).unwrap();
+    let disk_available = scratch_candidates()[..2]
+        .iter()
+        .any(|c| inspect::fs_type(c).is_ok_and(|t| !in_memory(&t)));
+    if disk_available {
+        assert!(!in_memory(&parent), "{} is on {parent}", dir.display());
     }
-    inspect::fs_type(binary.parent().unwrap()).unwrap()
+    dir
+}
+
+/// The filesystem scenario 2 must report: that of the directory holding the
+/// scratch directory, as this test sees it.
+fn expected_disk_fs(stdout: &str) -> inspect::FsType {
+    inspect::fs_type(scratch_dir(stdout).parent().unwrap()).unwrap()
 }
 
 /// Each scenario's real outcome, as the lesson printed it.
-fn assert_outcomes(stdout: &str, disk: inspect::FsType) {
+fn assert_outcomes(stdout: &str) {
+    let disk = expected_disk_fs(stdout);
     let tmpfs = "tmpfs (f_type 0x1021994)";
     assert_eq!(
         result_line(stdout, 0),
@@ -156,16 +191,29 @@ fn lesson_pid(stdout: &str) -> u32 {
 
 fn assert_nothing_left(pid: u32) {
     testkit::assert_nothing_left_by(4, pid);
-    for dir in [std::env::temp_dir(), bin().parent().unwrap().to_path_buf()] {
+    for dir in scratch_candidates() {
         let scratch = dir.join(format!("shm-lessons-4-{pid}-disk"));
         assert!(!scratch.exists(), "{} left behind", scratch.display());
     }
+    // Scenarios 1 and 3 create objects in a /dev of their own: never in the
+    // host's devtmpfs.
+    let prefix = format!("shm-lessons-4-{pid}-");
+    let in_dev: Vec<_> = std::fs::read_dir("/dev")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(
+        in_dev.is_empty(),
+        "written into the host's /dev: {in_dev:?}"
+    );
 }
 
 /// Exit status 77 is accepted only when the kernel really refuses: the
 /// lesson names the refused call, it was not simulated, and unshare(1)
-/// fails here too.
-fn assert_refusal_is_real(stdout: &str) {
+/// fails here too (run as nobody when `as_nobody`).
+fn assert_refusal_is_real(stdout: &str, as_nobody: bool) {
     assert!(!stdout.contains("simulated"), "{stdout}");
     // unshare itself, or (Ubuntu 24.04's AppArmor rule) the uid map or the
     // first mount inside a namespace without capabilities.
@@ -173,7 +221,12 @@ fn assert_refusal_is_real(stdout: &str) {
         stdout.contains("no private mount namespace: ") && stdout.contains(" = -1 E"),
         "{stdout}"
     );
-    let probe = if testkit::is_root() {
+    let probe = if as_nobody {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["unshare", "--user", "--map-root-user", "--mount", "true"])
+            .status()
+    } else if testkit::is_root() {
         Command::new("unshare").args(["--mount", "true"]).status()
     } else {
         Command::new("unshare")
@@ -194,10 +247,10 @@ fn every_scenario_shows_its_real_outcome_and_the_host_is_untouched() {
     let (pid, out) = testkit::run_with_pid(bin(), &[]);
     let (stdout, stderr) = text(&out);
     if out.status.code() == Some(77) {
-        assert_refusal_is_real(&stdout);
+        assert_refusal_is_real(&stdout, false);
     } else {
         assert!(out.status.success(), "{stdout}\n{stderr}");
-        assert_outcomes(&stdout, expected_disk_fs(bin()));
+        assert_outcomes(&stdout);
         assert!(
             stdout.contains("/proc/self/mountinfo: unchanged"),
             "{stdout}"
@@ -217,8 +270,7 @@ fn works_for_an_unprivileged_user_through_a_user_namespace() {
     };
     let (stdout, stderr) = text(&out);
     if out.status.code() == Some(77) {
-        assert!(!stdout.contains("simulated"), "{stdout}");
-        assert!(stdout.contains("no private mount namespace: "), "{stdout}");
+        assert_refusal_is_real(&stdout, true);
     } else {
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(
@@ -226,7 +278,7 @@ fn works_for_an_unprivileged_user_through_a_user_namespace() {
             "{stdout}"
         );
         assert!(stdout.contains("\"/proc/self/uid_map\", \"0 65534 1\") = 9"));
-        assert_outcomes(&stdout, expected_disk_fs(bin()));
+        assert_outcomes(&stdout);
     }
     host.assert_unchanged();
     assert_nothing_left(lesson_pid(&stdout));
@@ -282,7 +334,7 @@ fn concurrent_runs_never_collide() {
     for (pid, out) in testkit::run_concurrently(bin(), &[], 3) {
         let (stdout, stderr) = text(&out);
         if out.status.code() == Some(77) {
-            assert_refusal_is_real(&stdout);
+            assert_refusal_is_real(&stdout, false);
         } else {
             assert!(out.status.success(), "{stdout}\n{stderr}");
             assert!(result_line(&stdout, 4).ends_with("posix_fallocate: ENOSPC"));
@@ -320,17 +372,14 @@ fn sigterm_during_a_hold_removes_what_the_killed_child_left() {
     for only in ["0", "2"] {
         let mut run = testkit::start(bin(), &["--only", only, "--hold", "30"]);
         let pid = run.pid();
-        let scratch = std::env::temp_dir().join(format!("shm-lessons-4-{pid}-disk"));
         let file = format!("shm-lessons-4-{pid}-s{only}");
         run.wait_for("holding for 30 s", std::time::Duration::from_secs(20));
+        let scratch = scratch_dir(&run.seen);
         // The object exists during the hold: on the host's /dev/shm for the
         // baseline, as a file in the scratch directory for the disk case.
         let object = if only == "0" {
             Path::new("/dev/shm").join(&file)
         } else {
-            if expected_disk_fs(bin()).name == "tmpfs" {
-                return; // the scratch directory is elsewhere; nothing to see here
-            }
             scratch.join(&file)
         };
         assert!(object.exists(), "{} during the hold", object.display());
@@ -352,10 +401,51 @@ fn only_runs_the_scenario_asked_for() {
     let (pid, out) = testkit::run_with_pid(bin(), &["--only", "3"]);
     let (stdout, stderr) = text(&out);
     if out.status.code() == Some(77) {
-        return assert_refusal_is_real(&stdout);
+        return assert_refusal_is_real(&stdout, false);
     }
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(result_line(&stdout, 3).contains("where_is_shmfs would have used /dev/"));
     assert!(!stdout.contains("result 2 ("), "{stdout}");
     assert_nothing_left(pid);
+}
+
+#[test]
+fn a_crashed_child_is_reported_and_what_it_left_is_removed() {
+    let host = Host::before();
+    for only in ["0", "2"] {
+        let mut run = testkit::start(bin(), &["--only", only, "--hold", "30"]);
+        let pid = run.pid();
+        run.wait_for("holding for 30 s", std::time::Duration::from_secs(20));
+        let scratch = scratch_dir(&run.seen);
+        let file = format!("shm-lessons-4-{pid}-s{only}");
+        let object = if only == "0" {
+            Path::new("/dev/shm").join(&file)
+        } else {
+            scratch.join(&file)
+        };
+        assert!(object.exists(), "{} during the hold", object.display());
+        // The scenario's child (which this test's lesson started) dies
+        // without running any cleanup of its own.
+        let child: i32 = run
+            .seen
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("child: pid "))
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no child pid in:\n{}", run.seen));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let (status, stderr) = run.finish(std::time::Duration::from_secs(10));
+        assert_eq!(status, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("scenario {only}'s child killed by SIGKILL")),
+            "{stderr}"
+        );
+        assert!(!object.exists(), "{} left behind", object.display());
+        assert!(!scratch.exists(), "{} left behind", scratch.display());
+        assert_nothing_left(pid);
+    }
+    host.assert_unchanged();
 }
