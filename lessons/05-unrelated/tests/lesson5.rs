@@ -332,6 +332,73 @@ fn a_foreign_sysv_segment_is_refused_and_not_removed() {
     assert_eq!(seg.key, key);
 }
 
+/// Fill a System V segment the test made, through a fresh attachment.
+fn fill_segment(id: i32, size: usize, byte: u8) {
+    let p = common::sysv::shmat(id, 0).unwrap();
+    // SAFETY: a fresh attachment of `size` bytes of a segment only this test
+    // knows (its key is unique), detached right after.
+    unsafe {
+        std::ptr::write_bytes(p.as_ptr().cast::<u8>(), byte, size);
+        common::sysv::shmdt(p).unwrap();
+    }
+}
+
+/// The bytes of a System V segment, through a read-only attachment.
+fn segment_bytes(id: i32, size: usize) -> Vec<u8> {
+    let p = common::sysv::shmat(id, libc::SHM_RDONLY).unwrap();
+    // SAFETY: a fresh attachment of `size` bytes; no other process writes the
+    // segment (the lesson refused it), and it is detached right after.
+    unsafe {
+        let v = std::slice::from_raw_parts(p.as_ptr().cast::<u8>(), size).to_vec();
+        common::sysv::shmdt(p).unwrap();
+        v
+    }
+}
+
+#[test]
+fn a_foreign_sysv_segment_of_another_size_or_magic_is_refused_by_both_roles() {
+    for size in [4096usize, 100] {
+        let t = Target::sysv();
+        let Target::Sysv(key) = t else { unreachable!() };
+        let id = common::sysv::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600).unwrap();
+        let _guard = common::cleanup::sysv_segment(id);
+        fill_segment(id, size, 0xab);
+        for role in ["writer", "reader"] {
+            let (_, code, out, err) = run(role, &t, &["--timeout", "5"]);
+            assert_eq!(code, Some(1), "{role}: {out}\n{err}");
+            assert!(err.contains("not a lesson-5 segment"), "{role}: {err}");
+        }
+        let seg = common::inspect::sysv_segment(id).expect("the foreign segment is still there");
+        assert_eq!((seg.key, seg.size), (key, size as u64));
+        assert_eq!(
+            segment_bytes(id, size),
+            vec![0xab; size],
+            "nothing was overwritten"
+        );
+    }
+}
+
+#[test]
+fn a_second_writer_on_a_live_name_or_key_is_refused_and_the_first_goes_on() {
+    for t in [Target::posix("live"), Target::sysv()] {
+        let w = start_writer(&t, &["--message", "first"]);
+        let (_, code, out, err) = run("writer", &t, &["--message", "second", "--timeout", "5"]);
+        assert_eq!(code, Some(1), "{out}\n{err}");
+        assert!(
+            err.contains(&format!("still running (pid {})", w.pid())),
+            "{err}"
+        );
+        assert!(err.contains("Nothing was overwritten"), "{err}");
+        let (_, rcode, rout, rerr) = run("reader", &t, &[]);
+        assert_eq!(rcode, Some(0), "{rout}\n{rerr}");
+        assert!(rout.contains("\nreader: message: first\n"), "{rout}");
+        assert!(rout.contains("\nreader: sequence: 1\n"), "{rout}");
+        let (wout, wcode, werr) = finish_writer(w, true);
+        assert_eq!(wcode, Some(0), "{wout}\n{werr}");
+        assert!(!t.exists());
+    }
+}
+
 #[test]
 fn ctrl_c_on_the_writer_or_the_reader_leaves_nothing() {
     for t in [Target::posix("sigint"), Target::sysv()] {
