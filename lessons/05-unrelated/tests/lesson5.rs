@@ -420,6 +420,19 @@ fn ctrl_c_on_the_writer_or_the_reader_leaves_nothing() {
 }
 
 #[test]
+fn sigterm_on_a_waiting_writer_removes_its_object() {
+    for t in [Target::posix("sigterm"), Target::sysv()] {
+        let w = start_writer(&t, &[]);
+        assert!(t.exists());
+        w.signal(Signal::SIGTERM);
+        let (code, err) = w.finish(T);
+        assert_eq!(code, Some(143), "{err}");
+        assert!(err.contains("cleanup: "), "{err}");
+        assert!(!t.exists(), "SIGTERM on the writer removed its object");
+    }
+}
+
+#[test]
 fn a_reader_without_permission_gets_a_clear_eacces() {
     both_apis("eacces", |t| {
         // The writer's --timeout need only outlast the start of one reader.
