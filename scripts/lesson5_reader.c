@@ -111,15 +111,21 @@ int main(int argc, char *argv[]) {
     int i = 1;
     struct passwd *pw = getpwuid(getuid());
     snprintf(name, sizeof name, "/shm-lessons-5-%s", pw ? pw->pw_name : "unknown");
+    char *rest = "";              /* what a number left unparsed */
     if (i < argc && strcmp(argv[i], "--key") == 0 && i + 1 < argc) {
         sysv = 1;
-        key = (key_t)strtoul(argv[i + 1], NULL, 0);
+        key = (key_t)strtoul(argv[i + 1], &rest, 0);
+        if (rest == argv[i + 1]) rest = "?";  /* no digits at all */
         i += 2;
     } else if (i < argc && argv[i][0] == '/') {
         snprintf(name, sizeof name, "%s", argv[i++]);
     }
-    if (i < argc) timeout = atof(argv[i++]);
-    if (i < argc || timeout < 0) {
+    if (i < argc && *rest == '\0') {
+        timeout = strtod(argv[i], &rest);
+        if (rest == argv[i]) rest = "?";
+        i++;
+    }
+    if (i < argc || *rest != '\0' || timeout < 0) {
         fprintf(stderr, "usage: %s [/NAME | --key KEY] [TIMEOUT]\n", argv[0]);
         return 2;
     }

@@ -57,6 +57,12 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
 
     // ANCHOR: demo_posix
     section("POSIX: the reader starts first and waits for the name");
+    explain(
+        "Each child's lines come through its own pipe, tagged writer or reader. One side's \
+         lines are in order; between the two sides, a line can show up a little after the \
+         other side's later lines (two pipes, read as they arrive). The state words are the \
+         real record of who did what first.",
+    );
     let backstop = cleanup::posix_object(&name);
     let posix_args = [
         "--api",

@@ -81,6 +81,19 @@ fn removed_on_drop(t: &Target) -> common::cleanup::Guard {
     common::cleanup::Guard::new("the test's object", move || t.remove())
 }
 
+/// Run `check` for a POSIX name and a System V key at the same time, in two
+/// threads: a test that has to wait out a --timeout then waits once, not
+/// twice.
+fn both_apis(tag: &str, check: fn(Target)) {
+    let threads =
+        [Target::posix(tag), Target::sysv()].map(|t| std::thread::spawn(move || check(t)));
+    for t in threads {
+        if let Err(panic) = t.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
 fn args<'a>(role: &'a str, t: &'a [String], extra: &'a [&'a str]) -> Vec<&'a str> {
     let mut v = vec![role];
     v.extend(t.iter().map(String::as_str));
@@ -119,6 +132,14 @@ fn finish_writer(mut w: Running, acked: bool) -> (String, Option<i32>, String) {
     let seen = w.seen.clone();
     let (code, err) = w.finish(T);
     (seen, code, err)
+}
+
+/// Stop a writer the test no longer needs (a skipped test): SIGTERM, so it
+/// still removes its object.
+fn stop_writer(w: Running) {
+    w.signal(Signal::SIGTERM);
+    let (code, err) = w.finish(T);
+    assert_eq!(code, Some(143), "{err}");
 }
 
 /// One writer and one reader, as separate processes, in the order asked.
@@ -208,24 +229,24 @@ fn two_pairs_with_different_names_run_at_once() {
 
 #[test]
 fn a_reader_with_no_writer_exits_1_at_its_timeout() {
-    for t in [Target::posix("nowriter"), Target::sysv()] {
+    both_apis("nowriter", |t| {
         let (_, code, out, err) = run("reader", &t, &["--timeout", "1"]);
         assert_eq!(code, Some(1), "{out}\n{err}");
         assert!(err.contains("ERROR no writer created"), "{err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(!t.exists());
-    }
+    });
 }
 
 #[test]
 fn a_writer_with_no_reader_removes_its_object_at_the_timeout() {
-    for t in [Target::posix("noreader"), Target::sysv()] {
+    both_apis("noreader", |t| {
         let (pid, code, out, err) = run("writer", &t, &["--timeout", "1"]);
         assert_eq!(code, Some(1), "{out}\n{err}");
         assert!(err.contains("no reader acknowledged within 1 s"), "{err}");
         assert!(!t.exists(), "removed at the timeout");
         testkit::assert_nothing_left_by(5, pid);
-    }
+    });
 }
 
 #[test]
@@ -311,6 +332,73 @@ fn a_foreign_sysv_segment_is_refused_and_not_removed() {
     assert_eq!(seg.key, key);
 }
 
+/// Fill a System V segment the test made, through a fresh attachment.
+fn fill_segment(id: i32, size: usize, byte: u8) {
+    let p = common::sysv::shmat(id, 0).unwrap();
+    // SAFETY: a fresh attachment of `size` bytes of a segment only this test
+    // knows (its key is unique), detached right after.
+    unsafe {
+        std::ptr::write_bytes(p.as_ptr().cast::<u8>(), byte, size);
+        common::sysv::shmdt(p).unwrap();
+    }
+}
+
+/// The bytes of a System V segment, through a read-only attachment.
+fn segment_bytes(id: i32, size: usize) -> Vec<u8> {
+    let p = common::sysv::shmat(id, libc::SHM_RDONLY).unwrap();
+    // SAFETY: a fresh attachment of `size` bytes; no other process writes the
+    // segment (the lesson refused it), and it is detached right after.
+    unsafe {
+        let v = std::slice::from_raw_parts(p.as_ptr().cast::<u8>(), size).to_vec();
+        common::sysv::shmdt(p).unwrap();
+        v
+    }
+}
+
+#[test]
+fn a_foreign_sysv_segment_of_another_size_or_magic_is_refused_by_both_roles() {
+    for size in [4096usize, 100] {
+        let t = Target::sysv();
+        let Target::Sysv(key) = t else { unreachable!() };
+        let id = common::sysv::shmget(key, size, libc::IPC_CREAT | libc::IPC_EXCL | 0o600).unwrap();
+        let _guard = common::cleanup::sysv_segment(id);
+        fill_segment(id, size, 0xab);
+        for role in ["writer", "reader"] {
+            let (_, code, out, err) = run(role, &t, &["--timeout", "5"]);
+            assert_eq!(code, Some(1), "{role}: {out}\n{err}");
+            assert!(err.contains("not a lesson-5 segment"), "{role}: {err}");
+        }
+        let seg = common::inspect::sysv_segment(id).expect("the foreign segment is still there");
+        assert_eq!((seg.key, seg.size), (key, size as u64));
+        assert_eq!(
+            segment_bytes(id, size),
+            vec![0xab; size],
+            "nothing was overwritten"
+        );
+    }
+}
+
+#[test]
+fn a_second_writer_on_a_live_name_or_key_is_refused_and_the_first_goes_on() {
+    for t in [Target::posix("live"), Target::sysv()] {
+        let w = start_writer(&t, &["--message", "first"]);
+        let (_, code, out, err) = run("writer", &t, &["--message", "second", "--timeout", "5"]);
+        assert_eq!(code, Some(1), "{out}\n{err}");
+        assert!(
+            err.contains(&format!("still running (pid {})", w.pid())),
+            "{err}"
+        );
+        assert!(err.contains("Nothing was overwritten"), "{err}");
+        let (_, rcode, rout, rerr) = run("reader", &t, &[]);
+        assert_eq!(rcode, Some(0), "{rout}\n{rerr}");
+        assert!(rout.contains("\nreader: message: first\n"), "{rout}");
+        assert!(rout.contains("\nreader: sequence: 1\n"), "{rout}");
+        let (wout, wcode, werr) = finish_writer(w, true);
+        assert_eq!(wcode, Some(0), "{wout}\n{werr}");
+        assert!(!t.exists());
+    }
+}
+
 #[test]
 fn ctrl_c_on_the_writer_or_the_reader_leaves_nothing() {
     for t in [Target::posix("sigint"), Target::sysv()] {
@@ -332,13 +420,27 @@ fn ctrl_c_on_the_writer_or_the_reader_leaves_nothing() {
 }
 
 #[test]
+fn sigterm_on_a_waiting_writer_removes_its_object() {
+    for t in [Target::posix("sigterm"), Target::sysv()] {
+        let w = start_writer(&t, &[]);
+        assert!(t.exists());
+        w.signal(Signal::SIGTERM);
+        let (code, err) = w.finish(T);
+        assert_eq!(code, Some(143), "{err}");
+        assert!(err.contains("cleanup: "), "{err}");
+        assert!(!t.exists(), "SIGTERM on the writer removed its object");
+    }
+}
+
+#[test]
 fn a_reader_without_permission_gets_a_clear_eacces() {
-    for t in [Target::posix("eacces"), Target::sysv()] {
-        let w = start_writer(&t, &["--timeout", "5"]);
+    both_apis("eacces", |t| {
+        // The writer's --timeout need only outlast the start of one reader.
+        let w = start_writer(&t, &["--timeout", "2"]);
         let ta = t.args();
         let Some(out) = testkit::run_as_nobody(bin(), &args("reader", &ta, &["--timeout", "5"]))
         else {
-            t.remove();
+            stop_writer(w);
             return;
         };
         let err = String::from_utf8_lossy(&out.stderr);
@@ -351,12 +453,12 @@ fn a_reader_without_permission_gets_a_clear_eacces() {
         let (_, code, _) = finish_writer(w, false);
         assert_eq!(code, Some(1));
         assert!(!t.exists());
-    }
+    });
 }
 
 #[test]
 fn mode_0644_lets_another_user_read_but_not_acknowledge() {
-    for t in [Target::posix("mode644"), Target::sysv()] {
+    both_apis("mode644", |t| {
         let w = start_writer(
             &t,
             &[
@@ -365,13 +467,13 @@ fn mode_0644_lets_another_user_read_but_not_acknowledge() {
                 "--message",
                 "for everyone",
                 "--timeout",
-                "5",
+                "2",
             ],
         );
         let ta = t.args();
         let Some(out) = testkit::run_as_nobody(bin(), &args("reader", &ta, &["--timeout", "5"]))
         else {
-            t.remove();
+            stop_writer(w);
             return;
         };
         let text = String::from_utf8_lossy(&out.stdout);
@@ -385,7 +487,7 @@ fn mode_0644_lets_another_user_read_but_not_acknowledge() {
             "no ack, so the writer stops at its timeout: {err}"
         );
         assert!(!t.exists());
-    }
+    });
 }
 
 #[test]
@@ -405,11 +507,11 @@ fn the_python_reader_reads_and_acknowledges() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    // SharedMemory(name=...) did not hand the writer's object to the
+    // resource tracker (which would unlink it and warn of a "leak").
+    assert!(!err.contains("leaked"), "{err}");
     assert!(
         text.contains("python reader: message: from rust to python\n"),
         "{text}"
