@@ -1,8 +1,11 @@
-//! Claims of the article that no lesson binary shows by itself, checked on
-//! this machine (see docs/src/claims.md#claim-lrt).
+//! Claims of the ledger (docs/src/claims.md) that no lesson binary shows by
+//! itself, checked on this machine:
 //!
-//! The article compiles with `gcc ... -lrt`. Since glibc 2.34, `shm_open` and
-//! `shm_unlink` are in libc itself and `librt` is an empty stub.
+//! - claim-lrt: the article compiles with `gcc ... -lrt`. Since glibc 2.34,
+//!   `shm_open` and `shm_unlink` are in libc itself and `librt` is an empty
+//!   stub;
+//! - claim-unrelated: Python's `multiprocessing.shared_memory` unlinks an
+//!   object it only attached to, unless (3.13+) `track=False`.
 
 use std::ffi::CStr;
 use std::path::PathBuf;
@@ -128,4 +131,100 @@ fn a_c_program_using_shm_open_links_without_lrt() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(text, "wrote 0xdeadbeef\n");
+}
+
+/// Removes a POSIX object on drop (also when an assertion fails).
+struct Object(String);
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        let _ = nix::sys::mman::shm_unlink(self.0.as_str());
+    }
+}
+
+fn exists(name: &str) -> bool {
+    inspect::dev_shm_entry(name).is_some()
+}
+
+/// A fresh 4096-byte object, as a writer in lesson 5 makes one.
+fn create(name: &str) -> Object {
+    use nix::fcntl::OFlag;
+    use nix::sys::stat::Mode;
+    let fd = nix::sys::mman::shm_open(
+        name,
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR,
+        Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let object = Object(name.to_string());
+    nix::unistd::ftruncate(&fd, 4096).unwrap();
+    object
+}
+
+/// Attach to `name` from Python's multiprocessing.shared_memory, close it,
+/// exit. `extra` goes into the constructor's arguments.
+fn python_attach(name: &str, extra: &str) -> std::process::Output {
+    let script = format!(
+        "import sys\n\
+         from multiprocessing import shared_memory\n\
+         shm = shared_memory.SharedMemory(name=sys.argv[1]{extra})\n\
+         print(shm.size)\n\
+         shm.close()\n"
+    );
+    // Python adds the leading slash itself.
+    Command::new("python3")
+        .args(["-c", &script, name.trim_start_matches('/')])
+        .output()
+        .unwrap()
+}
+
+/// (major, minor) of python3, when it is installed.
+fn python_version() -> Option<(u32, u32)> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(*sys.version_info[:2])"])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text.split_whitespace().map(|p| p.parse().ok());
+    Some((it.next()??, it.next()??))
+}
+
+/// Lesson 5's trap for Python readers (docs/src/claims.md#claim-unrelated):
+/// `SharedMemory(name=...)` only attaches, yet its resource tracker unlinks
+/// the writer's object when the Python process exits. Python 3.13's
+/// `track=False` leaves it alone.
+#[test]
+fn pythons_shared_memory_unlinks_an_object_it_only_attached() {
+    let Some(version) = python_version() else {
+        eprintln!("skipped: python3 is not installed");
+        return;
+    };
+    if version < (3, 8) {
+        eprintln!("skipped: python3 {version:?} has no multiprocessing.shared_memory");
+        return;
+    }
+    let name = format!("/{}test-{}-pytrack", names::PREFIX, std::process::id());
+    let _object = create(&name);
+    let out = python_attach(&name, "");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "4096\n");
+    // The tracker is a process of its own that unlinks as it shuts down,
+    // right after the script exits: wait for that (bounded).
+    let gone = common::children::poll_until(std::time::Duration::from_secs(10), || {
+        (!exists(&name)).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "python3 {version:?} attached and exited, and {name} is still there"
+    );
+
+    if version >= (3, 13) {
+        let _object = create(&name);
+        let out = python_attach(&name, ", track=False");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            exists(&name),
+            "python3 {version:?} with track=False removed {name}"
+        );
+    }
 }
