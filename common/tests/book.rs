@@ -4,7 +4,8 @@
 //!   `docs/src/SUMMARY.md`;
 //! - every `{{#include path:anchor}}` in the book points at a file that exists
 //!   and an anchor that is opened and closed in it;
-//! - every lesson appears in the README's table with its `cargo run` command.
+//! - every lesson appears in the README's table and in the book's
+//!   introduction with its `cargo run` command and a link to its chapter.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -104,15 +105,23 @@ fn every_include_resolves_to_a_file_and_an_anchor() {
 
 #[test]
 fn every_lesson_is_in_the_readme_table() {
-    let readme = fs::read_to_string(root().join("README.md")).unwrap();
-    for (_, package) in lessons() {
-        let row = readme
-            .lines()
-            .find(|l| l.starts_with('|') && l.contains(&format!("`cargo run -p {package}")));
-        assert!(
-            row.is_some(),
-            "README.md's lesson table has no row for {package}"
-        );
+    // The repository's README and the book's introduction both list every
+    // lesson with its command and a link to its chapter.
+    for (readme, chapter_dir) in [("README.md", "docs/src/"), ("docs/src/README.md", "")] {
+        let text = fs::read_to_string(root().join(readme)).unwrap();
+        for (folder, package) in lessons() {
+            let row = text.lines().find(|l| {
+                l.starts_with('|')
+                    && (l.contains(&format!("`cargo run -p {package}`"))
+                        || l.contains(&format!("`cargo run -p {package} ")))
+            });
+            let row =
+                row.unwrap_or_else(|| panic!("{readme}'s lesson table has no row for {package}"));
+            assert!(
+                row.contains(&format!("]({chapter_dir}{folder}.md)")),
+                "{readme}: the row for {package} does not link {chapter_dir}{folder}.md: {row}"
+            );
+        }
     }
 }
 
@@ -237,37 +246,6 @@ fn normalize(path: &Path) -> PathBuf {
     out
 }
 
-/// For a missing `target`: the lesson number, if it is a chapter
-/// (`docs/src/NN-*.md`) or a path in a lesson folder (`lessons/NN-*/…`) of a
-/// lesson that is not in this checkout yet. Such links are written ahead of
-/// the lesson (the claims ledger links every lesson); once the lesson's folder
-/// exists, they must resolve like any other.
-fn pending_lesson(target: &Path) -> Option<String> {
-    let rel = target.strip_prefix(root()).ok()?;
-    let parts: Vec<String> = rel
-        .components()
-        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-        .collect();
-    let name = match parts.as_slice() {
-        [docs, src, file] if docs == "docs" && src == "src" => {
-            file.strip_suffix(".md")?.to_string()
-        }
-        [lessons, folder, ..] if lessons == "lessons" => folder.clone(),
-        _ => return None,
-    };
-    let (number, _) = name.split_once('-')?;
-    if number.len() != 2 || !number.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let present = fs::read_dir(root().join("lessons")).unwrap().any(|e| {
-        e.unwrap()
-            .file_name()
-            .to_string_lossy()
-            .starts_with(&format!("{number}-"))
-    });
-    (!present).then(|| number.to_string())
-}
-
 #[test]
 fn the_claims_that_chapters_link_to_have_anchors() {
     let claims = fs::read_to_string(root().join("docs/src/claims.md")).unwrap();
@@ -304,7 +282,6 @@ fn every_claim_names_the_article_its_status_and_where_to_see_it() {
 #[test]
 fn every_link_in_the_book_resolves_to_a_file_and_an_anchor() {
     let mut checked = 0;
-    let mut pending = std::collections::BTreeSet::new();
     for file in markdown_files() {
         let text = fs::read_to_string(&file).unwrap();
         for target in link_targets(&text) {
@@ -320,13 +297,11 @@ fn every_link_in_the_book_resolves_to_a_file_and_an_anchor() {
             } else {
                 normalize(&file.parent().unwrap().join(path))
             };
-            if !resolved.exists() {
-                if let Some(n) = pending_lesson(&resolved) {
-                    pending.insert(n);
-                    continue;
-                }
-                panic!("{}: link to missing {target}", file.display());
-            }
+            assert!(
+                resolved.exists(),
+                "{}: link to missing {target}",
+                file.display()
+            );
             if let Some(fragment) = fragment {
                 let defined = anchors(&fs::read_to_string(&resolved).unwrap_or_default());
                 assert!(
@@ -338,9 +313,6 @@ fn every_link_in_the_book_resolves_to_a_file_and_an_anchor() {
             }
             checked += 1;
         }
-    }
-    if !pending.is_empty() {
-        eprintln!("links to lessons not in this checkout yet: {pending:?}");
     }
     assert!(checked > 0, "the book has no links at all");
 }
@@ -602,4 +574,83 @@ fn every_script_is_executable_strict_and_answers_help() {
             "{name} --help prints no usage:\n{help}"
         );
     }
+}
+
+/// Every `path/to/tests/file.rs::name` cited in `text`, in order.
+fn cited_tests(text: &str) -> Vec<(String, String)> {
+    let path_char = |c: char| c.is_ascii_alphanumeric() || "_-./".contains(c);
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices(".rs::") {
+        let before = &text[..i + 3];
+        let start = before
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !path_char(c))
+            .map_or(0, |(j, c)| j + c.len_utf8());
+        let name: String = text[i + 5..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.push((before[start..].to_string(), name));
+    }
+    out
+}
+
+#[test]
+fn the_citation_finder_reads_paths_and_names() {
+    let text = "Tests: `lessons/03-sigbus/tests/lesson3.rs::part1_x` and\n\
+                [`common/tests/claims.rs::y_2`](../../common/tests/claims.rs).";
+    assert_eq!(
+        cited_tests(text),
+        [
+            (
+                "lessons/03-sigbus/tests/lesson3.rs".into(),
+                "part1_x".into()
+            ),
+            ("common/tests/claims.rs".into(), "y_2".into()),
+        ]
+    );
+}
+
+/// Whether `source` defines `fn name(` as a `#[test]`.
+fn defines_test(source: &str, name: &str) -> bool {
+    let lines: Vec<&str> = source.lines().collect();
+    lines.iter().enumerate().any(|(i, l)| {
+        l.trim_start().starts_with(&format!("fn {name}("))
+            && lines[..i]
+                .iter()
+                .rev()
+                .take_while(|p| p.trim_start().starts_with("#[") || p.trim().is_empty())
+                .any(|p| p.trim() == "#[test]")
+    })
+}
+
+#[test]
+fn every_claim_cites_tests_that_exist() {
+    let claims = fs::read_to_string(root().join("docs/src/claims.md")).unwrap();
+    let mut checked = 0;
+    for section in claims.split("<a id=\"claim-").skip(1) {
+        let slug = &section[..section.find('"').unwrap()];
+        let see_it = &section[section.find("**See it:**").expect("a See it")..];
+        let cited = cited_tests(see_it);
+        assert!(
+            !cited.is_empty(),
+            "claim-{slug} cites no test as `lessons/NN-x/tests/file.rs::name`"
+        );
+        for (path, name) in cited {
+            assert!(
+                (path.starts_with("lessons/") || path.starts_with("common/"))
+                    && path.contains("/tests/"),
+                "claim-{slug}: {path}::{name} is not a path from the workspace root to a test file"
+            );
+            let source = fs::read_to_string(root().join(&path))
+                .unwrap_or_else(|_| panic!("claim-{slug}: no file {path}"));
+            assert!(
+                defines_test(&source, &name),
+                "claim-{slug}: {path} has no #[test] fn {name}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
 }

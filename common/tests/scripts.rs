@@ -96,7 +96,7 @@ fn check_env_reports_this_machine() {
             .find(|l| l.trim_start().starts_with(&format!("{folder} ")))
             .unwrap_or_else(|| panic!("no verdict for {folder}:\n{report}"));
         assert!(
-            ["full", "partly", "skipped"]
+            ["full", "partly", "fails", "skipped"]
                 .iter()
                 .any(|v| line.contains(v)),
             "{line}"
@@ -135,6 +135,17 @@ fn run_all_lists_every_lesson_in_order() {
         assert!(at > last, "{folder} out of order:\n{list}");
         last = at;
         assert!(list.contains(&format!("cargo run -p {package}")), "{list}");
+        // A lesson that offers --quick (lesson-8) is run with it.
+        let src = root().join("lessons").join(&folder).join("src");
+        let quick = fs::read_dir(&src).unwrap().any(|e| {
+            fs::read_to_string(e.unwrap().path()).is_ok_and(|t| t.contains("\"--quick\""))
+        });
+        if quick {
+            assert!(
+                list.contains(&format!("cargo run -p {package} -- --quick")),
+                "{list}"
+            );
+        }
     }
 }
 
@@ -160,4 +171,84 @@ fn run_all_selects_lessons_and_rejects_bad_arguments() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {out:?}");
         assert!(!String::from_utf8_lossy(&out.stderr).is_empty(), "{bad:?}");
     }
+}
+
+#[test]
+fn check_env_on_one_cpu_says_lessons_6_and_8_run_partly() {
+    use std::os::unix::process::CommandExt;
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    let first = (0..nix::sched::CpuSet::count())
+        .find(|&i| set.is_set(i).unwrap_or(false))
+        .unwrap();
+    let mut one = nix::sched::CpuSet::new();
+    one.set(first).unwrap();
+    let mut c = script("check-env");
+    // SAFETY: between fork and exec the child only calls sched_setaffinity,
+    // a plain system call (async-signal-safe), on a CpuSet built before fork.
+    unsafe {
+        c.pre_exec(move || {
+            nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = c.output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = text(&out);
+    assert!(report.contains("1 usable by this process"), "{report}");
+    for (folder, _) in lessons() {
+        let line = report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{folder} ")))
+            .unwrap();
+        if folder.starts_with("06-") || folder.starts_with("08-") {
+            assert!(
+                line.contains(" partly ") && line.contains("one CPU"),
+                "{line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn run_all_runs_a_lesson_and_counts_exit_77_as_a_skip() {
+    // Lesson 1 passes; lesson 4, told by its test switch that unshare is
+    // refused, explains itself and exits 77: a skip, with the refused call.
+    let (folder1, _) = lessons()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("01-"))
+        .unwrap();
+    let (folder4, _) = lessons()
+        .into_iter()
+        .find(|(f, _)| f.starts_with("04-"))
+        .unwrap();
+    let out = script("run-all")
+        .args(["1", "4"])
+        .env(common::ns::DENY_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let report = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |folder: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with("lesson-") && l.contains(&format!(" {folder} ")))
+            .unwrap_or_else(|| panic!("no row for {folder}:\n{report}"))
+            .to_string()
+    };
+    assert!(row(&folder1).contains(" pass "), "{report}");
+    let skip = row(&folder4);
+    assert!(
+        skip.contains(" skip ") && skip.contains("no private mount namespace: unshare("),
+        "{report}"
+    );
+    assert!(
+        report.contains("2 lessons: 1 passed, 1 skipped, 0 failed."),
+        "{report}"
+    );
 }
