@@ -124,6 +124,10 @@ unsafe impl OnlyAtomics for FutexArea {}
 struct FutexLock {
     /// 0 = free, 1 = held, 2 = held and someone may be asleep.
     word: AtomicU32,
+    /// The worker that took the lock last (written only while holding it).
+    last: AtomicU32,
+    /// How often the lock passed from one worker to the other.
+    handoffs: AtomicU64,
     waits: [AtomicU64; 2],
     wakes: [AtomicU64; 2],
 }
@@ -550,6 +554,8 @@ fn lesson() -> anyhow::Result<()> {
         subsection("a lock made of one futex word guards the racy increment");
         let lock: &FutexLock = shared.area(1, FUTEX_LOCK_OFFSET);
         lock.word.store(0, Ordering::SeqCst);
+        lock.last.store(0, Ordering::SeqCst);
+        lock.handoffs.store(0, Ordering::SeqCst);
         for w in 0..2 {
             lock.waits[w].store(0, Ordering::SeqCst);
             lock.wakes[w].store(0, Ordering::SeqCst);
@@ -566,6 +572,9 @@ fn lesson() -> anyhow::Result<()> {
         let timing = contest(contest_area, n, |worker, n| {
             for _ in 0..n {
                 futex_lock(lock, worker);
+                if lock.last.swap(worker as u32, Ordering::Relaxed) != worker as u32 {
+                    lock.handoffs.fetch_add(1, Ordering::Relaxed); // from the other worker
+                }
                 let v = contest_area.counter.load(Ordering::Relaxed);
                 contest_area.counter.store(v + 1, Ordering::Relaxed);
                 futex_unlock(lock, worker);
@@ -588,13 +597,23 @@ fn lesson() -> anyhow::Result<()> {
                  {total} locks"
             ),
         );
+        fact(
+            "the lock changed hands",
+            format!(
+                "{} times in {total} locks",
+                lock.handoffs.load(Ordering::SeqCst)
+            ),
+        );
         let ns = per_op(timing.elapsed, total);
         fact("cost", format!("{ns:.1} ns per increment"));
         costs.push(("futex lock + increment + unlock", ns));
         explain(
             "Exact, and a worker that finds the lock taken sleeps in the kernel instead of \
-             burning its CPU. Most locks never enter the kernel: the counts above are what the \
-             kernel was asked to do. This is how glibc builds sem_wait and pthread_mutex_lock.",
+             burning its CPU. Most locks never enter the kernel: the counts above are all the \
+             kernel was asked to do. This is how glibc builds sem_wait and pthread_mutex_lock. \
+             A lock that rarely changes hands is cheap: its holder re-takes it again and again \
+             while the other worker sleeps, and the counter stays in one CPU's cache; \
+             fetch_add, in contrast, makes the two CPUs fight for every single increment.",
         );
 
         let area: &FutexArea = shared.area(1, 0);
