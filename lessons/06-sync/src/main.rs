@@ -542,7 +542,7 @@ fn lesson() -> anyhow::Result<()> {
     }
 
     if wants(4) {
-        // ANCHOR: futex
+        // ANCHOR: futex_contest
         section("4. Fix C: sleep on a futex instead of spinning");
         explain(
             "A lock makes one worker wait for the other. Waiting by spinning burns a CPU the \
@@ -616,6 +616,8 @@ fn lesson() -> anyhow::Result<()> {
              fetch_add, in contrast, makes the two CPUs fight for every single increment.",
         );
 
+        // ANCHOR_END: futex_contest
+        // ANCHOR: futex
         let area: &FutexArea = shared.area(1, 0);
         for private in [false, true] {
             let wait_op = futex::op_name("FUTEX_WAIT", private);
