@@ -9,13 +9,14 @@
 //! 1. the race: two processes lose updates to a shared counter;
 //! 2. fix A: `fetch_add` (an atomic read-modify-write) gives exactly 2N;
 //! 3. fix B: a process-shared POSIX semaphore guards the same increment;
-//! 4. fix C: `FUTEX_WAIT`/`FUTEX_WAKE` to sleep instead of spinning, and why
-//!    `FUTEX_PRIVATE_FLAG` never wakes another process;
+//! 4. fix C: a lock on one futex word (`FUTEX_WAIT`/`FUTEX_WAKE`) sleeps
+//!    instead of spinning; and `FUTEX_PRIVATE_FLAG` never wakes another process;
 //! 5. a lock holder killed with SIGKILL: a plain process-shared mutex is lost
 //!    forever, a robust one reports `EOWNERDEAD`;
 //! 6. the msync myth: visibility needs no `msync`; `MS_SYNC` is about disks.
 //!
-//! Run it: `cargo run -p lesson-6` (`--part N` runs one part).
+//! Run it: `cargo run -p lesson-6` (`--part N` runs one part, `--hold 30`
+//! keeps the futex sleeper and the lock-holding victims alive to inspect).
 
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use common::args::Cli;
+use common::args::{Cli, parse_secs};
 use common::children::{Waited, die_with_parent, state, wait_deadline, wait_until};
 use common::fault::describe;
 use common::narrate::{
@@ -47,7 +48,7 @@ const ABOUT: &str = "Lesson 6: the kernel does not synchronise shared memory. Fo
     a robust mutex fix or explain it; and msync turns out to have nothing to do with \
     visibility.";
 
-/// Increments per worker process in parts 1-3 and 5.
+/// Increments per worker process in parts 1-5.
 const DEFAULT_ITERATIONS: u64 = 1_000_000;
 /// Pages in the shared object: one for each group of parts.
 const PAGES: usize = 5;
@@ -117,6 +118,53 @@ struct FutexArea {
 // SAFETY: every field is an atomic.
 unsafe impl OnlyAtomics for FutexArea {}
 
+/// Part 4: a lock built on one futex word, and how often each worker asked
+/// the kernel to sleep or to wake the other.
+#[repr(C)]
+struct FutexLock {
+    /// 0 = free, 1 = held, 2 = held and someone may be asleep.
+    word: AtomicU32,
+    /// The worker that took the lock last (written only while holding it).
+    last: AtomicU32,
+    /// How often the lock passed from one worker to the other.
+    handoffs: AtomicU64,
+    waits: [AtomicU64; 2],
+    wakes: [AtomicU64; 2],
+}
+// SAFETY: every field is an atomic.
+unsafe impl OnlyAtomics for FutexLock {}
+
+// ANCHOR: futex_lock
+/// Take the lock (Drepper, "Futexes are tricky", mutex 2). Only a worker
+/// that finds it taken makes a system call: FUTEX_WAIT while the word is 2.
+fn futex_lock(lock: &FutexLock, worker: usize) {
+    let Err(mut c) = lock
+        .word
+        .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+    else {
+        return; // it was free: taken without the kernel
+    };
+    if c != 2 {
+        c = lock.word.swap(2, Ordering::Acquire); // held: say someone waits
+    }
+    while c != 0 {
+        lock.waits[worker].fetch_add(1, Ordering::Relaxed);
+        // EAGAIN (the word was no longer 2), a wake-up or a timeout: look again.
+        let _ = futex::wait(&lock.word, 2, WORKER_DEADLINE, false);
+        c = lock.word.swap(2, Ordering::Acquire);
+    }
+}
+
+/// Release the lock; wake one sleeper only if someone may be asleep.
+fn futex_unlock(lock: &FutexLock, worker: usize) {
+    if lock.word.fetch_sub(1, Ordering::Release) != 1 {
+        lock.word.store(0, Ordering::Release);
+        lock.wakes[worker].fetch_add(1, Ordering::Relaxed);
+        let _ = futex::wake(&lock.word, 1, false);
+    }
+}
+// ANCHOR_END: futex_lock
+
 /// Part 5: what the mutex protects. `count` and `copy` must always be equal
 /// when the lock is free: an update changes both.
 #[repr(C)]
@@ -142,6 +190,7 @@ unsafe impl OnlyAtomics for Message {}
 /// Offsets inside the pages (a sem_t and a pthread_mutex_t are plain C
 /// structs, reached only through raw pointers).
 const SEM_OFFSET: usize = 512;
+const FUTEX_LOCK_OFFSET: usize = 256;
 const GUARDED_OFFSET: usize = 128;
 
 /// The shared object's mapping.
@@ -293,8 +342,15 @@ fn lesson() -> anyhow::Result<()> {
         .option_with(
             "--iterations",
             "N",
-            format!("increments per worker process in parts 1, 2, 3 and 5 (default {DEFAULT_ITERATIONS})"),
+            format!("increments per worker process in parts 1 to 5 (default {DEFAULT_ITERATIONS})"),
             parse_iterations,
+        )
+        .option_with(
+            "--hold",
+            "SECS",
+            "keep the sleeping futex child (part 4) and each victim holding the lock (part 5) \
+             alive SECS seconds, to look at them from another terminal",
+            |s| parse_secs(s, 3600),
         )
         .parse();
     let only = args.get::<u8>("--part");
@@ -302,6 +358,7 @@ fn lesson() -> anyhow::Result<()> {
     let n = args
         .get::<u64>("--iterations")
         .unwrap_or(DEFAULT_ITERATIONS);
+    let hold = args.get::<u64>("--hold").map(Duration::from_secs);
     let memname = names::unique_name(6, "");
 
     narrate::title(
@@ -484,33 +541,92 @@ fn lesson() -> anyhow::Result<()> {
         // ANCHOR_END: semaphore
     }
 
-    if costs.len() > 1 {
-        subsection("Cost per increment, two processes on this machine");
-        let rows: Vec<String> = costs
-            .iter()
-            .map(|(what, ns)| format!("{what:<36} {ns:>10.1} ns"))
-            .collect();
-        block(rows.join("\n"));
-        note(
-            "a debug build (cargo run) is several times slower than cargo run --release; the \
-             figures vary from run to run and with the machine's load.",
-        );
-    }
-
     if wants(4) {
-        // ANCHOR: futex
+        // ANCHOR: futex_contest
         section("4. Fix C: sleep on a futex instead of spinning");
-        let area: &FutexArea = shared.area(1, 0);
         explain(
-            "The workers above spin while they wait. A futex lets a process sleep until another \
-             one changes a 32-bit word: FUTEX_WAIT(&word, expected) sleeps while word == \
-             expected; FUTEX_WAKE(&word, n) wakes up to n sleepers. The word is in our shared \
-             page.",
+            "A lock makes one worker wait for the other. Waiting by spinning burns a CPU the \
+             lock holder may need. A futex lets a process sleep until another one changes a \
+             32-bit word: FUTEX_WAIT(&word, expected) sleeps while word == expected; \
+             FUTEX_WAKE(&word, n) wakes up to n sleepers. The word is in our shared page.",
         );
+
+        subsection("a lock made of one futex word guards the racy increment");
+        let lock: &FutexLock = shared.area(1, FUTEX_LOCK_OFFSET);
+        lock.word.store(0, Ordering::SeqCst);
+        lock.last.store(0, Ordering::SeqCst);
+        lock.handoffs.store(0, Ordering::SeqCst);
+        for w in 0..2 {
+            lock.waits[w].store(0, Ordering::SeqCst);
+            lock.wakes[w].store(0, Ordering::SeqCst);
+        }
+        explain(format!(
+            "The lock word at {:p} is 0 (free), 1 (held) or 2 (held, and someone may be \
+             asleep). Locking is one compare-and-swap 0 -> 1; only when that fails does the \
+             worker set 2 and call FUTEX_WAIT(&word, 2) to sleep. Unlocking sets 0 and calls \
+             FUTEX_WAKE(&word, 1) only if the word was 2. No PRIVATE flag: the two workers are \
+             different processes. Inside the lock: part 1's racy load + store.",
+            lock.word.as_ptr()
+        ));
+        let contest_area: &Contest = shared.area(0, 0);
+        let timing = contest(contest_area, n, |worker, n| {
+            for _ in 0..n {
+                futex_lock(lock, worker);
+                if lock.last.swap(worker as u32, Ordering::Relaxed) != worker as u32 {
+                    lock.handoffs.fetch_add(1, Ordering::Relaxed); // from the other worker
+                }
+                let v = contest_area.counter.load(Ordering::Relaxed);
+                contest_area.counter.store(v + 1, Ordering::Relaxed);
+                futex_unlock(lock, worker);
+            }
+        })?;
+        let counted = contest_area.counter.load(Ordering::SeqCst);
+        fact(
+            "final counter",
+            format!("{counted} of {total}; lost updates: {}", total - counted),
+        );
+        if counted != total {
+            bail!("the futex lock let updates get lost: {counted} of {total}");
+        }
+        let sum = |a: &[AtomicU64; 2]| a.iter().map(|c| c.load(Ordering::SeqCst)).sum::<u64>();
+        let (waits, wakes) = (sum(&lock.waits), sum(&lock.wakes));
+        fact(
+            "system calls",
+            format!(
+                "{waits} FUTEX_WAIT (a worker asked to sleep), {wakes} FUTEX_WAKE, for \
+                 {total} locks"
+            ),
+        );
+        fact(
+            "the lock changed hands",
+            format!(
+                "{} times in {total} locks",
+                lock.handoffs.load(Ordering::SeqCst)
+            ),
+        );
+        let ns = per_op(timing.elapsed, total);
+        fact("cost", format!("{ns:.1} ns per increment"));
+        costs.push(("futex lock + increment + unlock", ns));
+        explain(
+            "Exact, and a worker that finds the lock taken sleeps in the kernel instead of \
+             burning its CPU. Most locks never enter the kernel: the counts above are all the \
+             kernel was asked to do. This is how glibc builds sem_wait and pthread_mutex_lock. \
+             A lock that rarely changes hands is cheap: its holder re-takes it again and again \
+             while the other worker sleeps, and the counter stays in one CPU's cache; \
+             fetch_add, in contrast, makes the two CPUs fight for every single increment.",
+        );
+
+        // ANCHOR_END: futex_contest
+        // ANCHOR: futex
+        let area: &FutexArea = shared.area(1, 0);
         for private in [false, true] {
             let wait_op = futex::op_name("FUTEX_WAIT", private);
             let wake_op = futex::op_name("FUTEX_WAKE", private);
-            let timeout = if private { PRIVATE_WAIT } else { SHARED_WAIT };
+            let timeout = if private {
+                PRIVATE_WAIT
+            } else {
+                SHARED_WAIT + hold.unwrap_or_default() // never woken during the hold
+            };
             subsection(if private {
                 "the same code with FUTEX_PRIVATE_FLAG"
             } else {
@@ -561,6 +677,16 @@ fn lesson() -> anyhow::Result<()> {
             if !asleep {
                 warn("the child did not go to sleep within 10 s (a very busy machine?)");
             }
+            if !private {
+                hold_here(
+                    hold,
+                    &format!("child {child} sleeps in FUTEX_WAIT"),
+                    &[
+                        format!("grep State /proc/{child}/status"),
+                        format!("cat /proc/{child}/wchan; echo"),
+                    ],
+                );
+            }
             area.word.store(1, Ordering::SeqCst); // change the word, then wake
             let s = step(format!("futex({word:p}, {wake_op}, 1)"));
             let woken = s.check(futex::wake(&area.word, 1, private))?;
@@ -610,6 +736,19 @@ fn lesson() -> anyhow::Result<()> {
             }
         }
         // ANCHOR_END: futex
+    }
+
+    if costs.len() > 1 {
+        subsection("Cost per increment, two processes on this machine");
+        let rows: Vec<String> = costs
+            .iter()
+            .map(|(what, ns)| format!("{what:<36} {ns:>10.1} ns"))
+            .collect();
+        block(rows.join("\n"));
+        note(
+            "a debug build (cargo run) is several times slower than cargo run --release; the \
+             figures vary from run to run and with the machine's load.",
+        );
     }
 
     if wants(5) {
@@ -703,6 +842,18 @@ fn lesson() -> anyhow::Result<()> {
                     data.copy.load(Ordering::SeqCst)
                 ),
             );
+            fact("the mutex, alive", mutex_words(mutex, victim));
+            hold_here(
+                hold,
+                &format!("victim {victim} holds the lock"),
+                &[
+                    format!("grep State /proc/{victim}/status"),
+                    format!(
+                        "od -A d -t x4 -N 12 -j {} /dev/shm{memname}   # __lock __count __owner",
+                        2 * shared.page
+                    ),
+                ],
+            );
             let s = step(format!("kill({victim}, SIGKILL)"));
             s.check(kill(victim, Signal::SIGKILL))?;
             s.ok(0);
@@ -710,6 +861,16 @@ fn lesson() -> anyhow::Result<()> {
             let status = s.check(waitpid(victim, None))?;
             guard.disarm();
             s.ok(describe(status));
+            fact("the mutex, its holder dead", mutex_words(mutex, victim));
+            explain(if robust {
+                "The kernel changed the lock word as the victim died: it found this mutex on the \
+                 victim's robust list (registered with set_robust_list by glibc), saw the \
+                 victim's id in the word and replaced it with FUTEX_OWNER_DIED."
+            } else {
+                "Nothing changed when the victim died: the word still says locked, and glibc's \
+                 __owner still names a thread that no longer exists. The kernel keeps no record \
+                 of this mutex: only robust mutexes are registered with it."
+            });
 
             let mut ts = libc::timespec {
                 tv_sec: 0,
@@ -739,8 +900,8 @@ fn lesson() -> anyhow::Result<()> {
                     format!("count = {count}, copy = {copy}: stuck half-updated"),
                 );
                 explain(
-                    "The owner is dead, but nothing tells the mutex: its word still holds the \
-                     dead thread's id, and every later locker waits forever (pthread_mutex_lock \
+                    "The owner is dead, but nothing tells the mutex: it still says locked by \
+                     the dead thread, and every later locker waits forever (pthread_mutex_lock \
                      would hang; only the timeout saved us). The half-done update can never be \
                      repaired under the lock. The page is left as it is; the next case \
                      initialises a new mutex in its place.",
@@ -751,9 +912,8 @@ fn lesson() -> anyhow::Result<()> {
                 bail!("a robust mutex whose holder died gave {locked:?}, not EOWNERDEAD");
             }
             explain(
-                "EOWNERDEAD: we now hold the lock, and the kernel tells us its last owner died \
-                 holding it. At exit it walked the victim's robust list (registered with \
-                 set_robust_list by glibc) and marked the mutex FUTEX_OWNER_DIED.",
+                "EOWNERDEAD: we now hold the lock, and glibc tells us its last owner died holding \
+                 it: it found FUTEX_OWNER_DIED in the word, where the kernel put it.",
             );
             fact(
                 "repair",
@@ -764,8 +924,10 @@ fn lesson() -> anyhow::Result<()> {
             // SAFETY: we hold the mutex (EOWNERDEAD gave it to us).
             s.check(pthread(unsafe { libc::pthread_mutex_consistent(mutex) }))?;
             s.ok(0);
+            let s = step(format!("pthread_mutex_unlock({mutex:p})"));
             // SAFETY: we hold it.
-            unsafe { libc::pthread_mutex_unlock(mutex) };
+            s.check(pthread(unsafe { libc::pthread_mutex_unlock(mutex) }))?;
+            s.ok(0);
             explain(format!(
                 "Without pthread_mutex_consistent, unlocking would make the mutex permanently \
                  unusable (ENOTRECOVERABLE). Now this process makes its own {n} updates under \
@@ -825,6 +987,60 @@ fn lesson() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// With `--hold SECS`, keep a scene alive so the student can look at it from
+/// a second terminal; without it, say how.
+fn hold_here(hold: Option<Duration>, what: &str, commands: &[String]) {
+    let Some(d) = hold else {
+        note(format!(
+            "{what}. Run with --hold 30 to keep it so, and try in a second terminal:"
+        ));
+        narrate::commands(commands);
+        return;
+    };
+    explain(format!(
+        "holding for {} s: {what}. In a second terminal, try:",
+        d.as_secs()
+    ));
+    narrate::commands(commands);
+    explain("(Ctrl-C ends the hold early; everything is still removed)");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(d);
+}
+
+// ANCHOR: mutex_words
+/// The first words of glibc's `pthread_mutex_t` (x86-64 and arm64): `int
+/// __lock; unsigned __count; int __owner`. A plain mutex's `__lock` is 0
+/// (free), 1 (held) or 2 (held, with waiters); a robust one's holds the
+/// owner's thread id, which the kernel reads when that thread dies.
+fn mutex_words(mutex: *mut libc::pthread_mutex_t, victim: Pid) -> String {
+    let words = mutex.cast::<u32>();
+    // SAFETY: the mutex lies in our live shared mapping, aligned; volatile
+    // reads of two of its u32 words (no other process writes them now: the
+    // victim is paused or dead).
+    let (lock, owner) = unsafe { (words.read_volatile(), words.add(2).read_volatile()) };
+    let mut meaning = Vec::new();
+    if lock & libc::FUTEX_OWNER_DIED != 0 {
+        meaning.push("FUTEX_OWNER_DIED".to_string());
+    }
+    if lock & libc::FUTEX_WAITERS != 0 {
+        meaning.push("FUTEX_WAITERS".to_string());
+    }
+    let tid = lock & libc::FUTEX_TID_MASK;
+    if tid == victim.as_raw() as u32 {
+        meaning.push(format!("the victim's thread id {tid}"));
+    } else if lock != 0 && meaning.is_empty() && lock <= 2 {
+        meaning.push("locked".to_string());
+    }
+    let meaning = if meaning.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", meaning.join(" | "))
+    };
+    format!("__lock = {lock:#x}{meaning}, __owner = {owner}")
+}
+// ANCHOR_END: mutex_words
 
 /// A directory on a real disk (not tmpfs) for the MS_SYNC comparison.
 fn disk_dir() -> Option<(std::path::PathBuf, inspect::FsType)> {

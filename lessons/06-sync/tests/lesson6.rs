@@ -34,6 +34,14 @@ fn assert_no_scratch_file(pid: u32) {
     }
 }
 
+/// The pid in `fork() = PID (the victim)`.
+fn victim_pid(text: &str) -> u32 {
+    text.lines()
+        .find_map(|l| l.split("fork() = ").nth(1)?.strip_suffix(" (the victim)"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no victim pid in {text}"))
+}
+
 /// `final counter: X of Y; lost updates: Z` → (X, Y, Z), one per occurrence.
 fn counters(text: &str) -> Vec<(u64, u64, u64)> {
     text.lines()
@@ -84,7 +92,13 @@ fn the_process_shared_semaphore_gives_exactly_2n() {
 
 #[test]
 fn a_shared_futex_wakes_another_process_and_a_private_one_does_not() {
-    let text = run_ok(&["--part", "4"]);
+    let text = run_ok(&["--part", "4", "--iterations", "100000"]);
+    // The lock made of one shared futex word gives an exact count.
+    assert_eq!(counters(&text), vec![(200_000, 200_000, 0)], "{text}");
+    assert!(
+        text.contains("FUTEX_WAIT (a worker asked to sleep)"),
+        "{text}"
+    );
     // Shared: the wake-up found the sleeping child, whose wait returned 0.
     assert!(
         text.contains(", FUTEX_WAKE, 1) = 1 (waiters woken)"),
@@ -121,6 +135,14 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
 
     assert!(plain.contains("PTHREAD_MUTEX_STALLED) = 0"), "{plain}");
     assert!(plain.contains("= killed by SIGKILL (signal 9)"), "{plain}");
+    // The dead holder's mutex is unchanged: locked, naming the dead thread.
+    let victim = victim_pid(plain);
+    assert!(
+        plain.contains(&format!(
+            "the mutex, its holder dead: __lock = 0x1 (locked), __owner = {victim}"
+        )),
+        "{plain}"
+    );
     assert!(
         plain.contains("now + 1 s) = -1 ETIMEDOUT (Connection timed out)"),
         "{plain}"
@@ -131,6 +153,21 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
     );
 
     assert!(robust.contains("PTHREAD_MUTEX_ROBUST) = 0"), "{robust}");
+    // The robust mutex's word held the victim's id; at its death the kernel
+    // replaced it with FUTEX_OWNER_DIED.
+    let victim = victim_pid(robust);
+    assert!(
+        robust.contains(&format!(
+            "the mutex, alive: __lock = {victim:#x} (the victim's thread id {victim}), __owner = {victim}"
+        )),
+        "{robust}"
+    );
+    assert!(
+        robust.contains(&format!(
+            "the mutex, its holder dead: __lock = 0x40000000 (FUTEX_OWNER_DIED), __owner = {victim}"
+        )),
+        "{robust}"
+    );
     assert!(
         robust.contains("= killed by SIGKILL (signal 9)"),
         "{robust}"
@@ -144,6 +181,7 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
         "{robust}"
     );
     assert!(robust.contains("pthread_mutex_consistent("), "{robust}");
+    assert!(robust.contains("pthread_mutex_unlock("), "{robust}");
     assert!(
         robust.contains("final counter: 40000 of 40000; copy = 40000"),
         "{robust}"
@@ -198,6 +236,7 @@ fn the_whole_lesson_runs_every_part_and_cleans_up() {
         "--- 5. A lock holder that dies",
         "--- 6. The msync myth",
         "Cost per increment",
+        "futex lock + increment + unlock",
     ] {
         assert!(text.contains(heading), "missing {heading:?}:\n{text}");
     }
@@ -219,11 +258,13 @@ fn parallel_runs_never_collide() {
 
 #[test]
 fn sigterm_while_a_child_sleeps_removes_everything() {
-    let mut run = testkit::start(bin(), &["--part", "4"]);
-    run.wait_for(
-        "the same code with FUTEX_PRIVATE_FLAG",
-        Duration::from_secs(30),
+    // The hold keeps the child asleep in FUTEX_WAIT (its timeout grows by the
+    // hold) until the signal: nothing here races the lesson's own progress.
+    let mut run = testkit::start(
+        bin(),
+        &["--part", "4", "--iterations", "1000", "--hold", "600"],
     );
+    run.wait_for("a shared futex (no PRIVATE flag)", Duration::from_secs(30));
     run.wait_for("fork() = ", Duration::from_secs(30));
     let child: i32 = run
         .seen
@@ -233,6 +274,11 @@ fn sigterm_while_a_child_sleeps_removes_everything() {
         .and_then(|p| p.trim().parse().ok())
         .expect("the child's pid");
     run.wait_for("State:", Duration::from_secs(30)); // the child sleeps in FUTEX_WAIT
+    run.wait_for("holding for 600 s", Duration::from_secs(30));
+    assert!(
+        Path::new(&format!("/proc/{child}")).exists(),
+        "the child is alive during the hold"
+    );
     let pid = run.pid();
     run.signal(Signal::SIGTERM);
     let (status, stderr) = run.finish(Duration::from_secs(10));
@@ -248,6 +294,36 @@ fn sigterm_while_a_child_sleeps_removes_everything() {
 }
 
 #[test]
+fn sigint_while_a_dead_lock_is_held_removes_everything() {
+    let mut run = testkit::start(
+        bin(),
+        &["--part", "5", "--iterations", "1000", "--hold", "600"],
+    );
+    run.wait_for("a plain process-shared mutex", Duration::from_secs(30));
+    run.wait_for("(the victim)", Duration::from_secs(30));
+    let victim = victim_pid(&run.seen);
+    run.wait_for("holding for 600 s", Duration::from_secs(30));
+    assert!(
+        run.seen.contains(&format!(
+            "the mutex, alive: __lock = 0x1 (locked), __owner = {victim}"
+        )),
+        "{}",
+        run.seen
+    );
+    let pid = run.pid();
+    run.signal(Signal::SIGINT);
+    let (status, stderr) = run.finish(Duration::from_secs(10));
+    assert_eq!(status, Some(130), "stderr: {stderr}");
+    assert!(stderr.contains("cleanup: shm_unlink"), "{stderr}");
+    testkit::assert_nothing_left_by(6, pid);
+    // The victim, paused while holding the lock, was stopped too.
+    let gone = common::children::wait_until(Duration::from_secs(5), || {
+        !Path::new(&format!("/proc/{victim}")).exists()
+    });
+    assert!(gone, "victim {victim} outlived the lesson");
+}
+
+#[test]
 fn bad_arguments_print_usage_and_exit_2() {
     testkit::assert_usage_errors(
         bin(),
@@ -258,6 +334,9 @@ fn bad_arguments_print_usage_and_exit_2() {
             &["--part"],
             &["--iterations", "0"],
             &["--iterations", "many"],
+            &["--hold"],
+            &["--hold", "soon"],
+            &["--hold", "3601"],
             &["--bogus"],
             &["stray"],
         ],
