@@ -193,6 +193,9 @@ fn lesson() -> anyhow::Result<()> {
             }
         }
     }
+    if role.is_none() && args.value("--api").is_some() {
+        usage_error("the demo runs both APIs; --api chooses the API of a writer or a reader");
+    }
     match role {
         Some("writer") => writer::run(&o),
         Some("reader") => reader::run(&o),

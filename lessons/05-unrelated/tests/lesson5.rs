@@ -620,6 +620,7 @@ fn bad_input_gives_usage_and_exit_2() {
             &["bogus"],
             &["--bogus"],
             &["reader", "--api", "shmem"],
+            &["--api", "sysv"],
             &["reader", "--message", "hi"],
             &["reader", "--keep"],
             &["writer", "--timeout", "soon"],
