@@ -792,3 +792,41 @@ pub fn memcpy(src: &[u8], dst: &mut [u8]) -> f64 {
     std::hint::black_box(&dst);
     src.len() as f64 / ns as f64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checksum a reader would compute after receiving these chunks.
+    fn sum_of(seqs: &[u64]) -> u64 {
+        let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        seqs.iter().fold(0, |sum, &seq| {
+            stamp(buf.as_mut_ptr(), seq);
+            fold(sum, buf.as_ptr())
+        })
+    }
+
+    #[test]
+    fn the_checksum_catches_a_lost_repeated_or_reordered_chunk() {
+        let good: Vec<u64> = (0..64).collect();
+        let expect = sum_of(&good);
+        assert_eq!(sum_of(&good), expect, "deterministic");
+        let mut lost = good.clone();
+        lost.remove(17);
+        let mut repeated = good.clone();
+        repeated[18] = 17;
+        let mut swapped = good.clone();
+        swapped.swap(3, 4);
+        for (what, seqs) in [("lost", lost), ("repeated", repeated), ("swapped", swapped)] {
+            assert_ne!(sum_of(&seqs), expect, "a {what} chunk went unnoticed");
+        }
+    }
+
+    #[test]
+    fn the_last_chunk_is_checked_byte_for_byte() {
+        let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        let before = content(buf.as_ptr());
+        buf[CHUNK / 3] ^= 1;
+        assert_ne!(content(buf.as_ptr()), before);
+    }
+}

@@ -126,6 +126,10 @@ fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
         if skipped.contains(&k) {
             assert!(v.is_none(), "{k} should be skipped: {g}");
             assert!(g["skipped"][k].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(
+                g["checksum_ok"][k].is_null(),
+                "{k}: nothing was checked: {g}"
+            );
         } else {
             assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
             assert_eq!(g["checksum_ok"][k], true, "{k} checksum: {g}");
@@ -135,6 +139,10 @@ fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
         let v = num(g, &["latency_us", k]);
         if skipped.contains(&k) {
             assert!(v.is_none(), "{k} should be skipped: {g}");
+            assert!(
+                g["replies_ok"][k].is_null(),
+                "{k}: nothing was checked: {g}"
+            );
         } else {
             assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
             assert_eq!(g["replies_ok"][k], true, "{k} replies: {g}");
@@ -159,6 +167,8 @@ fn quick_json_parses_and_every_transport_is_checked() {
     assert!(v["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert!(v["cpu_model"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(v["virtualized"].is_boolean());
+    // What /proc/loadavg said at the start (null only if it was unreadable).
+    assert!(v["load_average"].as_f64().is_some_and(|l| l >= 0.0), "{v}");
     let memcpy = num(&v, &["memcpy_gbps"]).expect("memcpy measured");
     assert!(memcpy > 0.0);
 
@@ -389,15 +399,17 @@ fn a_ring_child_killed_while_spinning_is_reported_at_once() {
     }
     // A ring child holds exactly the lesson's descriptors (it has no pipe or
     // socket of its own): its parent spins and would never see EOF or EPIPE.
-    // Kill it once it has pinned itself to a CPU other than the lesson's
-    // (just before it says it is ready), so the parent is in the ring.
+    // Kill it once it has pinned itself to a CPU other than the lesson's.
+    // The parent is then spinning in the ring (or, on a busy machine where
+    // the child may wait to run on its new CPU, still waiting for it to say
+    // it is ready, or, if the kill lands late, already done): only the
+    // watchdog or the exit status can tell it the child died.
     let (status, stderr, after) = kill_children(|lesson, c| {
         fds_of(c) == fds_of(lesson as i32) && cpus_allowed(c) != cpus_allowed(lesson as i32)
     });
     assert_eq!(status, Some(1), "stderr: {stderr}");
     assert!(
-        stderr.contains("was killed by SIGKILL during the run")
-            && stderr.contains("the watchdog stopped the run"),
+        stderr.contains("was killed by SIGKILL during the run"),
         "stderr: {stderr}"
     );
     assert!(after < Duration::from_secs(8), "{after:?}: {stderr}");
