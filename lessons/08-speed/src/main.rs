@@ -634,8 +634,8 @@ fn conclusions(
         out.push(if cross > 1.5 * one {
             format!(
                 "The fastest kernel round trip took {cross:.1} µs across CPUs but {one:.1} µs on \
-                 one CPU: waking a sleeping process on another, idle CPU costs more than \
-                 switching to it on our own.{}",
+                 one CPU: waking a sleeping process on another CPU (an idle one must first \
+                 wake up itself) costs more than switching to it on our own.{}",
                 if machine.virtualized {
                     " This machine is virtualised: an idle vCPU is halted by the hypervisor, \
                      and waking it goes through the hypervisor too."
