@@ -24,7 +24,8 @@ use bench::{Bench, Kind, LATENCY, Placement, THROUGHPUT, one_cpu};
 use common::args::Cli;
 use common::inspect;
 use common::narrate::{self, block, compare, evidence, explain, fact, note, section, step, warn};
-use common::report::CallResult;
+use common::report::{CallResult, errno_of};
+use nix::errno::Errno;
 use nix::sched::{sched_getaffinity, sched_setaffinity};
 use nix::unistd::{Pid, getpid};
 use results::{Group, Series, ratio};
@@ -196,7 +197,21 @@ fn lesson() -> anyhow::Result<()> {
     drop(bench::make_fds(Kind::Pipe, true, true)?);
     explain("A pipe carries bytes one way: the ping-pong needs a second one for the answers.");
     narrate::subsection("a pipe enlarged to 1 MiB");
-    drop(bench::make_fds(Kind::Pipe1M, false, true)?);
+    // EPERM: above /proc/sys/fs/pipe-max-size, or this user already holds
+    // more pipe buffers than fs.pipe-user-pages-soft allows (a busy server).
+    let big_pipe_refused = match bench::make_fds(Kind::Pipe1M, false, true) {
+        Err(e) if errno_of(&e) == Some(Errno::EPERM) => {
+            warn(
+                "the kernel refused a 1 MiB pipe to this user (see /proc/sys/fs/pipe-max-size \
+                 and pipe-user-pages-soft): that row is skipped.",
+            );
+            true
+        }
+        other => {
+            drop(other?);
+            false
+        }
+    };
     narrate::subsection("a Unix stream socketpair");
     drop(bench::make_fds(Kind::Unix, true, true)?);
     narrate::subsection("two eventfds (ping and pong)");
@@ -307,11 +322,23 @@ fn lesson() -> anyhow::Result<()> {
     let groups_to_run = if one_cpu_only { 1 } else { 2 };
     let mut progress =
         Progress::new(groups_to_run * plan.runs * (THROUGHPUT.len() + LATENCY.len()));
-    let main_group = measure(&mut bench, &plan, main_place, one_cpu_only, &mut progress)?;
+    let main_group = measure(
+        &mut bench,
+        &plan,
+        main_place,
+        (one_cpu_only, big_pipe_refused),
+        &mut progress,
+    )?;
     let same_group = if one_cpu_only {
         main_group.clone()
     } else {
-        measure(&mut bench, &plan, same_place, false, &mut progress)?
+        measure(
+            &mut bench,
+            &plan,
+            same_place,
+            (false, big_pipe_refused),
+            &mut progress,
+        )?
     };
     progress.clear();
     // ANCHOR_END: measure
@@ -431,7 +458,7 @@ fn measure(
     bench: &mut Bench,
     plan: &Plan,
     place: Placement,
-    skip_spin: bool,
+    (skip_spin, skip_big_pipe): (bool, bool),
     progress: &mut Progress,
 ) -> anyhow::Result<Group> {
     let same = place.parent_cpu == place.child_cpu;
@@ -453,6 +480,11 @@ fn measure(
                     "one usable CPU: a spinner would hold it for a whole time slice per message"
                         .into(),
                 );
+                progress.skip(plan.runs);
+                continue;
+            }
+            if series.kind == Kind::Pipe1M && skip_big_pipe {
+                series.skipped = Some("F_SETPIPE_SZ to 1 MiB was refused (EPERM)".into());
                 progress.skip(plan.runs);
                 continue;
             }
