@@ -14,12 +14,12 @@
 //! `_exit`: no allocation, no lock, no formatting.
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use common::children::{Waited, die_with_parent, wait_deadline};
+use common::children::{die_with_parent, wait_deadline, wait_until};
 use common::cleanup;
 use common::narrate::step;
 use common::report::{AsErrno, CallResult};
@@ -27,7 +27,7 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
-use nix::sys::wait::WaitStatus;
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
 use crate::ring::{CHUNK, Region, SLOTS, Wait, now_ns};
@@ -416,19 +416,42 @@ impl<'a> Bench<'a> {
                 let ctl = &self.region.header().ctl;
                 let (done, stop) = mpsc::channel::<()>();
                 let timeout = self.timeout;
+                // Why the watchdog stopped the run: the child died (a crash,
+                // or a kill from another terminal), or the run overran.
+                let (died, late) = (AtomicBool::new(false), AtomicBool::new(false));
                 let result = std::thread::scope(|s| {
+                    let (died, late) = (&died, &late);
                     s.spawn(move || {
-                        if stop.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
+                        let t0 = Instant::now();
+                        // A spinning parent never notices a dead child by
+                        // itself: look every 100 ms (waitid WNOWAIT leaves it
+                        // to be reaped below).
+                        while stop.recv_timeout(WATCH_EVERY) == Err(RecvTimeoutError::Timeout) {
+                            if ended_abnormally(child) {
+                                died.store(true, Ordering::SeqCst);
+                            } else if t0.elapsed() >= timeout {
+                                late.store(true, Ordering::SeqCst);
+                            } else {
+                                continue;
+                            }
                             ctl.abort.store(1, Ordering::SeqCst);
                             let _ = kill(child, Signal::SIGKILL);
                             if let Some(fd) = unblock {
                                 let _ = write_full(fd, 1u64.to_ne_bytes().as_ptr(), 8);
                             }
+                            return;
                         }
                     });
                     let r = self.wait_ready(place.child_cpu).and_then(|()| parent());
                     let _ = done.send(());
                     if r.is_err() {
+                        // EOF or EPIPE: did the child end first? Its
+                        // descriptors close a moment before it turns zombie.
+                        if !late.load(Ordering::SeqCst)
+                            && wait_until(Duration::from_millis(200), || ended_abnormally(child))
+                        {
+                            died.store(true, Ordering::SeqCst);
+                        }
                         let _ = kill(child, Signal::SIGKILL); // don't wait for it
                     }
                     r
@@ -436,17 +459,23 @@ impl<'a> Bench<'a> {
                 let waited = wait_deadline(child, Duration::from_secs(10))
                     .call(format!("waitpid({child})"))?;
                 guard.disarm();
-                if self.region.aborted() {
-                    return Ok(None);
-                }
-                let value = result?;
-                match waited {
-                    Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(Some(value)),
-                    other => {
-                        let err = ctl.error.load(Ordering::SeqCst);
-                        bail!("the child failed: {other:?} (errno {err})")
+                let status = waited.status();
+                if died.load(Ordering::SeqCst) || !matches!(status, WaitStatus::Exited(_, 0)) {
+                    if late.load(Ordering::SeqCst) {
+                        return Ok(None); // the watchdog killed it: skipped
+                    }
+                    if died.load(Ordering::SeqCst) || result.is_ok() {
+                        let why = child_error(child, status, ctl.error.load(Ordering::SeqCst));
+                        return Err(match result {
+                            Err(e) => e.context(why),
+                            Ok(_) => anyhow::anyhow!(why),
+                        });
                     }
                 }
+                if late.load(Ordering::SeqCst) {
+                    return Ok(None);
+                }
+                result.map(Some)
             }
         }
     }
@@ -490,15 +519,16 @@ impl<'a> Bench<'a> {
                         let h = region.header();
                         region
                             .wait_for(&h.tail, wait, |t| seq.wrapping_sub(t) < SLOTS as u32)
-                            .map_err(|_| anyhow::anyhow!("aborted"))?;
+                            .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
                         // SAFETY: slot(seq) is free (the reader released it:
                         // tail > seq - SLOTS) and CHUNK long; hot is ours.
                         unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(seq), CHUNK) };
                         region.publish(&h.head, seq.wrapping_add(1), wait);
                     }
-                    _ => write_full(parent_tx, hot, CHUNK)
-                        .map_err(nix::errno::Errno::from_raw)
-                        .call(format!("write({parent_tx}, buf, {CHUNK})"))?,
+                    _ => io(
+                        write_full(parent_tx, hot, CHUNK),
+                        format!("write({parent_tx}, buf, {CHUNK})"),
+                    )?,
                 }
             }
             Ok(t0)
@@ -552,17 +582,19 @@ impl<'a> Bench<'a> {
                         region.publish(&h.head, i.wrapping_add(1), wait);
                         region
                             .wait_for(&h.tail, wait, |t| t == i.wrapping_add(1))
-                            .map_err(|_| anyhow::anyhow!("aborted"))?;
+                            .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
                         h.tail.msg.load(Ordering::Relaxed)
                     }
                     _ => {
-                        write_full(ptx, m.to_ne_bytes().as_ptr(), 8)
-                            .map_err(nix::errno::Errno::from_raw)
-                            .call(format!("write({ptx}, &msg, 8)"))?;
+                        io(
+                            write_full(ptx, m.to_ne_bytes().as_ptr(), 8),
+                            format!("write({ptx}, &msg, 8)"),
+                        )?;
                         let mut r = [0u8; 8];
-                        read_full(prx, r.as_mut_ptr(), 8)
-                            .map_err(nix::errno::Errno::from_raw)
-                            .call(format!("read({prx}, &msg, 8)"))?;
+                        io(
+                            read_full(prx, r.as_mut_ptr(), 8),
+                            format!("read({prx}, &msg, 8)"),
+                        )?;
                         u64::from_ne_bytes(r)
                     }
                 };
@@ -570,7 +602,7 @@ impl<'a> Bench<'a> {
                     bad += 1;
                 }
                 if region.aborted() {
-                    bail!("aborted");
+                    bail!("the watchdog stopped the run");
                 }
             }
             Ok((now_ns() - t0, bad))
@@ -589,6 +621,46 @@ impl<'a> Bench<'a> {
             ok,
             sleeps,
         }))
+    }
+}
+
+/// How often the watchdog looks at the child.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether the child has ended other than by `_exit(0)`, without reaping it
+/// (`waitid(P_PID, child, WEXITED|WNOHANG|WNOWAIT)`).
+fn ended_abnormally(child: Pid) -> bool {
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    match waitid(Id::Pid(child), flags) {
+        Ok(WaitStatus::StillAlive | WaitStatus::Exited(_, 0)) | Err(_) => false,
+        Ok(_) => true,
+    }
+}
+
+/// "the child (pid N) was killed by SIGKILL during the run (its last errno: EPIPE)".
+fn child_error(child: Pid, status: WaitStatus, errno: u32) -> String {
+    let how = match status {
+        WaitStatus::Exited(_, code) => format!("exited with status {code}"),
+        WaitStatus::Signaled(_, sig, _) => format!("was killed by {sig:?}"),
+        other => format!("ended: {other:?}"),
+    };
+    let mut text = format!("the child (pid {child}) {how} during the run");
+    if errno != 0 {
+        text.push_str(&format!(
+            " (its last errno: {:?})",
+            nix::errno::Errno::from_raw(errno as i32)
+        ));
+    }
+    text
+}
+
+/// A raw read/write result as an error naming the call: an errno, or end of
+/// file (`read` returned 0: the other side closed its end or died).
+fn io(r: Result<(), i32>, call: impl Into<String>) -> anyhow::Result<()> {
+    match r {
+        Ok(()) => Ok(()),
+        Err(0) => bail!("{} = 0: end of file, the other side is gone", call.into()),
+        Err(e) => Err(nix::errno::Errno::from_raw(e)).call(call),
     }
 }
 
@@ -719,4 +791,42 @@ pub fn memcpy(src: &[u8], dst: &mut [u8]) -> f64 {
     let ns = (now_ns() - t0).max(1);
     std::hint::black_box(&dst);
     src.len() as f64 / ns as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The checksum a reader would compute after receiving these chunks.
+    fn sum_of(seqs: &[u64]) -> u64 {
+        let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        seqs.iter().fold(0, |sum, &seq| {
+            stamp(buf.as_mut_ptr(), seq);
+            fold(sum, buf.as_ptr())
+        })
+    }
+
+    #[test]
+    fn the_checksum_catches_a_lost_repeated_or_reordered_chunk() {
+        let good: Vec<u64> = (0..64).collect();
+        let expect = sum_of(&good);
+        assert_eq!(sum_of(&good), expect, "deterministic");
+        let mut lost = good.clone();
+        lost.remove(17);
+        let mut repeated = good.clone();
+        repeated[18] = 17;
+        let mut swapped = good.clone();
+        swapped.swap(3, 4);
+        for (what, seqs) in [("lost", lost), ("repeated", repeated), ("swapped", swapped)] {
+            assert_ne!(sum_of(&seqs), expect, "a {what} chunk went unnoticed");
+        }
+    }
+
+    #[test]
+    fn the_last_chunk_is_checked_byte_for_byte() {
+        let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        let before = content(buf.as_ptr());
+        buf[CHUNK / 3] ^= 1;
+        assert_ne!(content(buf.as_ptr()), before);
+    }
 }

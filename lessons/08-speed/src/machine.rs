@@ -11,12 +11,19 @@ pub struct Machine {
     /// The `hypervisor` flag in /proc/cpuinfo: the CPU says it runs under a
     /// hypervisor.
     pub virtualized: bool,
+    /// The 1-minute load average from /proc/loadavg when the lesson started:
+    /// how many other programs were competing for the CPUs.
+    pub load1: Option<f64>,
 }
 
 /// Read /proc/cpuinfo and sysconf.
 pub fn read() -> Machine {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    parse(&info, online())
+    let mut m = parse(&info, online());
+    m.load1 = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok());
+    m
 }
 
 fn online() -> usize {
@@ -43,6 +50,7 @@ pub fn parse(info: &str, online: usize) -> Machine {
         model,
         online,
         virtualized,
+        load1: None,
     }
 }
 

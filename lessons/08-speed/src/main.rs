@@ -24,7 +24,8 @@ use bench::{Bench, Kind, LATENCY, Placement, THROUGHPUT, one_cpu};
 use common::args::Cli;
 use common::inspect;
 use common::narrate::{self, block, compare, evidence, explain, fact, note, section, step, warn};
-use common::report::CallResult;
+use common::report::{CallResult, errno_of};
+use nix::errno::Errno;
 use nix::sched::{sched_getaffinity, sched_setaffinity};
 use nix::unistd::{Pid, getpid};
 use results::{Group, Series, ratio};
@@ -131,18 +132,28 @@ fn lesson() -> anyhow::Result<()> {
     let mask = s.check(sched_getaffinity(Pid::from_raw(0)))?;
     let usable = machine::cpus_in(&mask);
     s.ok(format!("0, CPUs {usable:?}"));
+    let load = m.load1.map_or("?".to_string(), |l| format!("{l:.2}"));
     evidence(
-        "grep -m1 'model name' /proc/cpuinfo; nproc",
+        "grep -m1 'model name' /proc/cpuinfo; nproc; cut -d' ' -f1 /proc/loadavg",
         [
             format!("model name : {}", m.model),
             usable.len().to_string(),
+            load.clone(),
         ],
     );
     if m.virtualized {
         explain(
             "A virtual machine's idle vCPU is halted by the hypervisor; waking it to run a \
-             sleeping reader costs tens of microseconds. Every blocking round trip pays it.",
+             sleeping reader can cost tens of microseconds. Every blocking round trip across \
+             CPUs pays it (section 8 compares the two placements).",
         );
+    }
+    if m.load1.is_some_and(|l| l >= 0.5) {
+        warn(format!(
+            "the load average over the last minute is {load}: other programs (perhaps the \
+             build) kept the CPUs busy. They compete with the benchmark, so expect noisy \
+             figures; the min column shows the best run of each."
+        ));
     }
     // ANCHOR_END: machine
 
@@ -186,7 +197,21 @@ fn lesson() -> anyhow::Result<()> {
     drop(bench::make_fds(Kind::Pipe, true, true)?);
     explain("A pipe carries bytes one way: the ping-pong needs a second one for the answers.");
     narrate::subsection("a pipe enlarged to 1 MiB");
-    drop(bench::make_fds(Kind::Pipe1M, false, true)?);
+    // EPERM: above /proc/sys/fs/pipe-max-size, or this user already holds
+    // more pipe buffers than fs.pipe-user-pages-soft allows (a busy server).
+    let big_pipe_refused = match bench::make_fds(Kind::Pipe1M, false, true) {
+        Err(e) if errno_of(&e) == Some(Errno::EPERM) => {
+            warn(
+                "the kernel refused a 1 MiB pipe to this user (see /proc/sys/fs/pipe-max-size \
+                 and pipe-user-pages-soft): that row is skipped.",
+            );
+            true
+        }
+        other => {
+            drop(other?);
+            false
+        }
+    };
     narrate::subsection("a Unix stream socketpair");
     drop(bench::make_fds(Kind::Unix, true, true)?);
     narrate::subsection("two eventfds (ping and pong)");
@@ -278,12 +303,13 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR: measure
     section("6. Measuring");
     explain(format!(
-        "Runs of each: {}. Throughput: {} MiB in {} KiB chunks; latency: {} round trips of \
-         8 bytes.",
+        "Runs of each: {}. Throughput: {} MiB in {} KiB chunks a run; latency: {} round \
+         trips of 8 bytes a run ({} in all).",
         plan.runs,
         (plan.chunks as usize * CHUNK) >> 20,
         CHUNK / 1024,
-        plan.trips
+        plan.trips,
+        plan.trips as usize * plan.runs
     ));
     if !one_cpu_only {
         explain(format!(
@@ -296,11 +322,23 @@ fn lesson() -> anyhow::Result<()> {
     let groups_to_run = if one_cpu_only { 1 } else { 2 };
     let mut progress =
         Progress::new(groups_to_run * plan.runs * (THROUGHPUT.len() + LATENCY.len()));
-    let main_group = measure(&mut bench, &plan, main_place, one_cpu_only, &mut progress)?;
+    let main_group = measure(
+        &mut bench,
+        &plan,
+        main_place,
+        (one_cpu_only, big_pipe_refused),
+        &mut progress,
+    )?;
     let same_group = if one_cpu_only {
         main_group.clone()
     } else {
-        measure(&mut bench, &plan, same_place, false, &mut progress)?
+        measure(
+            &mut bench,
+            &plan,
+            same_place,
+            (false, big_pipe_refused),
+            &mut progress,
+        )?
     };
     progress.clear();
     // ANCHOR_END: measure
@@ -349,9 +387,9 @@ fn lesson() -> anyhow::Result<()> {
     for text in conclusions(
         &main_group,
         &same_group,
-        memcpy_gbps,
+        (memcpy_gbps, plan.memcpy_len >> 20),
         one_cpu_only,
-        m.virtualized,
+        &m,
     ) {
         explain(text);
     }
@@ -366,14 +404,14 @@ fn lesson() -> anyhow::Result<()> {
         &match spin_x {
             Some(x) => format!(
                 "across CPUs a spinning ring moved data {x:.1}× faster than the best kernel \
-                 transport; on one CPU, with a futex sleep per message, its round trip took {} \
-                 against the pipe's {}",
+                 transport; on one CPU, spinning then sleeping in a futex, its round trip took \
+                 {} against the pipe's {}",
                 fmt_us(same_group.us("shm_futex")),
                 fmt_us(same_group.us("pipe")),
             ),
             None => format!(
-                "pure spin could not be measured on one CPU; with a futex sleep per message \
-                 the ring's round trip took {} against the pipe's {}",
+                "pure spin could not be measured on one CPU; spinning then sleeping in a \
+                 futex, the ring's round trip took {} against the pipe's {}",
                 fmt_us(same_group.us("shm_futex")),
                 fmt_us(same_group.us("pipe")),
             ),
@@ -420,7 +458,7 @@ fn measure(
     bench: &mut Bench,
     plan: &Plan,
     place: Placement,
-    skip_spin: bool,
+    (skip_spin, skip_big_pipe): (bool, bool),
     progress: &mut Progress,
 ) -> anyhow::Result<Group> {
     let same = place.parent_cpu == place.child_cpu;
@@ -442,6 +480,11 @@ fn measure(
                     "one usable CPU: a spinner would hold it for a whole time slice per message"
                         .into(),
                 );
+                progress.skip(plan.runs);
+                continue;
+            }
+            if series.kind == Kind::Pipe1M && skip_big_pipe {
+                series.skipped = Some("F_SETPIPE_SZ to 1 MiB was refused (EPERM)".into());
                 progress.skip(plan.runs);
                 continue;
             }
@@ -490,45 +533,94 @@ fn measure(
     Ok(group)
 }
 
-/// The closing explanation, drawn from the measured numbers.
+/// The closing explanation, drawn from the measured numbers: each sentence
+/// says what this run showed, and the explanation that fits it.
 fn conclusions(
     main: &Group,
     same: &Group,
-    memcpy: Option<f64>,
+    (memcpy, memcpy_mib): (Option<f64>, usize),
     one_cpu: bool,
-    virtualized: bool,
+    machine: &machine::Machine,
 ) -> Vec<String> {
     let mut out = Vec::new();
     let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
     if let (Some((best, bk)), Some(spin)) = (main.best_kernel_gbps(), main.gbps("shm_spin")) {
+        let vs_memcpy = match memcpy {
+            Some(mc) if spin > mc => format!(
+                "{:.2}× a single-thread memcpy of {memcpy_mib} MiB ({mc:.2} GB/s): the \
+                 ring's 1 MiB of slots stays in the CPU caches, while a large memcpy goes \
+                 through DRAM",
+                spin / mc
+            ),
+            Some(mc) => format!(
+                "{:.2}× a single-thread memcpy of {memcpy_mib} MiB ({mc:.2} GB/s): the ring \
+                 copies every byte \
+                 twice, and a spinner that loses its CPU to another program stalls its \
+                 partner (compare the median with the min column)",
+                spin / mc
+            ),
+            None => "memcpy was not measured".into(),
+        };
+        let why = if spin / bk >= 1.5 {
+            "A kernel transport copies each byte into the kernel and out again, and wakes \
+             the reader when it waits; the spinning ring enters the kernel for nothing."
+        } else {
+            "That is a small margin: here something other than the kernel's copies and \
+             wake-ups limited the ring, most often a CPU shared with another program."
+        };
         out.push(format!(
             "Throughput, {}: the spinning ring moved {spin:.1} GB/s, {:.1}× the best kernel \
-             transport ({best}, {bk:.1} GB/s) and {} a single-thread memcpy ({} GB/s). A \
-             pipe copies each byte into the kernel and out again and wakes the reader; the \
-             ring's 1 MiB of slots stays in the CPU caches, which is why it can even beat a \
-             memcpy through DRAM.",
+             transport ({best}, {bk:.1} GB/s) and {vs_memcpy}. {why}",
             main.placement,
             spin / bk,
-            fmt_vs(Some(spin), memcpy),
-            f(memcpy),
         ));
+    }
+    match (one_cpu, main.gbps("shm_spin"), same.gbps("shm_yield")) {
+        (false, Some(cross), Some(one)) if one > cross => out.push(format!(
+            "Odd but real: the ring moved more with both processes on one CPU (yield, \
+             {one:.1} GB/s) than spinning on two ({cross:.1} GB/s). On one CPU the slots \
+             never leave that CPU's caches and the two sides take turns, 16 slots at a time; \
+             across CPUs every slot moves from one CPU's cache to the other's, and a spinner \
+             that another program pushes off its CPU leaves its partner spinning in vain \
+             (load average at the start: {}).",
+            machine.load1.map_or("?".to_string(), |l| format!("{l:.2}"))
+        )),
+        _ => {}
     }
     let (pipe, big) = (main.gbps("pipe"), main.gbps("pipe_1mib"));
     if let (Some(p), Some(b)) = (pipe, big) {
-        out.push(format!(
-            "F_SETPIPE_SZ took the pipe from {p:.2} to {b:.2} GB/s ({:.1}×): with 64 KiB of \
-             buffer a 64 KiB write fills it, so writer and reader wake each other for every \
-             chunk; with 1 MiB they work in batches.",
-            b / p
-        ));
+        out.push(if b / p >= 1.25 {
+            format!(
+                "F_SETPIPE_SZ took the pipe from {p:.2} to {b:.2} GB/s ({:.1}×): with 64 KiB \
+                 of buffer a 64 KiB write fills it, so writer and reader wake each other for \
+                 every chunk; with 1 MiB they work in batches.",
+                b / p
+            )
+        } else {
+            format!(
+                "F_SETPIPE_SZ barely changed the pipe here ({p:.2} → {b:.2} GB/s, {:.2}×). A \
+                 bigger buffer saves wake-ups only while writer and reader run at the same \
+                 time on their own CPUs; when they take turns (one CPU, or CPUs shared with \
+                 other programs) the copies are all that is left, and both sizes copy the \
+                 same bytes.",
+                b / p
+            )
+        });
     }
     if let (Some((best, bu)), Some(spin)) = (main.best_kernel_us(), main.us("shm_spin")) {
         out.push(format!(
             "Latency, {}: a spin round trip took {spin:.2} µs, {:.0}× faster than the fastest \
-             kernel transport ({best}, {bu:.1} µs). Nobody sleeps, so nobody is woken: the \
-             message is just a cache line moving between two CPUs.",
+             kernel transport ({best}, {bu:.1} µs). {}",
             main.placement,
-            bu / spin
+            bu / spin,
+            if spin < 1.0 {
+                "Nobody sleeps, so nobody is woken: the message is just a cache line moving \
+                 between two CPUs."
+            } else {
+                "That is slow for a spin: a cache line moves between CPUs in well under a \
+                 microsecond, so one side must have lost its CPU to another program for part \
+                 of the run."
+            }
         ));
     }
     let sleeps = |g: &Group| g.lat("shm_futex").and_then(Series::sleeps);
@@ -538,32 +630,57 @@ fn conclusions(
         vec![main, same]
     } {
         if let (Some(fu), Some(p), Some(z)) = (g.us("shm_futex"), g.us("pipe"), sleeps(g)) {
+            let r = fu / p;
+            let why = if z >= 0.5 {
+                format!(
+                    "Most messages ({:.0}%) slept: each costs a FUTEX_WAIT, a FUTEX_WAKE and \
+                     a scheduler wake-up, the same kind of work a pipe does, {}. Shared \
+                     memory removes copies, not wake-ups.",
+                    (z * 100.0).min(100.0),
+                    if r < 0.5 {
+                        format!("though here it took only {r:.2}× a pipe's time")
+                    } else if r <= 2.0 {
+                        format!("and it took about a pipe's time ({r:.2}×)")
+                    } else {
+                        format!("and here it took {r:.1}× a pipe's time")
+                    }
+                )
+            } else {
+                format!(
+                    "The short spin usually caught the answer, so only {:.0}% of messages \
+                     slept, and it took {r:.2}× a pipe's time: that is the whole trick of \
+                     spin-then-sleep locks.",
+                    z * 100.0
+                )
+            };
             out.push(format!(
                 "Spin then futex, {}: {fu:.2} µs per round trip against the pipe's {p:.2} µs, \
-                 with {z:.2} FUTEX_WAIT calls per message. {}",
+                 with {z:.2} FUTEX_WAIT calls per message. {why}",
                 g.placement,
-                if g.placement == "same-cpu" {
-                    "On one CPU the other side can only run once we sleep, so most messages \
-                     cost a sleep and a wake-up: the same system calls and the same \
-                     scheduler work as a pipe, and about the same time. Shared memory removes \
-                     copies, not wake-ups."
-                } else if z < 0.25 {
-                    "The short spin usually catches the answer arriving from the other CPU, so \
-                     the ring rarely sleeps: that is the whole trick of spin-then-sleep locks."
-                } else {
-                    "Every sleep costs a system call and a wake-up of the other CPU, as for a \
-                     pipe: shared memory removes copies, not wake-ups."
-                }
             ));
         }
     }
-    if virtualized {
-        out.push(
-            "This machine is virtualised: waking a sleeping process on an idle vCPU goes \
-             through the hypervisor, which is why every blocking round trip across CPUs \
-             (pipe, socket, eventfd) costs tens of microseconds here."
-                .into(),
-        );
+    if let (false, Some((_, cross)), Some((_, one))) =
+        (one_cpu, main.best_kernel_us(), same.best_kernel_us())
+    {
+        out.push(if cross > 1.5 * one {
+            format!(
+                "The fastest kernel round trip took {cross:.1} µs across CPUs but {one:.1} µs on \
+                 one CPU: waking a sleeping process on another CPU (an idle one must first \
+                 wake up itself) costs more than switching to it on our own.{}",
+                if machine.virtualized {
+                    " This machine is virtualised: an idle vCPU is halted by the hypervisor, \
+                     and waking it goes through the hypervisor too."
+                } else {
+                    ""
+                }
+            )
+        } else {
+            format!(
+                "The fastest kernel round trip took {cross:.1} µs across CPUs and {one:.1} µs \
+                 on one CPU: here waking the other CPU cost no more than switching on our own."
+            )
+        });
     }
     if !one_cpu {
         if let (Some(s1), Some(s2)) = (same.us("shm_spin"), main.us("shm_spin")) {
@@ -584,14 +701,6 @@ fn conclusions(
         );
     }
     out
-}
-
-/// A ratio as text: "2.10×".
-fn fmt_vs(x: Option<f64>, y: Option<f64>) -> String {
-    match (x, y) {
-        (Some(x), Some(y)) if y > 0.0 => format!("{:.2}×", x / y),
-        _ => "an unmeasured fraction".into(),
-    }
 }
 
 /// A progress line on stderr, only when stderr is a terminal.

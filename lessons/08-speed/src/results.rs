@@ -264,6 +264,15 @@ fn per_kind(series: &[Series], f: impl Fn(&Series) -> String) -> String {
     )
 }
 
+/// `true`/`false` for a transport that was measured; `null` for one that was
+/// skipped (nothing was checked).
+fn checked(s: &Series) -> String {
+    match s.skipped {
+        Some(_) if s.values.is_empty() => "null".into(),
+        _ => s.ok.to_string(),
+    }
+}
+
 /// One placement's part of the JSON object.
 pub fn group_json(g: &Group, memcpy: Option<f64>) -> Vec<(String, String)> {
     let pipe_g = g.gbps("pipe");
@@ -290,14 +299,8 @@ pub fn group_json(g: &Group, memcpy: Option<f64>) -> Vec<(String, String)> {
             "latency_min_us".into(),
             per_kind(&g.latency, |s| jnum(s.min())),
         ),
-        (
-            "checksum_ok".into(),
-            per_kind(&g.throughput, |s| (s.skipped.is_some() || s.ok).to_string()),
-        ),
-        (
-            "replies_ok".into(),
-            per_kind(&g.latency, |s| (s.skipped.is_some() || s.ok).to_string()),
-        ),
+        ("checksum_ok".into(), per_kind(&g.throughput, checked)),
+        ("replies_ok".into(), per_kind(&g.latency, checked)),
         (
             "futex_sleeps_per_message".into(),
             jobj(&[
@@ -354,6 +357,7 @@ pub fn json(
         ("usable_cpus".into(), usable.to_string()),
         ("cpu_model".into(), jstr(&machine.model)),
         ("virtualized".into(), machine.virtualized.to_string()),
+        ("load_average".into(), jnum(machine.load1)),
         ("memcpy_gbps".into(), jnum(memcpy)),
     ];
     pairs.extend(group_json(main, memcpy));

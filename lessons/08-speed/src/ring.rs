@@ -19,8 +19,8 @@
 //! Rust reference: only raw pointers and copies (see FACTS: `&[u8]` over memory
 //! another process writes is undefined behaviour).
 //!
-//! The futex calls are local to this lesson for now (lesson-6 has its own in
-//! `common::futex`, written in parallel; they can be unified later).
+//! The futex calls are `common::futex::wait` and `wake` (shared with
+//! lesson-6): one raw `futex(2)` system call each, async-signal-safe.
 
 use std::hint::spin_loop;
 use std::num::NonZeroUsize;

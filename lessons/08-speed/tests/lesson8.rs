@@ -126,6 +126,10 @@ fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
         if skipped.contains(&k) {
             assert!(v.is_none(), "{k} should be skipped: {g}");
             assert!(g["skipped"][k].as_str().is_some_and(|s| !s.is_empty()));
+            assert!(
+                g["checksum_ok"][k].is_null(),
+                "{k}: nothing was checked: {g}"
+            );
         } else {
             assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
             assert_eq!(g["checksum_ok"][k], true, "{k} checksum: {g}");
@@ -135,6 +139,10 @@ fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
         let v = num(g, &["latency_us", k]);
         if skipped.contains(&k) {
             assert!(v.is_none(), "{k} should be skipped: {g}");
+            assert!(
+                g["replies_ok"][k].is_null(),
+                "{k}: nothing was checked: {g}"
+            );
         } else {
             assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
             assert_eq!(g["replies_ok"][k], true, "{k} replies: {g}");
@@ -159,6 +167,8 @@ fn quick_json_parses_and_every_transport_is_checked() {
     assert!(v["cpus"].as_u64().is_some_and(|n| n >= 1));
     assert!(v["cpu_model"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(v["virtualized"].is_boolean());
+    // What /proc/loadavg said at the start (null only if it was unreadable).
+    assert!(v["load_average"].as_f64().is_some_and(|l| l >= 0.0), "{v}");
     let memcpy = num(&v, &["memcpy_gbps"]).expect("memcpy measured");
     assert!(memcpy > 0.0);
 
@@ -291,4 +301,116 @@ fn works_for_an_unprivileged_user() {
     };
     // F_SETPIPE_SZ to 1 MiB needs no privilege (the default pipe-max-size).
     assert_group_complete(&v, &placement, skipped);
+}
+
+/// The pids of the running (not zombie) children of `pid`.
+fn live_children(pid: u32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter(|&c| {
+            common::children::state(nix::unistd::Pid::from_raw(c)).is_some_and(|s| s != 'Z')
+        })
+        .collect()
+}
+
+/// The descriptor numbers a process holds.
+fn fds_of(pid: i32) -> Vec<String> {
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort();
+    fds
+}
+
+/// `Cpus_allowed_list` of a process.
+fn cpus_allowed(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+}
+
+/// Start lesson-8, then SIGKILL every child of it that `pick` selects (as a
+/// crash or a `kill -9` from another terminal would) until the lesson ends.
+/// A child may end on its own just before the kill lands, so keep killing
+/// the next one. Returns the exit status, stderr and how long the lesson
+/// took to end after the first kill.
+fn kill_children(pick: impl Fn(u32, i32) -> bool) -> (Option<i32>, String, Duration) {
+    let mut run = testkit::start(bin(), &["--quick", "--runs", "50"]);
+    run.wait_for("--- 6. Measuring ---", Duration::from_secs(30));
+    let pid = run.pid();
+    let lesson = nix::unistd::Pid::from_raw(pid as i32);
+    let mut killed = Vec::new();
+    let mut first_kill = None;
+    let gone = common::children::wait_until(Duration::from_secs(30), || {
+        for c in live_children(pid).into_iter().filter(|&c| pick(pid, c)) {
+            if nix::sys::signal::kill(nix::unistd::Pid::from_raw(c), Signal::SIGKILL).is_ok() {
+                killed.push(c);
+                first_kill.get_or_insert_with(std::time::Instant::now);
+            }
+        }
+        common::children::state(lesson).is_none_or(|s| s == 'Z')
+    });
+    assert!(
+        gone,
+        "lesson-8 still runs after its children were killed: {killed:?}"
+    );
+    let after = first_kill.expect("a child was killed").elapsed();
+    let (status, stderr) = run.finish(Duration::from_secs(5));
+    for c in killed {
+        let alive = std::fs::read_to_string(format!("/proc/{c}/stat"))
+            .is_ok_and(|s| s.contains("(lesson-8)"));
+        assert!(!alive, "child {c} was not reaped: {stderr}");
+    }
+    testkit::assert_nothing_left_by(8, pid);
+    (status, stderr, after)
+}
+
+#[test]
+fn a_child_killed_while_measuring_is_reported_at_once() {
+    let (status, stderr, after) = kill_children(|_, _| true);
+    assert_eq!(status, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("was killed by SIGKILL during the run"),
+        "stderr: {stderr}"
+    );
+    // The watchdog looks every 100 ms: the lesson does not wait for the
+    // run's timeout (10 s with --quick) to notice a dead child.
+    assert!(after < Duration::from_secs(8), "{after:?}: {stderr}");
+}
+
+#[test]
+fn a_ring_child_killed_while_spinning_is_reported_at_once() {
+    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+    if (0..nix::sched::CpuSet::count())
+        .filter(|&c| cpus.is_set(c).unwrap_or(false))
+        .count()
+        < 2
+    {
+        return; // the ring's children only get a CPU of their own with two
+    }
+    // A ring child holds exactly the lesson's descriptors (it has no pipe or
+    // socket of its own): its parent spins and would never see EOF or EPIPE.
+    // Kill it once it has pinned itself to a CPU other than the lesson's.
+    // The parent is then spinning in the ring (or, on a busy machine where
+    // the child may wait to run on its new CPU, still waiting for it to say
+    // it is ready, or, if the kill lands late, already done): only the
+    // watchdog or the exit status can tell it the child died.
+    let (status, stderr, after) = kill_children(|lesson, c| {
+        fds_of(c) == fds_of(lesson as i32) && cpus_allowed(c) != cpus_allowed(lesson as i32)
+    });
+    assert_eq!(status, Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("was killed by SIGKILL during the run"),
+        "stderr: {stderr}"
+    );
+    assert!(after < Duration::from_secs(8), "{after:?}: {stderr}");
 }
