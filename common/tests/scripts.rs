@@ -2,15 +2,10 @@
 //! and every lesson, `scripts/run-all --list` finds every lesson.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+mod workspace;
+use workspace::{lessons, root};
 
 fn script(name: &str) -> Command {
     let mut c = Command::new(root().join("scripts").join(name));
@@ -20,26 +15,6 @@ fn script(name: &str) -> Command {
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `(folder, package)` of every lesson, from `lessons/*/Cargo.toml`.
-fn lessons() -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(root().join("lessons")).unwrap() {
-        let dir = e.unwrap().path();
-        let manifest = fs::read_to_string(dir.join("Cargo.toml")).unwrap();
-        let package = manifest
-            .lines()
-            .find_map(|l| l.strip_prefix("name = \""))
-            .map(|l| l.trim_end_matches('"').to_string())
-            .expect("a package name");
-        out.push((
-            dir.file_name().unwrap().to_string_lossy().into_owned(),
-            package,
-        ));
-    }
-    out.sort();
-    out
 }
 
 /// The CPUs this process may run on, as `nproc` counts them.
