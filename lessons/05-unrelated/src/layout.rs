@@ -9,8 +9,16 @@
 //! (`scripts/lesson5_reader.py`) use the same offsets. Byte order is the
 //! machine's own (little-endian on x86-64 and arm64).
 
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::Context;
+use common::inspect;
+use common::narrate::{self, step};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap};
+use nix::unistd::{close, getpid};
 
 // ANCHOR: layout
 /// The size of the whole segment: one page.
@@ -216,6 +224,52 @@ pub fn state_name(s: u32) -> &'static str {
 /// Load the state with acquire ordering.
 pub fn load_state(seg: &Segment) -> u32 {
     seg.state().load(Ordering::Acquire)
+}
+
+// ANCHOR: map
+/// Both roles map the POSIX object the same way: `mmap(NULL, SIZE, prot,
+/// MAP_SHARED, fd, 0)`, read-write unless `writable` is false (a reader that
+/// may only read), then `close(fd)`: the mapping keeps the object open.
+pub fn map_posix(
+    fd: OwnedFd,
+    writable: bool,
+    who: &str,
+) -> anyhow::Result<(NonNull<libc::c_void>, Segment)> {
+    let len = NonZeroUsize::new(SIZE).context("SIZE is 0")?;
+    let prot = if writable {
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
+    } else {
+        ProtFlags::PROT_READ
+    };
+    let s = step(format!(
+        "mmap(NULL, {SIZE}, {}, MAP_SHARED, {}, 0)",
+        narrate::flags(prot),
+        fd.as_raw_fd()
+    ));
+    // SAFETY: a fresh mapping at an address the kernel chooses overlaps no
+    // Rust object; it is used only through `Segment` (atomics and volatile).
+    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
+    s.ok(format!("{:p}", ptr.as_ptr()));
+    let raw = fd.as_raw_fd();
+    let s = step(format!("close({raw})"));
+    s.check(close(fd))?;
+    s.ok(0);
+    // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes until the
+    // caller's munmap, after which `Segment` is no longer used.
+    let seg = unsafe { Segment::new(ptr.cast(), SIZE) };
+    show_address(who, &seg);
+    Ok((ptr, seg))
+}
+// ANCHOR_END: map
+
+/// Where this process mapped the segment (it differs between the two
+/// processes, which is why the layout stores offsets, never pointers).
+pub fn show_address(who: &str, seg: &Segment) {
+    println!("{who}: mapped at {:#x}", seg.addr());
+    narrate::evidence(
+        &format!("grep {:x} /proc/{}/maps", seg.addr(), getpid()),
+        inspect::maps_line_for(seg.addr()),
+    );
 }
 
 #[cfg(test)]

@@ -7,21 +7,20 @@
 //! instead of sleeping a fixed time, because the kernel sends no notice when a
 //! shared memory object appears or a word in it changes.
 
-use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use common::narrate::{self, explain, fact, note, section, step, warn};
 use common::report::CallResult;
 use common::{children, inspect, names, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open};
+use nix::sys::mman::{munmap, shm_open};
 use nix::sys::stat::{Mode, fstat};
-use nix::unistd::{close, getpid, getuid};
+use nix::unistd::{getpid, getuid};
 
 use crate::layout::{self, Found, Segment};
 use crate::{Api, Opts};
@@ -144,29 +143,7 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         // ANCHOR_END: posix_open
 
         section("reader 2. Map it");
-        let len = NonZeroUsize::new(layout::SIZE).context("SIZE is 0")?;
-        let prot = if writable {
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
-        } else {
-            ProtFlags::PROT_READ
-        };
-        let s = step(format!(
-            "mmap(NULL, {}, {}, MAP_SHARED, {}, 0)",
-            layout::SIZE,
-            narrate::flags(prot),
-            fd.as_raw_fd()
-        ));
-        // SAFETY: a fresh mapping chosen by the kernel overlaps no Rust
-        // object; it is used only through `Segment` (atomics and volatile).
-        let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
-        s.ok(format!("{:p}", ptr.as_ptr()));
-        let raw = fd.as_raw_fd();
-        let s = step(format!("close({raw})"));
-        s.check(close(fd))?;
-        s.ok(0);
-        // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes until munmap.
-        let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
-        show_address(&seg);
+        let (ptr, seg) = layout::map_posix(fd, writable, "reader")?;
 
         let outcome = consume(&seg, writable, deadline, o);
         let s = step(format!("munmap({:p}, {})", ptr.as_ptr(), layout::SIZE));
@@ -291,7 +268,7 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         // ANCHOR_END: sysv_open
         // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
         let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
-        show_address(&seg);
+        layout::show_address("reader", &seg);
 
         let outcome = consume(&seg, writable, deadline, o);
         let s = step(format!("shmdt({:p})", ptr.as_ptr()));
@@ -303,14 +280,6 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
             Consumed::Stale => stale_id = Some(shmid),
         }
     }
-}
-
-fn show_address(seg: &Segment) {
-    println!("reader: mapped at {:#x}", seg.addr());
-    narrate::evidence(
-        &format!("grep {:x} /proc/{}/maps", seg.addr(), getpid()),
-        inspect::maps_line_for(seg.addr()),
-    );
 }
 
 enum Consumed {

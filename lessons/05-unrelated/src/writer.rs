@@ -12,7 +12,7 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use common::narrate::{self, evidence, explain, fact, note, section, step, warn};
 use common::report::CallResult;
 use common::{children, cleanup, inspect, names, sysv};
@@ -20,7 +20,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
 use nix::sys::stat::{Mode, fchmod, fstat};
-use nix::unistd::{close, ftruncate, getpid};
+use nix::unistd::{ftruncate, getpid};
 
 use crate::layout::{self, Found, Segment};
 use crate::{Api, Opts};
@@ -87,25 +87,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
     evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
 
     section("writer 2. Map it");
-    let len = NonZeroUsize::new(layout::SIZE).context("SIZE is 0")?;
-    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {}, {}, MAP_SHARED, {}, 0)",
-        layout::SIZE,
-        narrate::flags(prot),
-        fd.as_raw_fd()
-    ));
-    // SAFETY: a fresh mapping at an address the kernel chooses overlaps no
-    // Rust object; it is used only through `Segment` (atomics and volatile).
-    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
-    let raw = fd.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(fd))?;
-    s.ok(0);
-    // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes until munmap below.
-    let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
-    show_address(&seg);
+    let (ptr, seg) = layout::map_posix(fd, true, "writer")?;
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, None));
@@ -267,7 +249,7 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     s.ok(format!("{:p}", ptr.as_ptr()));
     // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
     let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
-    show_address(&seg);
+    layout::show_address("writer", &seg);
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, Some(key)));
@@ -355,14 +337,6 @@ fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
 }
 
 /// Print where this process mapped the segment (the reader prints its own).
-pub fn show_address(seg: &Segment) {
-    println!("writer: mapped at {:#x}", seg.addr());
-    evidence(
-        &format!("grep {:x} /proc/{}/maps", seg.addr(), getpid()),
-        inspect::maps_line_for(seg.addr()),
-    );
-}
-
 // ANCHOR: publish
 /// Fill in the header and the message, then publish them: the release store
 /// of READY makes every store before it visible to a reader whose acquire
