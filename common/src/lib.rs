@@ -15,6 +15,8 @@
 //! - [`names`]: object names and keys unique to one run;
 //! - [`cleanup`]: guards that remove what a run created on every path,
 //!   including Ctrl-C and SIGTERM;
+//! - [`shm`]: `shm_open(O_CREAT|O_EXCL|O_RDWR, 0600)` with its cleanup guard,
+//!   for the lessons after lesson-1;
 //! - [`sysv`]: thin safe wrappers for `shmget`/`shmat`/`shmdt`/`shmctl`/`ftok`,
 //!   which nix lacks;
 //! - [`children`]: waiting for forked children with a deadline, so a
@@ -35,6 +37,7 @@ pub mod names;
 pub mod narrate;
 pub mod ns;
 pub mod report;
+pub mod shm;
 pub mod sysv;
 #[cfg(feature = "testkit")]
 pub mod testkit;

@@ -27,12 +27,12 @@ use common::cleanup::{self, Guard};
 use common::fault::{self, Fault, FaultReport};
 use common::narrate::{self, compare, evidence, explain, fact, note, section, step, warn};
 use common::report::CallResult;
-use common::{children, inspect, names};
+use common::{children, inspect, names, shm};
 use nix::errno::Errno;
-use nix::fcntl::{OFlag, posix_fallocate};
-use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::fcntl::posix_fallocate;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
-use nix::sys::stat::{Mode, fstat};
+use nix::sys::stat::fstat;
 use nix::sys::uio::pread;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, SysconfVar, close, fork, ftruncate, getpid, sysconf};
@@ -92,19 +92,6 @@ impl Touched {
 }
 
 // ANCHOR: helpers
-/// `shm_open(name, O_CREAT|O_EXCL|O_RDWR, 0600)`, narrated, with its guard.
-fn create(name: &str) -> anyhow::Result<(OwnedFd, Guard)> {
-    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let fd = s.check(shm_open(name, flags, Mode::from_bits_truncate(0o600)))?;
-    let guard = cleanup::posix_object(name); // removed on every path from here on
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    Ok((fd, guard))
-}
-
 /// `fstat(fd)`, narrated: the object's size as the kernel sees it now.
 fn size_of(fd: &OwnedFd) -> anyhow::Result<i64> {
     let s = step(format!("fstat({}, &st)", fd.as_raw_fd()));
@@ -308,7 +295,7 @@ fn lesson() -> anyhow::Result<()> {
     if runs(1) {
         section("1. No ftruncate: mmap succeeds, the first write dies");
         let name = names::unique_name(3, "nosize");
-        let (fd, guard) = create(&name)?;
+        let (fd, guard) = shm::create(&name)?;
         size_of(&fd)?;
         let ptr = map(&fd, page)?;
         evidence(
@@ -349,7 +336,7 @@ fn lesson() -> anyhow::Result<()> {
             "2. A {PARTIAL}-byte object: usable to the end of its page, and no further"
         ));
         let name = names::unique_name(3, "partial");
-        let (fd, guard) = create(&name)?;
+        let (fd, guard) = shm::create(&name)?;
         let s = step(format!("ftruncate({}, {PARTIAL})", fd.as_raw_fd()));
         s.check(ftruncate(&fd, PARTIAL as libc::off_t))?;
         s.ok(0);
@@ -434,7 +421,7 @@ fn lesson() -> anyhow::Result<()> {
     if runs(3) {
         section("3. The fix: ftruncate first, and the same write succeeds");
         let name = names::unique_name(3, "sized");
-        let (fd, guard) = create(&name)?;
+        let (fd, guard) = shm::create(&name)?;
         let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
         s.check(ftruncate(&fd, page as libc::off_t))?;
         s.ok(0);
@@ -463,7 +450,7 @@ fn lesson() -> anyhow::Result<()> {
     if runs(4) {
         section("4. mmap with length 0");
         let name = names::unique_name(3, "len0");
-        let (fd, guard) = create(&name)?;
+        let (fd, guard) = shm::create(&name)?;
         let s = step(format!(
             "mmap(NULL, 0, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
             fd.as_raw_fd()
@@ -511,7 +498,7 @@ fn lesson() -> anyhow::Result<()> {
     if runs(5) {
         section("5. A mapping outlives its object's size");
         let name = names::unique_name(3, "shrunk");
-        let (fd, guard) = create(&name)?;
+        let (fd, guard) = shm::create(&name)?;
         let s = step(format!("posix_fallocate({}, 0, {page})", fd.as_raw_fd()));
         s.check(posix_fallocate(&fd, 0, page as libc::off_t))?;
         s.ok(0);

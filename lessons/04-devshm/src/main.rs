@@ -27,7 +27,7 @@ use common::children::{Waited, wait_deadline};
 use common::fault::{self, FaultReport};
 use common::narrate::{self, compare, evidence, explain, fact, note, section, step};
 use common::report::CallResult;
-use common::{Exit, cleanup, inspect, names, ns};
+use common::{Exit, cleanup, inspect, names, ns, shm};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, posix_fallocate};
 use nix::mount::{MsFlags, mount};
@@ -249,7 +249,7 @@ fn baseline(name: &str, hold: Hold) -> anyhow::Result<()> {
         inspect::fs_name(magic(&st)),
         size
     ));
-    let (fd, object) = create(name)?;
+    let (fd, object) = shm::create(name)?;
     let fs = locate(name)?;
     look(
         hold,
@@ -288,7 +288,7 @@ fn unmounted(name: &str, hold: Hold) -> anyhow::Result<()> {
         "findmnt -T /dev/shm   # the mount that holds it: /dev, not /dev/shm",
         ns::mount_containing("/dev/shm").as_ref().map(findmnt_line),
     );
-    let (fd, object) = create(name)?;
+    let (fd, object) = shm::create(name)?;
     let fs = locate(name)?;
     look(
         hold,
@@ -325,7 +325,7 @@ fn on_disk(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         None::<&str>,
     ))?;
     s.ok(0);
-    let (fd, object) = create(name)?;
+    let (fd, object) = shm::create(name)?;
     let s = step(format!("ftruncate({}, 4096)", fd.as_raw_fd()));
     s.check(ftruncate(&fd, 4096))?;
     s.ok(0);
@@ -574,7 +574,7 @@ fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
     fact("tmpfs size", format!("{tmpfs_size} bytes"));
     let page = inspect::page_size();
 
-    let (fd, object) = create(name)?;
+    let (fd, object) = shm::create(name)?;
     let s = step(format!("ftruncate({}, {BIG})", fd.as_raw_fd()));
     s.check(ftruncate(&fd, BIG as libc::off_t))?;
     s.ok(0);
@@ -670,7 +670,7 @@ fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
          instead of a SIGBUS later, somewhere in the program:",
     );
     let name2 = format!("{name}-fallocate");
-    let (fd, object) = create(&name2)?;
+    let (fd, object) = shm::create(&name2)?;
     let s = step(format!("posix_fallocate({}, 0, {BIG})", fd.as_raw_fd()));
     let errno = match s.outcome(posix_fallocate(&fd, 0, BIG as libc::off_t), |_| "0".into()) {
         Ok(()) => "no error".to_string(),
@@ -695,19 +695,6 @@ fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
 // ANCHOR_END: full
 
 // ANCHOR: helpers
-/// `shm_open(NAME, O_CREAT|O_EXCL|O_RDWR, 0600)`, with its cleanup guard.
-fn create(name: &str) -> anyhow::Result<(OwnedFd, cleanup::Guard)> {
-    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let fd = s.check(shm_open(name, flags, Mode::from_bits_truncate(0o600)))?;
-    let object = cleanup::posix_object(name); // removed on every path from here on
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    Ok((fd, object))
-}
-
 /// Where the object's file landed: its filesystem type and the mount that
 /// holds it (`findmnt -T`). Returns the summary for the result line.
 fn locate(name: &str) -> anyhow::Result<String> {

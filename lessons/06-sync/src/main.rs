@@ -33,10 +33,10 @@ use common::narrate::{
     self, block, compare, evidence, explain, fact, note, section, step, subsection, warn,
 };
 use common::report::CallResult;
-use common::{cleanup, futex, inspect, names};
+use common::{cleanup, futex, inspect, names, shm};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_open, shm_unlink};
+use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_unlink};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::stat::Mode;
 use nix::sys::uio::pread;
@@ -373,18 +373,7 @@ fn lesson() -> anyhow::Result<()> {
     section("0. One shared object for every part");
     let page = inspect::page_size();
     let len = PAGES * page;
-    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({memname:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let fd = s.check(shm_open(
-        memname.as_str(),
-        flags,
-        Mode::from_bits_truncate(0o600),
-    ))?;
-    let object = cleanup::posix_object(&memname); // removed on every path from here on
-    s.ok(format!("fd {}", fd.as_raw_fd()));
+    let (fd, object) = shm::create(&memname)?; // removed on every path from here on
     let s = step(format!("ftruncate({}, {len})", fd.as_raw_fd()));
     s.check(ftruncate(&fd, len as libc::off_t))?;
     s.ok(0);

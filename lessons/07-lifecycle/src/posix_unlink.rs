@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use anyhow::{Context, bail};
 use common::args::{Hold, hold_point};
 use common::narrate::{self, compare, evidence, explain, fact, section, step, warn};
-use common::{cleanup, inspect, names};
+use common::{inspect, names, shm};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
@@ -48,18 +48,7 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     // ANCHOR: create
     let start = shmem()?;
     evidence("grep Shmem: /proc/meminfo", [format!("Shmem: {start} kB")]);
-    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let fd = s.check(shm_open(
-        name.as_str(),
-        flags,
-        Mode::from_bits_truncate(0o600),
-    ))?;
-    let object = cleanup::posix_object(&name); // removed on every path from here on
-    s.ok(format!("fd {}", fd.as_raw_fd()));
+    let (fd, object) = shm::create(&name)?; // removed on every path from here on
 
     let s = step(format!("ftruncate({}, {SIZE})", fd.as_raw_fd()));
     s.check(ftruncate(&fd, SIZE as libc::off_t))?;
