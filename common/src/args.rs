@@ -373,7 +373,13 @@ pub fn hold_point(hold: Hold, article_sleep: &str, commands: &[String]) {
             narrate::explain("(Ctrl-C ends the hold early; the objects are still removed)");
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            std::thread::sleep(d);
+            // In short naps, so that Ctrl-C parks us at once (the cleanup
+            // then ends the process) instead of after the whole hold.
+            let end = std::time::Instant::now() + d;
+            while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+                crate::cleanup::park_if_interrupted();
+                std::thread::sleep(left.min(Duration::from_millis(20)));
+            }
         }
         Hold::UntilEnter => {
             narrate::explain("paused where the article sleeps. In a second terminal, try:");
@@ -385,6 +391,7 @@ pub fn hold_point(hold: Hold, article_sleep: &str, commands: &[String]) {
             let _ = std::io::stdout().flush();
             let mut s = String::new();
             let _ = std::io::stdin().read_line(&mut s);
+            crate::cleanup::park_if_interrupted();
         }
     }
 }

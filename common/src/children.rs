@@ -38,6 +38,8 @@ pub fn wait_deadline(pid: Pid, timeout: Duration) -> nix::Result<Waited> {
             WaitStatus::StillAlive => {}
             status => return Ok(Waited::Ended(status)),
         }
+        // Ctrl-C: the cleanup stops the child; stay out of its way.
+        crate::cleanup::park_if_interrupted();
         if Instant::now() >= end {
             let _ = kill(pid, Signal::SIGKILL);
             return Ok(Waited::TimedOut(waitpid(pid, None)?));
@@ -60,6 +62,7 @@ pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
         if let Some(v) = probe() {
             return Some(v);
         }
+        crate::cleanup::park_if_interrupted();
         let now = Instant::now();
         if now >= end {
             return None;

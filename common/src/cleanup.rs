@@ -30,12 +30,28 @@ static REGISTRY: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static PARKED: AtomicBool = AtomicBool::new(false);
+static IN_FLIGHT: AtomicU64 = AtomicU64::new(0);
 
 /// True once a stop signal arrived and the signal thread began cleaning up.
 /// The main thread must then not exit on its own (it would race the
 /// cleanup): [`crate::run`] parks instead, and the signal thread exits.
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// If a stop signal arrived, never return: the signal thread is cleaning up
+/// and will end the process with 128 + signal. The main thread calls this
+/// where it would otherwise go on (after the lesson body, during a hold), so
+/// it neither exits first nor carries on with objects already removed.
+pub fn park_if_interrupted() {
+    if !interrupted() {
+        return;
+    }
+    PARKED.store(true, Ordering::SeqCst);
+    loop {
+        std::thread::park();
+    }
 }
 
 fn registry() -> std::sync::MutexGuard<'static, Vec<Entry>> {
@@ -53,13 +69,32 @@ pub struct Guard {
 
 impl Guard {
     /// Register `action` to undo something; `what` names it for the student.
-    pub fn new(what: impl Into<String>, action: impl FnMut() + Send + 'static) -> Guard {
+    ///
+    /// If the cleanup after a stop signal has already begun (the object was
+    /// created just as Ctrl-C arrived, before its guard existed), the action
+    /// runs at once instead: nothing created is ever left for a cleanup that
+    /// has already passed.
+    pub fn new(what: impl Into<String>, mut action: impl FnMut() + Send + 'static) -> Guard {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        registry().push(Entry {
-            id,
-            what: what.into(),
-            action: Box::new(action),
-        });
+        let what = what.into();
+        {
+            let mut reg = registry();
+            if !interrupted() {
+                reg.push(Entry {
+                    id,
+                    what,
+                    action: Box::new(action),
+                });
+                return Guard {
+                    id,
+                    owner: getpid(),
+                };
+            }
+            IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        }
+        tell(&format!("cleanup: {what}"));
+        action();
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
         Guard {
             id,
             owner: getpid(),
@@ -142,7 +177,10 @@ pub fn child(pid: Pid) -> Guard {
 
 /// Run every registered cleanup now, newest first. Used by the signal thread.
 pub fn run_all() {
-    let entries: Vec<Entry> = std::mem::take(&mut *registry());
+    run_entries(std::mem::take(&mut *registry()));
+}
+
+fn run_entries(entries: Vec<Entry>) {
     for mut e in entries.into_iter().rev() {
         tell(&format!("cleanup: {}", e.what));
         (e.action)();
@@ -176,13 +214,31 @@ pub fn install_signal_cleanup() {
         .name("cleanup-on-signal".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
-                INTERRUPTED.store(true, Ordering::SeqCst);
+                // Under the registry's lock, so that a guard is either taken
+                // here or, made from now on, runs at once (Guard::new).
+                let entries = {
+                    let mut reg = registry();
+                    INTERRUPTED.store(true, Ordering::SeqCst);
+                    std::mem::take(&mut *reg)
+                };
                 crate::narrate::end_pending();
                 tell(&format!(
                     "\ninterrupted by {}: removing what this run created",
                     sig.as_str()
                 ));
-                run_all();
+                run_entries(entries);
+                // The main thread may be between creating something (a
+                // child, an object) and making its guard. Give it a moment
+                // to get there (its guard then runs at once) or to park.
+                let grace = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while std::time::Instant::now() < grace
+                    && (!PARKED.load(Ordering::SeqCst) || IN_FLIGHT.load(Ordering::SeqCst) > 0)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
                 std::process::exit(128 + sig as i32);

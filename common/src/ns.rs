@@ -222,14 +222,33 @@ fn enter_user_namespace(uid: u32, gid: u32) -> Result<Sandbox, Refused> {
 }
 
 /// Start this program again with `args`, sharing our stdout and stderr (its
-/// narration appears in place). The caller waits for it, e.g. with
+/// narration appears in place). The child is killed by the kernel if the
+/// lesson dies first (`PR_SET_PDEATHSIG`). The caller waits for it, e.g. with
 /// [`crate::children::wait_deadline`], and guards it with
 /// [`crate::cleanup::child`].
 pub fn spawn_self(args: &[String]) -> std::io::Result<Child> {
     use std::io::Write;
+    use std::os::unix::process::CommandExt;
     narrate::end_pending();
     let _ = std::io::stdout().flush();
-    Command::new(std::env::current_exe()?).args(args).spawn()
+    let parent = std::process::id() as libc::pid_t;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(args);
+    // SAFETY: runs in the forked child before exec: prctl, getppid and _exit
+    // are async-signal-safe and touch no memory of ours.
+    unsafe {
+        cmd.pre_exec(move || {
+            // If the lesson dies (even by SIGKILL, which runs no cleanup),
+            // the kernel kills the scenario's child too: it never outlives
+            // us holding a mount namespace and a scratch directory.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            if libc::getppid() != parent {
+                libc::_exit(1); // the lesson died before prctl took effect
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
 }
 
 /// The lines of `/proc/self/mountinfo`: this process's mount table, exactly.

@@ -111,15 +111,11 @@ pub fn run(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
         Err(payload) if is_broken_pipe(payload.as_ref()) => return ExitCode::from(141),
         Err(payload) => std::panic::resume_unwind(payload),
     };
-    if crate::cleanup::interrupted() {
-        // Ctrl-C arrived while the lesson ran (a hold, a blocking call that
-        // then failed with EINTR...). The signal thread is removing what the
-        // run created and will exit with 128 + signal; returning now would
-        // race it and could end the process half-way through the cleanup.
-        loop {
-            std::thread::park();
-        }
-    }
+    // Ctrl-C arrived while the lesson ran (a hold, a blocking call that then
+    // failed with EINTR...). The signal thread is removing what the run
+    // created and will exit with 128 + signal; returning now would race it
+    // and could end the process half-way through the cleanup.
+    crate::cleanup::park_if_interrupted();
     crate::narrate::end_pending();
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -280,3 +280,19 @@ pub fn unique_key() -> i32 {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xff;
     ((crate::names::KEY_MARK << 24) | ((std::process::id() & 0xffff) << 8) | n) as i32
 }
+
+/// The number printed right after the first `needle` in a lesson's output:
+/// the pid in `/shm-lessons-3-<pid>`, the shmid after `= shmid `. Panics,
+/// showing the output, when the needle or the number is missing.
+pub fn number_after(text: &str, needle: &str) -> u32 {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+        + needle.len();
+    text[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap_or_else(|_| panic!("no number after {needle:?} in:\n{text}"))
+}

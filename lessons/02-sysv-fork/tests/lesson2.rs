@@ -33,12 +33,7 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
     let (pid, out) = testkit::run_with_pid(bin(), &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let needle = "IPC_CREAT|IPC_EXCL|0600) = shmid ";
-    let start = text.find(needle).expect("shmget");
-    let shmid: String = text[start + needle.len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
+    let shmid = testkit::number_after(&text, "IPC_CREAT|IPC_EXCL|0600) = shmid ");
     for expected in [
         "shmget(IPC_PRIVATE, 4096, IPC_CREAT|IPC_EXCL|0600) = shmid ".to_string(),
         format!("shmat({shmid}, NULL, 0) = 0x"),
@@ -208,13 +203,6 @@ fn works_for_an_unprivileged_user() {
     assert!(text.contains("IPC_STAT, &buf) = -1 EINVAL"), "{text}");
     // setpriv execs the lesson in place, so the pid in its maps command is
     // the lesson's own: no segment that run created is left.
-    let needle = "$ grep SYSV00000000 /proc/";
-    let at = text.find(needle).expect("a /proc/<pid>/maps command") + needle.len();
-    let pid: u32 = text[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap();
+    let pid = testkit::number_after(&text, "$ grep SYSV00000000 /proc/");
     testkit::assert_nothing_left_by(2, pid);
 }

@@ -220,13 +220,6 @@ fn works_for_an_unprivileged_user() {
     assert!(!text.contains("warning:"), "{text}");
     // setpriv execs the lesson in place, so the pid in its object names is
     // the lesson's own: nothing of that run is left in /dev/shm.
-    let needle = "shm_open(\"/shm-lessons-3-";
-    let at = text.find(needle).expect("an shm_open step") + needle.len();
-    let pid: u32 = text[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap();
+    let pid = testkit::number_after(&text, "shm_open(\"/shm-lessons-3-");
     testkit::assert_nothing_left_by(3, pid);
 }

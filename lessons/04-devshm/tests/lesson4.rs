@@ -180,13 +180,7 @@ fn assert_outcomes(stdout: &str) {
 
 /// The lesson's pid, from the names it printed (`/shm-lessons-4-<pid>-s0`).
 fn lesson_pid(stdout: &str) -> u32 {
-    let at = stdout.find("\"/shm-lessons-4-").expect("an object name") + 16;
-    stdout[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap()
+    testkit::number_after(stdout, "\"/shm-lessons-4-")
 }
 
 fn assert_nothing_left(pid: u32) {
