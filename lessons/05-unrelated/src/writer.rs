@@ -114,7 +114,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
         s.ok(0);
         evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
     }
-    finish(acked, o)
+    finish(acked, o.keep, o)
 }
 
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
@@ -259,24 +259,64 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     // SAFETY: ptr came from shmat; `seg` is not used after this.
     s.check(unsafe { sysv::shmdt(ptr) })?;
     s.ok(0);
-    if o.keep {
+    // kernel.shm_rmid_forced = 1 destroys a segment when its attach count
+    // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
+    // remove, and nothing --keep could keep.
+    let forced = sysv::rmid_forced() == Some(true);
+    let gone = forced && inspect::sysv_segment(shmid).is_none();
+    if forced {
+        fact("kernel.shm_rmid_forced", 1);
+    }
+    let kept = o.keep && !gone;
+    if gone {
+        segment.disarm(); // destroyed by the kernel: its id may be reused
+        evidence(
+            &format!("grep -w {shmid} /proc/sysvipc/shm"),
+            [format!("(no segment with shmid {shmid})")],
+        );
+        explain(format!(
+            "kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed the \
+             segment when its attach count fell to 0, here at our shmdt (proc(5)). There is \
+             nothing left to remove{}",
+            if o.keep {
+                ", and nothing --keep could keep: on such a machine a segment lives only while \
+                 a process is attached to it."
+            } else {
+                "."
+            }
+        ));
+    } else if o.keep {
         segment.disarm();
         note(format!(
             "--keep: segment {shmid} (key {}) is left in place. Look at it, then remove it:",
             sysv::key_string(key)
         ));
         narrate::commands(&["ipcs -m".to_string(), format!("ipcrm -m {shmid}")]);
+        if forced {
+            note(
+                "kernel.shm_rmid_forced is 1 here: the segment survived our shmdt only because \
+                 a reader is still attached, and the kernel destroys it at that reader's shmdt.",
+            );
+        }
     } else {
-        let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-        s.check(sysv::shmctl_rmid(shmid))?;
+        let call = format!("shmctl({shmid}, IPC_RMID, NULL)");
+        let s = step(call.clone());
+        match s.outcome(sysv::shmctl_rmid(shmid), |()| "0".into()) {
+            Ok(()) => {}
+            // The reader's shmdt, just after our check, took nattch to 0.
+            Err(Errno::EINVAL) if forced => explain(
+                "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
+                 = 1 its shmdt destroyed the segment (proc(5)).",
+            ),
+            Err(e) => return Err(e).call(call),
+        }
         segment.disarm();
-        s.ok(0);
         evidence(
             &format!("grep -w {shmid} /proc/sysvipc/shm"),
             inspect::sysv_segment(shmid).map(|s| s.line),
         );
     }
-    finish(acked, o)
+    finish(acked, kept, o)
 }
 
 /// The key is taken. Judge the segment: refuse anything foreign or live;
@@ -421,9 +461,11 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 }
 // ANCHOR_END: wait_ack
 
-fn finish(acked: Option<i32>, o: &Opts) -> anyhow::Result<()> {
+/// `kept`: the object is still there for inspection (`--keep`, and nothing
+/// destroyed it).
+fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
-        let what = if o.keep {
+        let what = if kept {
             "left in place (--keep)"
         } else {
             "removed"
@@ -433,8 +475,11 @@ fn finish(acked: Option<i32>, o: &Opts) -> anyhow::Result<()> {
             o.timeout.as_secs()
         );
     };
-    narrate::conclude(if o.keep {
+    narrate::conclude(if kept {
         "writer done: the reader acknowledged; the object is left for inspection (--keep)."
+    } else if o.keep {
+        "writer done: the reader acknowledged; --keep kept nothing, because the kernel \
+         destroyed the segment at its last shmdt (kernel.shm_rmid_forced = 1)."
     } else {
         "writer done: the reader acknowledged, and the writer removed what it created."
     });

@@ -154,6 +154,45 @@ fn part3_both_kinds_survive_a_sigkilled_child() {
     }
 }
 
+/// proc(5): with kernel.shm_rmid_forced = 1 (set in a private IPC namespace
+/// of the test's own) the killed child's segment is destroyed at nattch 0,
+/// while the POSIX object survives; the lesson says so and exits 0.
+#[test]
+fn part3_with_shm_rmid_forced_only_the_posix_object_survives() {
+    let Some((pid, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--part", "3"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let after = stdout
+        .split("What the dead child left behind")
+        .nth(1)
+        .unwrap();
+    let file_line = after.lines().nth(2).unwrap();
+    assert!(
+        file_line.contains("-rw------- 1 ") && file_line.ends_with("-leak"),
+        "the POSIX object survived the child: {file_line}"
+    );
+    // The segment the parent found by key before the SIGKILL is gone after it.
+    let shmid = testkit::number_after(&stdout, ", 0, 0) = ");
+    let ipcs = after.split("$ ipcs -m").nth(1).unwrap();
+    let row = ipcs.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&format!("(no row with shmid {shmid})"))
+            || row.contains(&format!("(no segment with shmid {shmid})")),
+        "{after}"
+    );
+    has(
+        after,
+        &["kernel.shm_rmid_forced: 1", "The System V segment is gone"],
+    );
+    assert!(!after.contains("Both survive"), "{after}");
+    assert!(!after.contains("(from a shell: ipcrm -m "), "{after}");
+    testkit::assert_nothing_left_by(7, pid);
+}
+
 #[test]
 fn part4_memfd_sigbus_without_seals_eperm_with_them() {
     let (out, err) = part("4");
