@@ -87,15 +87,16 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
     evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
 
     section("writer 2. Map it");
-    let (ptr, seg) = layout::map_posix(fd, true, "writer")?;
+    let seg = layout::map_posix(fd, true, "writer")?;
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, None));
 
     section("writer 5. Unmap, then remove the name (the writer's job)");
-    let s = step(format!("munmap({:p}, {})", ptr.as_ptr(), layout::SIZE));
-    // SAFETY: the mapping made above; `seg` is not used after this.
-    s.check(unsafe { munmap(ptr, layout::SIZE) })?;
+    let s = step(format!("munmap({:#x}, {})", seg.addr(), layout::SIZE));
+    // SAFETY: the mapping made above, handed back by into_ptr, which consumes
+    // `seg`: nothing borrowed from it is still alive.
+    s.check(unsafe { munmap(seg.into_ptr(), layout::SIZE) })?;
     s.ok(0);
     if o.keep {
         object.disarm();
@@ -167,7 +168,7 @@ fn posix_existing(name: &str) -> anyhow::Result<u64> {
                 fd.as_raw_fd()
             ));
             // SAFETY: a fresh read-only mapping chosen by the kernel; read
-            // only through `Segment`'s volatile loads.
+            // only through `Segment`'s atomic loads.
             let p = s.check(unsafe {
                 mmap(
                     None,
@@ -179,10 +180,12 @@ fn posix_existing(name: &str) -> anyhow::Result<u64> {
                 )
             })?;
             s.ok(format!("{:p}", p.as_ptr()));
-            // SAFETY: p is a live mapping of SIZE bytes until the munmap below.
-            let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
-            // SAFETY: the mapping made just above, no longer used.
-            unsafe { munmap(p, layout::SIZE) }.call("munmap")?;
+            // SAFETY: p is a live read-only mapping of SIZE bytes, unmapped
+            // below only through into_ptr; judge only reads.
+            let old = unsafe { Segment::new(p, layout::SIZE) };
+            let found = layout::judge(size, Some(&old));
+            // SAFETY: the mapping made just above; into_ptr consumed `old`.
+            unsafe { munmap(old.into_ptr(), layout::SIZE) }.call("munmap")?;
             found
         }
         None => layout::judge(size, None),
@@ -247,17 +250,19 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     let s = step(format!("shmat({shmid}, NULL, 0)"));
     let ptr = s.check(sysv::shmat(shmid, 0))?;
     s.ok(format!("{:p}", ptr.as_ptr()));
-    // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
-    let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
+    // SAFETY: ptr is a live read-write attachment of SIZE bytes, detached
+    // below only through into_ptr.
+    let seg = unsafe { Segment::new(ptr, layout::SIZE) };
     layout::show_address("writer", &seg);
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, Some(key)));
 
     section("writer 5. Detach, then remove the segment (the writer's job)");
-    let s = step(format!("shmdt({:p})", ptr.as_ptr()));
-    // SAFETY: ptr came from shmat; `seg` is not used after this.
-    s.check(unsafe { sysv::shmdt(ptr) })?;
+    let s = step(format!("shmdt({:#x})", seg.addr()));
+    // SAFETY: the address shmat returned, handed back by into_ptr, which
+    // consumes `seg`: nothing borrowed from it is still alive.
+    s.check(unsafe { sysv::shmdt(seg.into_ptr()) })?;
     s.ok(0);
     // kernel.shm_rmid_forced = 1 destroys a segment when its attach count
     // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
@@ -343,10 +348,12 @@ fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
         let s = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
         let p = s.check(sysv::shmat(shmid, libc::SHM_RDONLY))?;
         s.ok(format!("{:p}", p.as_ptr()));
-        // SAFETY: p is a live attachment of SIZE bytes until shmdt below.
-        let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
-        // SAFETY: p came from shmat and is not used afterwards.
-        unsafe { sysv::shmdt(p) }.call("shmdt")?;
+        // SAFETY: p is a live read-only attachment of SIZE bytes, detached
+        // below only through into_ptr; judge only reads.
+        let old = unsafe { Segment::new(p, layout::SIZE) };
+        let found = layout::judge(size, Some(&old));
+        // SAFETY: the address shmat returned; into_ptr consumed `old`.
+        unsafe { sysv::shmdt(old.into_ptr()) }.call("shmdt")?;
         found
     } else {
         layout::judge(size, None)
@@ -448,7 +455,7 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
     });
     match acked {
         Some(reader) => {
-            let s = step("state.load(Ordering::Acquire)");
+            let s = step("state.load(Relaxed) + fence(Acquire)");
             s.ok(format!("state 2 (acked) by reader pid {reader}"));
             println!("writer: reader pid {reader} acknowledged");
         }

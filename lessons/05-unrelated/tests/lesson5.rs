@@ -520,6 +520,8 @@ fn the_python_reader_reads_and_acknowledges() {
     assert!(text.contains("python reader: acknowledged"), "{text}");
     let (wout, code, _) = finish_writer(w, true);
     assert_eq!(code, Some(0));
+    // The same 8-byte address, read with Python's struct "=": the byte
+    // order agrees (a "<"/">" mismatch would reverse it).
     let w_addr = line_after(&wout, "writer: mapped at ");
     assert!(
         text.contains(&format!("the writer mapped it at {w_addr}")),
@@ -569,6 +571,14 @@ fn the_c_reader_reads_both_apis_and_acknowledges() {
         assert!(text.contains("c reader: sequence: 1\n"), "{text}");
         let (wout, code, _) = finish_writer(w, true);
         assert_eq!(code, Some(0), "{wout}");
+        // The writer's address (0x7f..., an 8-byte number that reads
+        // differently byte-reversed) comes back the same from C: the byte
+        // order agrees.
+        let w_addr = line_after(&wout, "writer: mapped at ");
+        assert!(
+            text.contains(&format!(", the writer at {w_addr}\n")),
+            "{text}"
+        );
         assert!(!t.exists());
     }
 }
