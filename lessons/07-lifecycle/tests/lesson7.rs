@@ -549,6 +549,54 @@ fn cleanup_lists_then_removes_exactly_our_leftovers() {
     }
 }
 
+/// The cleanup's `ls -l` shows a symlink as `l...` (not `d...`), and a name
+/// with a newline quoted like GNU ls, on one line, in the listing and in the
+/// `rm` command it suggests.
+#[test]
+fn cleanup_shows_file_types_and_quotes_names_like_ls() {
+    let mut made = Made::default();
+    let dead = dead_pid();
+    let prefix = format!("shm-lessons-test-{dead}-{}-quote-", std::process::id());
+    let link = format!("/dev/shm/{prefix}link");
+    std::os::unix::fs::symlink("/nowhere", &link).unwrap();
+    made.files.push(link.clone());
+    let odd = format!("/dev/shm/{prefix}two\nlines");
+    std::fs::write(&odd, b"x").unwrap();
+    made.files.push(odd.clone());
+    let dry = text(&cleanup(&["--prefix", prefix.as_str()]).stdout);
+    let link_line = dry
+        .lines()
+        .find(|l| l.contains(&format!("{prefix}link -> ")))
+        .unwrap_or_else(|| panic!("no ls line for the link:\n{dry}"));
+    assert!(
+        link_line
+            .trim_start_matches([' ', '|'])
+            .starts_with("lrwxrwxrwx "),
+        "{link_line}"
+    );
+    assert!(link_line.ends_with(" -> /nowhere"), "{link_line}");
+    let quoted = format!("'{prefix}two'$'\\n''lines'");
+    assert!(
+        dry.lines()
+            .any(|l| l.trim_start_matches([' ', '|']).starts_with("-rw") && l.ends_with(&quoted)),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!(
+            "would remove: /dev/shm/{quoted}   (rm /dev/shm/{quoted})"
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("left alone: /dev/shm/{prefix}link: ")),
+        "a symlink is never removed: {dry}"
+    );
+    assert!(
+        !dry.contains(&format!("{prefix}two\n")),
+        "a raw newline: {dry}"
+    );
+}
+
 #[test]
 fn cleanup_leaves_an_object_that_a_process_maps() {
     let made = Made::default();
