@@ -52,6 +52,15 @@ use crate::narrate;
 /// How an argument appears in a narrated call: what C source would write.
 pub trait Arg {
     fn arg(&self) -> String;
+
+    /// How `None` of this type reads in C: `NULL` for pointers and the like,
+    /// `0` for flag sets (`waitpid(pid, &status, 0)`).
+    fn none() -> String
+    where
+        Self: Sized,
+    {
+        "NULL".to_string()
+    }
 }
 
 /// How a successful result appears after `=`. `None` prints nothing at all:
@@ -153,6 +162,9 @@ macro_rules! flag_sets {
             fn arg(&self) -> String {
                 narrate::flags(self)
             }
+            fn none() -> String {
+                "0".to_string()
+            }
         }
     )*};
 }
@@ -235,7 +247,7 @@ fn pointer<T>(p: *const T) -> String {
 /// `None` is C's `NULL` (an address, a path, a buffer left out).
 impl<T: Arg> Arg for Option<T> {
     fn arg(&self) -> String {
-        self.as_ref().map_or_else(|| "NULL".to_string(), Arg::arg)
+        self.as_ref().map_or_else(T::none, Arg::arg)
     }
 }
 
@@ -451,6 +463,7 @@ mod tests {
         assert_eq!(Mode::from_bits_truncate(0o644).arg(), "0644");
         assert_eq!("/shm-lessons-1-42".arg(), "\"/shm-lessons-1-42\"");
         assert_eq!(None::<NonNull<u8>>.arg(), "NULL");
+        assert_eq!(None::<nix::sys::wait::WaitPidFlag>.arg(), "0");
         assert_eq!(std::ptr::null::<u8>().arg(), "NULL");
         assert_eq!(4096usize.arg(), "4096");
         assert_eq!((-1i64).arg(), "-1");
