@@ -143,6 +143,16 @@ fn assert_outcomes(stdout: &str) {
         result_line(stdout, 2),
         format!("shm_open worked; the object is on {disk}, in the mount at /dev/shm")
     );
+    // On disk, the kernel's own count: a 4 MiB pwrite made 4 MiB dirty for
+    // the disk (this process's write_bytes); on a memory filesystem, not.
+    if Path::new("/proc/self/io").exists() {
+        let rose = testkit::number_after(stdout, "this process's write_bytes: +");
+        if in_memory(&disk) {
+            assert!(rose < 4 << 20, "write_bytes +{rose} on {disk}");
+        } else {
+            assert!(rose >= 4 << 20, "write_bytes +{rose} on {disk}:\n{stdout}");
+        }
+    }
     // Removed: ENOENT on glibc 2.34+, and 2.33's search picks udev's /dev.
     let r3 = result_line(stdout, 3);
     if inspect::glibc_at_least(2, 34) == Some(true) {
@@ -173,6 +183,15 @@ fn assert_outcomes(stdout: &str) {
         "{pages} pages in {size} bytes"
     );
     assert_eq!(rest, "; posix_fallocate: ENOSPC");
+    // PostgreSQL's message, built from this run's errno.
+    let pid = lesson_pid(stdout);
+    assert!(
+        stdout.contains(&format!(
+            "could not resize shared memory segment \"/shm-lessons-4-{pid}-s4-fallocate\" to \
+             4194304 bytes: No space left on device"
+        )),
+        "{stdout}"
+    );
     assert!(stdout.contains("killed by SIGBUS (signal 7)"), "{stdout}");
     assert!(stdout.contains("si_code=BUS_ADRERR"), "{stdout}");
     assert!(stdout.contains("MS_REC|MS_PRIVATE, NULL) = 0"), "{stdout}");

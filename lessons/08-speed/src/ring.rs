@@ -16,8 +16,9 @@
 //! writing ("false sharing").
 //!
 //! The slots are written by another process, so they are never seen through a
-//! Rust reference: only raw pointers and copies (see FACTS: `&[u8]` over memory
-//! another process writes is undefined behaviour).
+//! Rust reference: only raw pointers and copies, ordered by the Acquire and
+//! Release counters (a `&[u8]` over memory another process writes is undefined
+//! behaviour: see "Why not `&mut u64`?" in chapter 6, docs/src/06-sync.md).
 //!
 //! The futex calls are `common::futex::wait` and `wake` (shared with
 //! lesson-6): one raw `futex(2)` system call each, async-signal-safe.
