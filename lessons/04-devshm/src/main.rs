@@ -45,6 +45,10 @@ const INTERNAL: &str = "--internal-scenario";
 /// The exit status for "skipped: this machine can't stage the scenarios".
 const SKIPPED: u8 = 77;
 
+/// Set (by the tests only) to a glibc version such as `2.33` to make the
+/// lesson behave as it does on that glibc. It says so wherever it matters.
+const SIMULATE_GLIBC: &str = "SHM_LESSONS_SIMULATE_GLIBC";
+
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
@@ -96,6 +100,7 @@ fn lesson() -> anyhow::Result<()> {
     );
 
     section("The host's /dev/shm, before");
+    this_libc().show();
     let before = ns::mount_table();
     evidence("findmnt /dev/shm", host_dev_shm());
     explain(
@@ -327,6 +332,25 @@ fn on_disk(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         None::<&str>,
     ))?;
     s.ok(0);
+    let libc = this_libc();
+    if libc.searches {
+        // Old glibc rejects this /dev/shm (not a tmpfs) and takes the first
+        // tmpfs in the mount table: one of the host's, such as /run.
+        explain(format!(
+            "{libc} is older than 2.34: its shm_open would reject this /dev/shm (not a tmpfs) \
+             and create the object in the first tmpfs of /proc/mounts, which in this \
+             namespace is one of the host's. So the lesson does not call it, and replays the \
+             search instead (statfs only):"
+        ));
+        let dir = where_is_shmfs_2_33();
+        let dir = dir.as_deref().unwrap_or("nothing (ENOSYS)");
+        result(
+            2,
+            "on disk",
+            &format!("shm_open not called: {libc} would use {dir}"),
+        );
+        return Ok(());
+    }
     let (fd, object) = shm::create(name)?;
     let page = inspect::page_size();
     let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
@@ -519,20 +543,30 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     );
 
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let opened = s.outcome(
-        shm_open(name, flags, Mode::from_bits_truncate(0o600)),
-        |fd| format!("fd {}", fd.as_raw_fd()),
-    );
-    if let Ok(fd) = opened {
-        let object = cleanup::posix_object(name);
-        remove(name, fd, object)?;
-        bail!("shm_open worked without /dev/shm: this libc does not behave like glibc 2.34+");
-    }
-    let errno = opened.err().unwrap_or(Errno::UnknownErrno);
+    let libc = this_libc();
+    let outcome = if libc.searches {
+        explain(format!(
+            "{libc} is older than 2.34: its shm_open would run the search below. The lesson \
+             does not call it, and replays the search instead."
+        ));
+        format!("shm_open not called on {libc}")
+    } else {
+        let s = step(format!(
+            "shm_open({name:?}, {}, 0600)",
+            narrate::flags(flags)
+        ));
+        let opened = s.outcome(
+            shm_open(name, flags, Mode::from_bits_truncate(0o600)),
+            |fd| format!("fd {}", fd.as_raw_fd()),
+        );
+        if let Ok(fd) = opened {
+            let object = cleanup::posix_object(name);
+            remove(name, fd, object)?;
+            bail!("shm_open worked without /dev/shm: this libc does not behave like glibc 2.34+");
+        }
+        let errno = opened.err().unwrap_or(Errno::UnknownErrno);
+        format!("shm_open failed with {}", common::report::errno_name(errno))
+    };
     look(
         hold,
         &[
@@ -540,8 +574,7 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
             "ls -l /proc/PID/root/dev/   # no shm directory",
         ],
     );
-    let libc_version = inspect::libc_version().unwrap_or_else(|| "not glibc".into());
-    fact("gnu_get_libc_version()", &libc_version);
+    libc.show();
 
     section("What glibc 2.33 would have done: where_is_shmfs(), in Rust");
     let dir = where_is_shmfs_2_33();
@@ -580,9 +613,12 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         "after rmdir /dev/shm, \"the program cannot find /dev/shm, and the shared memory \
          file is created in the /dev/ directory\" (ls -l /dev/mymem)",
         &format!(
-            "shm_open failed with {} on glibc {libc_version}; glibc 2.33's search would have \
-             picked {}",
-            common::report::errno_name(errno),
+            "{outcome}{}; glibc 2.33's search would have picked {}",
+            if libc.searches {
+                String::new()
+            } else {
+                format!(" on {libc}")
+            },
             dir.as_deref().unwrap_or("nothing")
         ),
         "glibc up to 2.33 looked for the first tmpfs in /proc/mounts when /dev/shm was not a \
@@ -593,8 +629,7 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         3,
         "removed",
         &format!(
-            "shm_open failed with {}; glibc 2.33's where_is_shmfs would have used {}",
-            common::report::errno_name(errno),
+            "{outcome}; glibc 2.33's where_is_shmfs would have used {}",
             dir.as_deref().unwrap_or("nothing (ENOSYS)")
         ),
     );
@@ -836,6 +871,57 @@ fn remove(name: &str, fd: OwnedFd, object: cleanup::Guard) -> anyhow::Result<()>
     object.disarm();
     s.ok(0);
     Ok(())
+}
+
+/// This machine's C library, as far as `shm_open` goes.
+struct Libc {
+    /// `gnu_get_libc_version()`, or what [`SIMULATE_GLIBC`] says.
+    version: Option<String>,
+    /// glibc before 2.34: `shm_open` searches the mount table for a tmpfs
+    /// when /dev/shm is not one (`where_is_shmfs`), instead of simply using
+    /// /dev/shm. Scenarios 2 and 3 then replay the search and never call it.
+    searches: bool,
+    simulated: bool,
+}
+
+fn this_libc() -> Libc {
+    let (version, simulated) = match std::env::var(SIMULATE_GLIBC) {
+        Ok(v) => (Some(v), true),
+        Err(_) => (inspect::libc_version(), false),
+    };
+    let searches = version
+        .as_deref()
+        .and_then(|v| inspect::version_at_least(v, 2, 34))
+        == Some(false);
+    Libc {
+        version,
+        searches,
+        simulated,
+    }
+}
+
+impl std::fmt::Display for Libc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.version {
+            Some(v) if self.simulated => write!(f, "glibc {v} (simulated)"),
+            Some(v) => write!(f, "glibc {v}"),
+            None => write!(f, "a C library that is not glibc"),
+        }
+    }
+}
+
+impl Libc {
+    fn show(&self) {
+        let v = self.version.as_deref().unwrap_or("(not glibc)");
+        fact("gnu_get_libc_version()", v);
+        if self.simulated {
+            note(format!(
+                "simulated: {SIMULATE_GLIBC}={v} (a switch for the tests) makes the lesson act \
+                 as on that glibc; this machine's is {}",
+                inspect::libc_version().unwrap_or_else(|| "not glibc".into())
+            ));
+        }
+    }
 }
 
 /// With `--hold`/`--pause`: wait inside the child's namespace while the

@@ -462,3 +462,91 @@ fn a_crashed_child_is_reported_and_what_it_left_is_removed() {
     }
     host.assert_unchanged();
 }
+
+/// Objects named `shm-lessons-4-<pid>-*` in any tmpfs the host has mounted
+/// (/run, /dev/shm, ...): where old glibc's search could have put them.
+fn objects_in_host_tmpfs(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("shm-lessons-4-{pid}-");
+    inspect::mounts()
+        .iter()
+        .filter(|m| m.fs_type == "tmpfs")
+        .filter_map(|m| std::fs::read_dir(&m.mount_point).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// SIMULATION (SHM_LESSONS_SIMULATE_GLIBC=2.33): on glibc before 2.34,
+/// shm_open searches the mount table for a tmpfs when /dev/shm is not one.
+/// Scenarios 2 and 3 must then only replay the search, never call shm_open
+/// (it could create the object in a host tmpfs such as /run), and
+/// check-env must predict "partly", with the reason.
+#[test]
+fn on_glibc_before_2_34_scenarios_2_and_3_only_replay_the_search() {
+    let host = Host::before();
+    let child = Command::new(bin())
+        .env("NO_COLOR", "1")
+        .env("SHM_LESSONS_SIMULATE_GLIBC", "2.33")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        return assert_refusal_is_real(&stdout, false);
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("simulated: SHM_LESSONS_SIMULATE_GLIBC=2.33"),
+        "{stdout}"
+    );
+    for n in [2, 3] {
+        let call = format!("shm_open(\"/shm-lessons-4-{pid}-s{n}\"");
+        assert!(
+            !stdout.contains(&call),
+            "scenario {n} called {call}:\n{stdout}"
+        );
+    }
+    let r2 = result_line(&stdout, 2);
+    assert!(
+        r2.starts_with("shm_open not called: glibc 2.33 (simulated) would use /"),
+        "{r2}"
+    );
+    let r3 = result_line(&stdout, 3);
+    assert_eq!(
+        r3,
+        "shm_open not called on glibc 2.33 (simulated); glibc 2.33's where_is_shmfs would have \
+         used /dev/"
+    );
+    // The other scenarios run as usual.
+    assert!(result_line(&stdout, 1).starts_with("shm_open worked"));
+    assert!(result_line(&stdout, 4).ends_with("posix_fallocate: ENOSPC"));
+    let stray = objects_in_host_tmpfs(pid);
+    assert!(stray.is_empty(), "created in a host tmpfs: {stray:?}");
+    host.assert_unchanged();
+    assert_nothing_left(pid);
+
+    // check-env predicts it: "partly", with the reason.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let env = Command::new(root.join("scripts/check-env"))
+        .env("SHM_LESSONS_SIMULATE_GLIBC", "2.33")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&env.stdout);
+    let row = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("04-devshm"))
+        .unwrap_or_else(|| panic!("no 04-devshm row:\n{report}"));
+    let verdict = row.split_whitespace().nth(1);
+    assert_eq!(verdict, Some("partly"), "{row}");
+    assert!(
+        row.contains("glibc 2.33 (simulated) is older than 2.34"),
+        "{row}"
+    );
+    assert!(row.contains("never calls shm_open"), "{row}");
+}
