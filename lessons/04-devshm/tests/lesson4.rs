@@ -19,6 +19,21 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// Run the whole lesson (NO_COLOR=1, stdin closed) with one more environment
+/// variable, a test switch; returns its pid and output.
+fn run_with_env(key: &str, value: &str) -> (u32, Output) {
+    let child = Command::new(bin())
+        .env("NO_COLOR", "1")
+        .env(key, value)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
 /// The value of the `result N (...)` line the lesson prints for scenario N.
 fn result_line(stdout: &str, n: usize) -> String {
     let head = format!("result {n} (");
@@ -300,16 +315,7 @@ fn works_for_an_unprivileged_user_through_a_user_namespace() {
 #[test]
 fn without_namespaces_it_explains_every_scenario_and_exits_77() {
     let host = Host::before();
-    let child = Command::new(bin())
-        .env("NO_COLOR", "1")
-        .env(ns::DENY_ENV, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = run_with_env(ns::DENY_ENV, "1");
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
     // The baseline needs no namespace, so it still ran for real.
@@ -486,16 +492,7 @@ fn objects_in_host_tmpfs(pid: u32) -> Vec<PathBuf> {
 #[test]
 fn on_glibc_before_2_34_scenarios_2_and_3_only_replay_the_search() {
     let host = Host::before();
-    let child = Command::new(bin())
-        .env("NO_COLOR", "1")
-        .env("SHM_LESSONS_SIMULATE_GLIBC", "2.33")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = run_with_env("SHM_LESSONS_SIMULATE_GLIBC", "2.33");
     let (stdout, stderr) = text(&out);
     if out.status.code() == Some(77) {
         return assert_refusal_is_real(&stdout, false);
