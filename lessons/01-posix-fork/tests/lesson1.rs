@@ -41,6 +41,7 @@ fn narration_shows_the_real_calls_and_evidence() {
     let out = lesson().args(["--name", &name]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    let page = common::inspect::page_size();
     for expected in [
         format!("shm_open(\"{name}\", O_CREAT|O_EXCL|O_RDWR, 0600) = fd "),
         "ftruncate(".to_string(),
