@@ -27,7 +27,9 @@
 //! - [`ns`]: private mount (and user) namespaces in which lesson-4 stages
 //!   its scenarios without touching the host's mounts;
 //! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
-//!   `si_code` and `si_addr` for its parent.
+//!   `si_code` and `si_addr` for its parent;
+//! - [`pages`]: what the kernel says of a mapping's pages (`/proc/PID/smaps`,
+//!   `/proc/PID/pagemap`, `ru_minflt`, the transparent huge page settings).
 
 pub mod args;
 pub mod call;
@@ -39,6 +41,7 @@ pub mod inspect;
 pub mod names;
 pub mod narrate;
 pub mod ns;
+pub mod pages;
 pub mod report;
 pub mod shm;
 pub mod sysv;
