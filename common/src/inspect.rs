@@ -95,6 +95,27 @@ pub fn dev_shm_ls(name: &str) -> Vec<String> {
     }
 }
 
+/// Narrated evidence: `$ ls -l /dev/shm/<file>` and what it shows now.
+pub fn show_dev_shm(name: &str) {
+    let file = crate::names::file_name(name);
+    crate::narrate::evidence(&format!("ls -l /dev/shm/{file}"), dev_shm_ls(name));
+}
+
+/// Narrated evidence: `$ grep <what> /proc/<pid>/maps` and the line of the
+/// mapping that covers `addr`.
+pub fn show_maps(what: &str, addr: *const libc::c_void) {
+    let pid = std::process::id();
+    crate::narrate::evidence(
+        &format!("grep {what} /proc/{pid}/maps"),
+        maps_line_for(addr as usize),
+    );
+}
+
+/// Narrated evidence: `$ ipcs -m` and the row of one segment.
+pub fn show_ipcs(shmid: i32) {
+    crate::narrate::evidence("ipcs -m", ipcs_rows(shmid));
+}
+
 /// One row of `/proc/sysvipc/shm`: a System V segment as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysvSegment {

@@ -6,6 +6,8 @@
 //!
 //! - [`report`]: the article's `error_out`, with the errno *name* (`ENOENT`)
 //!   beside its text, and the lesson's exit status;
+//! - [`call`]: [`call!`], one narrated system call in one line of source:
+//!   `let fd = call!(shm_open(name.as_str(), flags, mode))?;`;
 //! - [`narrate`]: section titles, one step line per system call, explanations,
 //!   evidence blocks and "the article says / this machine shows" comparisons;
 //! - [`inspect`]: what a student could check by hand (`/dev/shm`,
@@ -28,6 +30,7 @@
 //!   `si_code` and `si_addr` for its parent.
 
 pub mod args;
+pub mod call;
 pub mod children;
 pub mod cleanup;
 pub mod fault;

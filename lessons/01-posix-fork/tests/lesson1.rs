@@ -27,7 +27,10 @@ fn the_parent_reads_what_the_child_wrote() {
         .assert()
         .success()
         .stdout(predicate::str::contains("\nchild wrote 0xdeadbeef\n"))
-        .stdout(predicate::str::contains("child exited with status 0"));
+        .stdout(
+            predicate::str::contains(") = ")
+                .and(predicate::str::contains(" (exited with status 0)\n")),
+        );
     assert!(!testkit::shm_exists(&name), "{name} was left behind");
 }
 
@@ -41,10 +44,10 @@ fn narration_shows_the_real_calls_and_evidence() {
     for expected in [
         format!("shm_open(\"{name}\", O_CREAT|O_EXCL|O_RDWR, 0600) = fd "),
         "ftruncate(".to_string(),
-        ", 4096) = 0".to_string(),
+        format!(", {}) = 0", common::inspect::page_size()),
         "MAP_SHARED".to_string(),
         "| -rw------- 1 ".to_string(),
-        format!(" 4096 {file}"),
+        format!(" {} {file}", common::inspect::page_size()),
         "rw-s 00000000".to_string(),
         format!("/dev/shm/{file}"),
         format!("shm_unlink(\"{name}\") = 0"),
