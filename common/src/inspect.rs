@@ -269,37 +269,6 @@ pub fn maps_lines_matching(needle: &str) -> Vec<String> {
         .collect()
 }
 
-/// The dirty memory, in KiB, of the mapping that covers `addr`: its
-/// `Shared_Dirty` plus `Private_Dirty` in `/proc/self/smaps` (pages written
-/// since they were last clean: never written back, or written to again).
-pub fn smaps_dirty_kib(addr: usize) -> Option<u64> {
-    parse_smaps_dirty_kib(&std::fs::read_to_string("/proc/self/smaps").ok()?, addr)
-}
-
-/// [`smaps_dirty_kib`] on the text of an smaps file.
-pub fn parse_smaps_dirty_kib(smaps: &str, addr: usize) -> Option<u64> {
-    let covers = |l: &str| {
-        let (lo, hi) = l.split_whitespace().next()?.split_once('-')?;
-        let (lo, hi) = (
-            usize::from_str_radix(lo, 16).ok()?,
-            usize::from_str_radix(hi, 16).ok()?,
-        );
-        Some(lo <= addr && addr < hi)
-    };
-    let mut lines = smaps.lines().skip_while(|l| covers(l) != Some(true));
-    lines.next()?; // the mapping's own header line
-    let mut dirty = 0;
-    for l in lines.take_while(|l| covers(l).is_none()) {
-        if let Some(v) = l
-            .strip_prefix("Shared_Dirty:")
-            .or_else(|| l.strip_prefix("Private_Dirty:"))
-        {
-            dirty += v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()?;
-        }
-    }
-    Some(dirty)
-}
-
 fn collapse_spaces(l: &str) -> String {
     l.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -475,9 +444,15 @@ pub fn libc_version() -> Option<String> {
 
 /// Whether this is glibc at or after `major.minor`.
 pub fn glibc_at_least(major: u32, minor: u32) -> Option<bool> {
-    let v = libc_version()?;
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (it.next()?, it.next().unwrap_or(0));
+    version_at_least(&libc_version()?, major, minor)
+}
+
+/// Whether the version `v` (`"2.36"`, `"2.33.9000"`) is at or after
+/// `major.minor`; `None` if `v` does not start with a number.
+pub fn version_at_least(v: &str, major: u32, minor: u32) -> Option<bool> {
+    let mut it = v.split('.').map(|p| p.trim().parse::<u32>().ok());
+    let ma = it.next()??;
+    let mi = it.next().flatten().unwrap_or(0);
     Some((ma, mi) >= (major, minor))
 }
 
@@ -615,24 +590,6 @@ pub fn pids_using(path: &str) -> Vec<i32> {
 #[cfg(test)]
 mod meminfo_tests {
     use super::*;
-
-    #[test]
-    fn sums_the_dirty_figures_of_the_mapping_that_covers_an_address() {
-        let text = "7f0000000000-7f0000002000 rw-s 00000000 00:01 7 /dev/shm/x\n\
-                    Size:                  8 kB\n\
-                    Shared_Dirty:          4 kB\n\
-                    Private_Dirty:         4 kB\n\
-                    7f0000002000-7f0000003000 rw-s 00000000 fe:00 9 /var/tmp/y\n\
-                    Shared_Dirty:          0 kB\n\
-                    Private_Dirty:         0 kB\n\
-                    VmFlags: rd wr sh mr mw me ms sd\n";
-        assert_eq!(parse_smaps_dirty_kib(text, 0x7f0000001fff), Some(8));
-        assert_eq!(parse_smaps_dirty_kib(text, 0x7f0000002000), Some(0));
-        assert_eq!(parse_smaps_dirty_kib(text, 0x7f0000003000), None);
-        // Our own stack is written all the time: some of it is dirty.
-        let local = 0u8;
-        assert!(smaps_dirty_kib(&local as *const u8 as usize).is_some_and(|k| k > 0));
-    }
 
     #[test]
     fn reads_a_meminfo_field() {

@@ -34,8 +34,9 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let shmid = testkit::number_after(&text, "IPC_CREAT|IPC_EXCL|0600) = shmid ");
+    let page = inspect::page_size();
     for expected in [
-        "shmget(IPC_PRIVATE, 4096, IPC_CREAT|IPC_EXCL|0600) = shmid ".to_string(),
+        format!("shmget(IPC_PRIVATE, {page}, IPC_CREAT|IPC_EXCL|0600) = shmid "),
         format!("shmat({shmid}, NULL, 0) = 0x"),
         // The article's "invisible in any file system": the maps line names
         // the segment's file, "(deleted)" before any IPC_RMID.
@@ -82,7 +83,10 @@ fn a_named_key_is_shown_in_hex_and_in_the_maps_file_name() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(
-        text.contains(&format!("shmget({hex}, 4096, IPC_CREAT|IPC_EXCL|0600)")),
+        text.contains(&format!(
+            "shmget({hex}, {}, IPC_CREAT|IPC_EXCL|0600)",
+            inspect::page_size()
+        )),
         "{text}"
     );
     assert!(
@@ -106,8 +110,9 @@ fn a_key_someone_else_holds_fails_with_eexist_and_is_left_alone() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "ERROR [EEXIST File exists] shmget({}, 4096, IPC_CREAT|IPC_EXCL|0600)",
-            names::key_hex(key)
+            "ERROR [EEXIST File exists] shmget({}, {}, IPC_CREAT|IPC_EXCL|0600)",
+            names::key_hex(key),
+            inspect::page_size()
         )),
         "{err}"
     );

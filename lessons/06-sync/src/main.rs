@@ -33,7 +33,7 @@ use common::narrate::{
     self, block, compare, evidence, explain, fact, note, section, step, subsection, warn,
 };
 use common::report::CallResult;
-use common::{cleanup, futex, inspect, names, shm};
+use common::{cleanup, futex, inspect, names, pages, shm};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sched::{CpuSet, sched_getaffinity};
@@ -1290,7 +1290,11 @@ fn msync_myth(shared: &Shared) -> anyhow::Result<()> {
         // other process maps it now (every child has been reaped), so there
         // is nothing to order. Volatile only makes sure the store is made.
         unsafe { target.as_ptr().cast::<u64>().write_volatile(MAGIC) };
-        let dirty = || inspect::smaps_dirty_kib(target.as_ptr() as usize).unwrap_or(0);
+        let dirty = || {
+            let smaps = pages::smaps_of("self", target.as_ptr() as usize);
+            let kib = |f| smaps.as_ref().and_then(|m| m.kib(f)).unwrap_or(0);
+            kib("Shared_Dirty") + kib("Private_Dirty")
+        };
         let stored = dirty();
         let s = step(format!("msync({:p}, {page}, MS_ASYNC)", target.as_ptr()));
         // SAFETY: target/page lie inside a live mapping of ours.
