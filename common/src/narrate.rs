@@ -170,6 +170,7 @@ pub fn conclude(text: impl AsRef<str>) {
 #[must_use = "finish the step with .ok(result) so the student sees the result"]
 pub struct Step {
     call: String,
+    announced: bool,
 }
 
 /// Announce a call with its real arguments. The line stays open until the
@@ -180,7 +181,21 @@ pub fn step(call: impl Into<String>) -> Step {
     print!("  {} {}", "▸".blue(), call);
     let _ = std::io::stdout().flush();
     PENDING.store(true, Ordering::SeqCst);
-    Step { call }
+    Step {
+        call,
+        announced: true,
+    }
+}
+
+/// A step printed whole after its call returns, for a call during which
+/// another process writes to the terminal (a child's signal handler): the
+/// announced line would be cut in two.
+#[doc(hidden)]
+pub fn step_after(call: impl Into<String>) -> Step {
+    Step {
+        call: call.into(),
+        announced: false,
+    }
 }
 
 impl Step {
@@ -190,7 +205,10 @@ impl Step {
     }
 
     fn finish(&self, result: impl Display) {
-        if PENDING.swap(false, Ordering::SeqCst) {
+        if !self.announced {
+            end_pending();
+            println!("  {} {} = {result}", "▸".blue(), self.call);
+        } else if PENDING.swap(false, Ordering::SeqCst) {
             println!(" = {result}");
         } else {
             println!("    {} = {result}", self.call);
