@@ -188,6 +188,61 @@ flag_sets!(
     nix::sys::socket::SockFlag
 );
 
+/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`.
+impl Arg for nix::fcntl::FcntlArg<'_> {
+    fn arg(&self) -> String {
+        format!("{self:?}").replace('(', ", ").replace(')', "")
+    }
+}
+
+impl Arg for nix::sys::socket::AddressFamily {
+    fn arg(&self) -> String {
+        match self {
+            Self::Unix => "AF_UNIX".to_string(),
+            Self::Inet => "AF_INET".to_string(),
+            Self::Inet6 => "AF_INET6".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl Arg for nix::sys::socket::SockType {
+    fn arg(&self) -> String {
+        match self {
+            Self::Stream => "SOCK_STREAM".to_string(),
+            Self::Datagram => "SOCK_DGRAM".to_string(),
+            Self::SeqPacket => "SOCK_SEQPACKET".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// `None` is the protocol 0: the family's default.
+impl Arg for nix::sys::socket::SockProtocol {
+    fn arg(&self) -> String {
+        format!("{self:?}")
+    }
+    fn none() -> String {
+        "0".to_string()
+    }
+}
+
+/// A CPU set as the CPUs in it: `CPUs [0, 1]`.
+impl Arg for nix::sched::CpuSet {
+    fn arg(&self) -> String {
+        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+            .filter(|&c| self.is_set(c).unwrap_or(false))
+            .collect();
+        format!("CPUs {cpus:?}")
+    }
+}
+
+impl Ret for nix::sched::CpuSet {
+    fn ret(&self) -> Option<String> {
+        Some(self.arg())
+    }
+}
+
 /// A mode as C source writes it: `0600`.
 impl Arg for Mode {
     fn arg(&self) -> String {
@@ -467,6 +522,15 @@ mod tests {
             "PROT_READ|PROT_WRITE"
         );
         assert_eq!(MapFlags::MAP_SHARED.arg(), "MAP_SHARED");
+        assert_eq!(
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20).arg(),
+            "F_SETPIPE_SZ, 1048576"
+        );
+        assert_eq!(nix::fcntl::FcntlArg::F_GETPIPE_SZ.arg(), "F_GETPIPE_SZ");
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        set.set(3).unwrap();
+        assert_eq!(set.arg(), "CPUs [0, 3]");
         assert_eq!(Mode::from_bits_truncate(0o600).arg(), "0600");
         assert_eq!(Mode::from_bits_truncate(0o644).arg(), "0644");
         assert_eq!("/shm-lessons-1-42".arg(), "\"/shm-lessons-1-42\"");

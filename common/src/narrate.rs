@@ -29,6 +29,23 @@ const WIDTH: usize = 78;
 /// True while a step line has been announced but its result not yet printed.
 static PENDING: AtomicBool = AtomicBool::new(false);
 
+/// True inside [`quietly`]: steps print nothing.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Run `f` with its step lines silenced when `quiet` is true: for a call
+/// made many times (each run of a benchmark) and narrated only the first
+/// time. Failures still carry the call's text (the [`SysError`]).
+pub fn quietly<T>(quiet: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUIET.store(self.0, Ordering::SeqCst);
+        }
+    }
+    let _restore = Restore(QUIET.swap(quiet, Ordering::SeqCst));
+    f()
+}
+
 /// Decide on colour: off with `NO_COLOR`, or when stdout is not a terminal
 /// (unless `CLICOLOR_FORCE` is set).
 pub fn init() {
@@ -171,12 +188,20 @@ pub fn conclude(text: impl AsRef<str>) {
 pub struct Step {
     call: String,
     announced: bool,
+    quiet: bool,
 }
 
 /// Announce a call with its real arguments. The line stays open until the
 /// result is printed with [`Step::ok`] (or the call fails in [`Step::check`]).
 pub fn step(call: impl Into<String>) -> Step {
     let call = call.into();
+    if QUIET.load(Ordering::SeqCst) {
+        return Step {
+            call,
+            announced: false,
+            quiet: true,
+        };
+    }
     end_pending();
     print!("  {} {}", "▸".blue(), call);
     let _ = std::io::stdout().flush();
@@ -184,6 +209,7 @@ pub fn step(call: impl Into<String>) -> Step {
     Step {
         call,
         announced: true,
+        quiet: false,
     }
 }
 
@@ -195,6 +221,7 @@ pub fn step_after(call: impl Into<String>) -> Step {
     Step {
         call: call.into(),
         announced: false,
+        quiet: QUIET.load(Ordering::SeqCst),
     }
 }
 
@@ -205,6 +232,9 @@ impl Step {
     }
 
     fn finish(&self, result: impl Display) {
+        if self.quiet {
+            return;
+        }
         if !self.announced {
             end_pending();
             println!("  {} {} = {result}", "▸".blue(), self.call);
