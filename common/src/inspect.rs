@@ -444,9 +444,15 @@ pub fn libc_version() -> Option<String> {
 
 /// Whether this is glibc at or after `major.minor`.
 pub fn glibc_at_least(major: u32, minor: u32) -> Option<bool> {
-    let v = libc_version()?;
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (it.next()?, it.next().unwrap_or(0));
+    version_at_least(&libc_version()?, major, minor)
+}
+
+/// Whether the version `v` (`"2.36"`, `"2.33.9000"`) is at or after
+/// `major.minor`; `None` if `v` does not start with a number.
+pub fn version_at_least(v: &str, major: u32, minor: u32) -> Option<bool> {
+    let mut it = v.split('.').map(|p| p.trim().parse::<u32>().ok());
+    let ma = it.next()??;
+    let mi = it.next().flatten().unwrap_or(0);
     Some((ma, mi) >= (major, minor))
 }
 

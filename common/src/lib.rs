@@ -24,10 +24,14 @@
 //! - [`children`]: waiting for forked children with a deadline, so a
 //!   lesson never hangs;
 //! - [`futex`]: `FUTEX_WAIT`/`FUTEX_WAKE` on a shared word, private or not;
-//! - [`ns`]: private mount (and user) namespaces in which lesson-4 stages
-//!   its scenarios without touching the host's mounts;
+//! - [`ns`]: private mount, IPC (and user) namespaces in which lessons 4
+//!   and 10 stage their scenarios without touching the host's mounts or IPC
+//!   limits; joining another process's namespaces (`setns`); starting the
+//!   lesson again as a child, with a link to keep it in its namespace;
 //! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
-//!   `si_code` and `si_addr` for its parent.
+//!   `si_code` and `si_addr` for its parent;
+//! - [`pages`]: what the kernel says of a mapping's pages (`/proc/PID/smaps`,
+//!   `/proc/PID/pagemap`, `ru_minflt`, the transparent huge page settings).
 
 pub mod args;
 pub mod call;
@@ -39,6 +43,7 @@ pub mod inspect;
 pub mod names;
 pub mod narrate;
 pub mod ns;
+pub mod pages;
 pub mod report;
 pub mod shm;
 pub mod sysv;

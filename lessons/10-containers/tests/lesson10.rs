@@ -1,0 +1,211 @@
+//! lesson-10 proves what it prints from the running kernel: namespace
+//! identities read by the test itself from /proc, errnos, the segments each
+//! namespace lists, and that nothing of a run is left behind.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use common::{inspect, ns, testkit};
+use nix::unistd::Pid;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_lesson-10"))
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pid of the child that played `role`: `child: pid N (role)`.
+fn child_pid(text: &str, role: &str) -> i32 {
+    text.lines()
+        .find_map(|l| {
+            let l = l.trim_start().strip_prefix("child: pid ")?;
+            let (pid, rest) = l.split_once(' ')?;
+            (rest == format!("({role})")).then(|| pid.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {role} child in:\n{text}"))
+}
+
+/// The value after `label: ` on the first line that starts with it.
+fn fact<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.trim_start().strip_prefix(&format!("{label}: ")))
+        .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
+}
+
+/// Every process (that we may see) in the namespace `identity`.
+fn members(kind: &str, identity: &str) -> Vec<i32> {
+    inspect::pids()
+        .into_iter()
+        .filter(|&p| ns::identity(Some(Pid::from_raw(p)), kind).as_deref() == Some(identity))
+        .collect()
+}
+
+/// A run that ended 0, or 77 because this machine refuses the namespaces
+/// (then it must say which call failed). Returns whether it ran.
+fn ran(out: &Output) -> bool {
+    let text = stdout(out);
+    match out.status.code() {
+        Some(0) => true,
+        Some(77) => {
+            assert!(
+                text.contains("unshare(") && text.contains("= -1 E"),
+                "exit 77 without the refused call:\n{text}"
+            );
+            false
+        }
+        other => panic!(
+            "exit {other:?}\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+fn assert_part1(text: &str) {
+    // The identities the lesson printed differ, and the keeper's is the
+    // inode the kernel gave a new namespace (not the host's).
+    let host = fact(text, "readlink /proc/self/ns/ipc");
+    let keeper = child_pid(text, "keep");
+    let inner = fact(text, &format!("readlink /proc/{keeper}/ns/ipc"));
+    assert!(host.starts_with("ipc:[") && inner.starts_with("ipc:["));
+    assert_ne!(host, inner, "the keeper was in the host's IPC namespace");
+    // Same mount namespace: the POSIX object was found there.
+    assert_eq!(
+        fact(text, &format!("readlink /proc/{keeper}/ns/mnt")),
+        fact(text, "readlink /proc/self/ns/mnt")
+    );
+    assert!(
+        text.contains(
+            "= -1 ENOENT (No such file or directory)\n    result inside: shmget(host key) = ENOENT"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("19: \"written on the host\""),
+        "the POSIX object was not read inside:\n{text}"
+    );
+    let visitor = child_pid(text, "visit");
+    assert!(
+        fact(text, "result later").starts_with(&format!("the segment of pid {visitor} ")),
+        "{text}"
+    );
+    // The namespace is gone: the test finds no process in it now.
+    assert_eq!(members("ipc", inner), Vec::<i32>::new());
+    assert!(
+        text.contains(&format!("processes in {inner}: [] ")),
+        "{text}"
+    );
+}
+
+#[test]
+fn part1_a_new_ipc_namespace_hides_segments_but_not_posix_objects() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "1"]);
+    if ran(&out) {
+        assert_part1(&stdout(&out));
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn part1_seen_from_outside_while_the_keeper_holds_then_ctrl_c_cleans_up() {
+    let mut run = testkit::start(bin(), &["--part", "1", "--hold", "600"]);
+    let lesson = run.pid();
+    run.wait_for("holding for 600 s", Duration::from_secs(60));
+    let keeper = child_pid(&run.seen, "keep");
+    let inner = ns::identity(Some(Pid::from_raw(keeper)), "ipc").expect("the keeper is alive");
+    assert_ne!(Some(inner.clone()), ns::identity(None, "ipc"));
+    // On the host: exactly one segment with the lesson's key, created by
+    // the lesson itself (the visitor's twin lives in the other namespace).
+    let ours = testkit::segments_created_by(lesson);
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let twins: Vec<_> = inspect::sysv_segments()
+        .into_iter()
+        .filter(|s| s.key == ours[0].key)
+        .collect();
+    assert_eq!(twins.len(), 1, "the host sees the inner segment: {twins:?}");
+    // Inside (as root, through nsenter): the visitor's segment, same key.
+    if testkit::is_root() {
+        if let Ok(o) = std::process::Command::new("nsenter")
+            .args(["-t", &keeper.to_string(), "-i", "cat", "/proc/sysvipc/shm"])
+            .output()
+        {
+            let inside = inspect::parse_sysvipc_shm(&String::from_utf8_lossy(&o.stdout));
+            let visitor = child_pid(&run.seen, "visit");
+            assert!(
+                inside
+                    .iter()
+                    .any(|s| s.key == ours[0].key && s.cpid == visitor && s.nattch == 0),
+                "not inside: {inside:?}"
+            );
+        }
+    }
+    run.signal(nix::sys::signal::Signal::SIGINT);
+    let (code, err) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(130), "{err}");
+    assert!(err.contains("interrupted by SIGINT"), "{err}");
+    assert_eq!(members("ipc", &inner), Vec::<i32>::new(), "keeper left");
+    testkit::assert_nothing_left_by(10, lesson);
+}
+
+#[test]
+fn runs_as_nobody_through_a_user_namespace() {
+    let Some(out) = testkit::run_as_nobody(bin(), &["--part", "1"]) else {
+        return;
+    };
+    if ran(&out) {
+        let text = stdout(&out);
+        assert!(
+            text.contains("unshare(CLONE_NEWUSER|CLONE_NEWIPC) = 0"),
+            "{text}"
+        );
+        assert!(text.contains("setns(3, CLONE_NEWUSER) = 0"), "{text}");
+        assert_part1(&text);
+    }
+}
+
+#[test]
+fn without_namespaces_it_says_why_and_exits_77() {
+    let out = std::process::Command::new(bin())
+        .args(["--part", "1"])
+        .env(ns::DENY_ENV, "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(77), "{text}");
+    assert!(
+        text.contains("= -1 EPERM (Operation not permitted)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("simulated by SHM_LESSONS_DENY_UNSHARE=1"),
+        "{text}"
+    );
+    assert!(text.contains("warning: skipped: exit status 77"), "{text}");
+}
+
+#[test]
+fn four_runs_at_once_do_not_collide() {
+    for (pid, out) in testkit::run_concurrently(bin(), &["--part", "1"], 4) {
+        if ran(&out) {
+            assert_part1(&stdout(&out));
+        }
+        testkit::assert_nothing_left_by(10, pid);
+    }
+}
+
+#[test]
+fn bad_arguments_print_usage_and_exit_2() {
+    testkit::assert_usage_errors(
+        bin(),
+        "lesson-10",
+        &[
+            &["--part", "0"],
+            &["--part", "6"],
+            &["--bogus"],
+            &["--hold"],
+        ],
+    );
+}
