@@ -209,3 +209,73 @@ fn bad_arguments_print_usage_and_exit_2() {
         ],
     );
 }
+
+fn pair(text: &str, label: &str) -> (String, String) {
+    let v = fact(text, label);
+    let (a, b) = v.split_once(' ').unwrap_or_else(|| panic!("{label}: {v}"));
+    (a.to_string(), b.to_string())
+}
+
+#[test]
+fn part2_each_ipc_mode_shares_what_docker_shares() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "2"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        let (host_ipc, host_mnt) = pair(&text, "host ipc / mnt");
+        // private: both namespaces its own; the host saw neither object.
+        let (ipc, mnt) = pair(&text, "container ipc / mnt");
+        assert!(ipc != host_ipc && mnt != host_mnt, "{text}");
+        assert!(text.contains("the host sees: key 0x53a"), "{text}");
+        assert!(fact(&text, "the host sees").ends_with(": no"), "{text}");
+        // shareable + container:one: the joiner reads the same namespaces
+        // from its own /proc/self/ns, and the values through both objects.
+        let one = pair(&text, "container one ipc / mnt");
+        assert!(one.0 != host_ipc && one.1 != host_mnt, "{text}");
+        assert_eq!(fact(&text, "readlink /proc/self/ns/ipc"), one.0);
+        assert_eq!(fact(&text, "readlink /proc/self/ns/mnt"), one.1);
+        assert!(
+            fact(&text, "result container").ends_with("0x5ca1ab1e00000010 twice, nattch 2"),
+            "{text}"
+        );
+        // host: the host's namespace.
+        assert_eq!(fact(&text, "container ipc"), host_ipc);
+        // none: shm_open fails with the real errno, System V works.
+        assert!(
+            fact(&text, "result none").starts_with("shm_open = ENOENT, shmget = shmid "),
+            "{text}"
+        );
+        assert!(text.contains("docker run --ipc=container:one IMAGE"), "{text}");
+        for role in ["private", "shareable", "host", "none"] {
+            testkit::assert_nothing_left_by(10, child_pid(&text, role) as u32);
+        }
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn part2_sigterm_while_a_shareable_container_holds() {
+    let mut run = testkit::start(bin(), &["--part", "2", "--hold", "600"]);
+    let lesson = run.pid();
+    run.wait_for("holding for 600 s", Duration::from_secs(60));
+    let one = child_pid(&run.seen, "shareable");
+    let theirs = (
+        ns::identity(Some(Pid::from_raw(one)), "ipc").expect("alive"),
+        ns::identity(Some(Pid::from_raw(one)), "mnt").expect("alive"),
+    );
+    assert_ne!(Some(theirs.0.clone()), ns::identity(None, "ipc"));
+    assert_ne!(Some(theirs.1.clone()), ns::identity(None, "mnt"));
+    // Its object is in its own /dev/shm, not in the host's.
+    let name = format!("shm-lessons-10-{one}-shareable");
+    assert!(!testkit::shm_exists(&name), "{name} is on the host");
+    assert!(
+        std::fs::metadata(format!("/proc/{one}/root/dev/shm/{name}")).is_ok()
+            || !testkit::is_root(),
+        "{name} is not in the container's /dev/shm"
+    );
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, err) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(143), "{err}");
+    assert_eq!(members("ipc", &theirs.0), Vec::<i32>::new());
+    testkit::assert_nothing_left_by(10, lesson);
+    testkit::assert_nothing_left_by(10, one as u32);
+}
