@@ -244,7 +244,10 @@ fn part2_each_ipc_mode_shares_what_docker_shares() {
             fact(&text, "result none").starts_with("shm_open = ENOENT, shmget = shmid "),
             "{text}"
         );
-        assert!(text.contains("docker run --ipc=container:one IMAGE"), "{text}");
+        assert!(
+            text.contains("docker run --ipc=container:one IMAGE"),
+            "{text}"
+        );
         for role in ["private", "shareable", "host", "none"] {
             testkit::assert_nothing_left_by(10, child_pid(&text, role) as u32);
         }
@@ -278,4 +281,32 @@ fn part2_sigterm_while_a_shareable_container_holds() {
     assert_eq!(members("ipc", &theirs.0), Vec::<i32>::new());
     testkit::assert_nothing_left_by(10, lesson);
     testkit::assert_nothing_left_by(10, one as u32);
+}
+
+#[test]
+fn part3_a_64_mib_dev_shm_gives_sigbus_or_enospc() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "3"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        assert_eq!(fact(&text, "df /dev/shm"), "67108864 bytes", "{text}");
+        // The child was killed by SIGBUS, and its own handler saw BUS_ADRERR.
+        assert_eq!(fact(&text, "the child"), "killed by SIGBUS (signal 7)");
+        let r = fact(&text, "result ftruncate");
+        assert!(r.starts_with("SIGBUS with si_code=BUS_ADRERR"), "{r}");
+        // It wrote exactly what the tmpfs holds, then faulted.
+        let bytes = testkit::number_after(r, "pages (");
+        assert_eq!(bytes, 64 << 20, "{r}");
+        let pages = testkit::number_after(r, " after ") as usize;
+        assert_eq!(pages * inspect::page_size(), 64 << 20, "{r}");
+        assert!(
+            text.contains("posix_fallocate(4, 0, 100663296) = -1 ENOSPC (No space left on device)")
+                || text.contains(", 0, 100663296) = -1 ENOSPC"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "could not resize shared memory segment \"/PostgreSQL.NNN\" to 100663296 bytes: No space left on device"
+        ));
+        testkit::assert_nothing_left_by(10, child_pid(&text, "shm-size") as u32);
+    }
+    testkit::assert_nothing_left_by(10, pid);
 }
