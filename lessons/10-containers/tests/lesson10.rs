@@ -310,3 +310,71 @@ fn part3_a_64_mib_dev_shm_gives_sigbus_or_enospc() {
     }
     testkit::assert_nothing_left_by(10, pid);
 }
+
+fn host_sysctls() -> Vec<(String, String)> {
+    ["shmmax", "shmall", "shmmni", "shm_rmid_forced"]
+        .iter()
+        .map(|n| {
+            let v = std::fs::read_to_string(format!("/proc/sys/kernel/{n}")).unwrap();
+            (n.to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn part4_small_limits_in_the_lessons_namespace_give_the_documented_errnos() {
+    let before = host_sysctls();
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "4"]);
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    if ran(&out) {
+        let text = stdout(&out);
+        let page = inspect::page_size();
+        assert_eq!(
+            fact(&text, "result shmmax"),
+            format!("EINVAL for {} bytes", 2 * page)
+        );
+        assert_eq!(
+            fact(&text, "result shmall"),
+            "ENOSPC after 2 one-page segments"
+        );
+        assert_eq!(fact(&text, "result shmmni"), "ENOSPC after 2 segments");
+        assert_eq!(
+            fact(&text, "result shm_rmid_forced=0"),
+            "still there after the last shmdt"
+        );
+        assert_eq!(
+            fact(&text, "result shm_rmid_forced=1"),
+            "gone at the last shmdt (IPC_STAT: EINVAL)"
+        );
+        // The writes happened in the child's namespace, not the host's.
+        let child = child_pid(&text, "limits");
+        assert!(text.contains(&format!("child: pid {child} (limits)\n  ▸ unshare(")));
+        assert!(text.contains("write(\"/proc/sys/kernel/shmmni\", \"2\") = 1"));
+        if text.contains("------ Shared Memory Limits") {
+            assert!(text.contains("| max number of segments = 2"), "{text}");
+        }
+        assert_eq!(fact(&text, "result host limits"), "unchanged");
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn the_whole_lesson_runs_as_nobody() {
+    let before = host_sysctls();
+    let Some(out) = testkit::run_as_nobody(bin(), &[]) else {
+        return;
+    };
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    if ran(&out) {
+        let text = stdout(&out);
+        for r in [
+            "result 1",
+            "result none",
+            "result ftruncate",
+            "result shmmni",
+            "result host limits",
+        ] {
+            fact(&text, r);
+        }
+    }
+}
