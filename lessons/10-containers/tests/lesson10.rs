@@ -376,5 +376,51 @@ fn the_whole_lesson_runs_as_nobody() {
         ] {
             fact(&text, r);
         }
+        assert_eq!(
+            fact(&text, "result logout 65534"),
+            "removed 1 segment(s) and 1 file(s)"
+        );
     }
+}
+
+#[test]
+fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "5"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        // The setting, as the test finds it: an uncommented RemoveIPC= in a
+        // logind.conf anywhere systemd looks, else the default.
+        let set_somewhere = ["/etc", "/run", "/usr/local/lib", "/usr/lib"]
+            .iter()
+            .flat_map(|d| {
+                let main = format!("{d}/systemd/logind.conf");
+                let dropins = std::fs::read_dir(format!("{d}/systemd/logind.conf.d"))
+                    .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+                    .unwrap_or_else(|_| Vec::new());
+                std::iter::once(main.into()).chain(dropins)
+            })
+            .filter_map(|p: std::path::PathBuf| std::fs::read_to_string(p).ok())
+            .any(|t| t.lines().any(|l| l.trim().starts_with("RemoveIPC=")));
+        let effective = fact(&text, "RemoveIPC, effective");
+        assert_eq!(
+            effective.starts_with("yes (the default"),
+            !set_somewhere,
+            "{effective}"
+        );
+        let logind = fact(&text, "systemd-logind");
+        assert_eq!(
+            logind.starts_with("not systemd"),
+            !Path::new("/run/systemd/system").exists(),
+            "{logind}"
+        );
+        if testkit::is_root() {
+            assert_eq!(
+                fact(&text, "result logout 1000"),
+                "removed 1 segment(s) and 1 file(s)"
+            );
+            let sys = testkit::number_after(&text, "system users: uid <= ");
+            assert_eq!(fact(&text, &format!("result logout {sys}")), "spared");
+        }
+    }
+    testkit::assert_nothing_left_by(10, pid);
 }
