@@ -95,6 +95,27 @@ pub fn dev_shm_ls(name: &str) -> Vec<String> {
     }
 }
 
+/// Narrated evidence: `$ ls -l /dev/shm/<file>` and what it shows now.
+pub fn show_dev_shm(name: &str) {
+    let file = crate::names::file_name(name);
+    crate::narrate::evidence(&format!("ls -l /dev/shm/{file}"), dev_shm_ls(name));
+}
+
+/// Narrated evidence: `$ grep <what> /proc/<pid>/maps` and the line of the
+/// mapping that covers `addr`.
+pub fn show_maps(what: &str, addr: *const libc::c_void) {
+    let pid = std::process::id();
+    crate::narrate::evidence(
+        &format!("grep {what} /proc/{pid}/maps"),
+        maps_line_for(addr as usize),
+    );
+}
+
+/// Narrated evidence: `$ ipcs -m` and the row of one segment.
+pub fn show_ipcs(shmid: i32) {
+    crate::narrate::evidence("ipcs -m", ipcs_rows(shmid));
+}
+
 /// One row of `/proc/sysvipc/shm`: a System V segment as the kernel lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SysvSegment {
@@ -423,9 +444,15 @@ pub fn libc_version() -> Option<String> {
 
 /// Whether this is glibc at or after `major.minor`.
 pub fn glibc_at_least(major: u32, minor: u32) -> Option<bool> {
-    let v = libc_version()?;
-    let mut it = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-    let (ma, mi) = (it.next()?, it.next().unwrap_or(0));
+    version_at_least(&libc_version()?, major, minor)
+}
+
+/// Whether the version `v` (`"2.36"`, `"2.33.9000"`) is at or after
+/// `major.minor`; `None` if `v` does not start with a number.
+pub fn version_at_least(v: &str, major: u32, minor: u32) -> Option<bool> {
+    let mut it = v.split('.').map(|p| p.trim().parse::<u32>().ok());
+    let ma = it.next()??;
+    let mi = it.next().flatten().unwrap_or(0);
     Some((ma, mi) >= (major, minor))
 }
 

@@ -7,6 +7,11 @@
 //!   ▸ shm_open("/shm-lessons-1-4242", O_CREAT|O_EXCL|O_RDWR, 0600) = fd 3
 //! ```
 //!
+//! In a lesson's source that is one line, [`call!`](crate::call!):
+//! `let fd = call!(shm_open(name.as_str(), flags, mode))?;` (see
+//! [`crate::call`]). [`step`] and [`Step`] remain for the rare call whose
+//! text the macro cannot build.
+//!
 //! Colour marks structure only; every line carries its meaning in text too,
 //! so the output reads the same with `NO_COLOR=1` or in a log file.
 
@@ -230,6 +235,52 @@ impl Step {
                 self.finish(format!("-1 {}", errno_result(errno)).yellow());
                 Err(errno)
             }
+        }
+    }
+}
+
+impl Step {
+    /// The end of [`call!`](crate::call!): print the result (as `show`
+    /// renders it) or `-1 ENAME (text)`, and return the result with the
+    /// failure as a [`SysError`] naming the call.
+    #[doc(hidden)]
+    pub fn done<T, E: AsErrno>(
+        self,
+        result: Result<T, E>,
+        show: impl FnOnce(&T) -> Option<String>,
+    ) -> anyhow::Result<T> {
+        let v = self.check(result)?;
+        self.show(&v, show);
+        Ok(v)
+    }
+
+    /// The end of [`attempt!`](crate::attempt!): print either outcome and
+    /// hand back the plain result.
+    #[doc(hidden)]
+    pub fn attempted<T, E: AsErrno>(
+        self,
+        result: Result<T, E>,
+        show: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<T, Errno> {
+        match result {
+            Ok(v) => {
+                self.show(&v, show);
+                Ok(v)
+            }
+            Err(e) => {
+                let errno = e.as_errno();
+                self.finish(format!("-1 {}", errno_result(errno)).yellow());
+                Err(errno)
+            }
+        }
+    }
+
+    fn show<T>(self, v: &T, show: impl FnOnce(&T) -> Option<String>) {
+        match show(v) {
+            Some(text) => self.ok(text),
+            // The child of fork: no stdio, no allocator (not even to free
+            // the call's text); it leaves with _exit.
+            None => std::mem::forget(self),
         }
     }
 }

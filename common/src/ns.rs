@@ -28,9 +28,13 @@
 //! [`Link`], so the lesson can keep it in its namespaces while it looks from
 //! outside, then release it.
 //!
-//! `unshare` needs a single-threaded process (it implies `CLONE_FS`): call
-//! [`enter_private_mount_namespace`] before [`crate::run`], which starts the
-//! cleanup thread.
+//! Call [`enter_private_mount_namespace`] before [`crate::run`], which starts
+//! the cleanup thread, for two reasons (unshare(2)). `CLONE_NEWUSER` implies
+//! `CLONE_THREAD`, so `unshare(CLONE_NEWUSER|...)` fails with `EINVAL` in a
+//! process that has more than one thread. `CLONE_NEWNS` alone is accepted
+//! there, but it moves only the calling thread: the cleanup thread would stay
+//! in the host's mount namespace, and its guards would act on the host's
+//! mounts instead of ours.
 
 use std::process::{Child, Command};
 
@@ -98,7 +102,8 @@ impl Refused {
             }
             Errno::EINVAL => {
                 "the kernel has no namespace support built in (CONFIG_USER_NS / \
-                 CONFIG_NAMESPACES), or the process was multi-threaded"
+                 CONFIG_NAMESPACES), or, for CLONE_NEWUSER (which implies CLONE_THREAD), the \
+                 process had more than one thread"
             }
             Errno::ENOSYS => "the kernel or a seccomp filter does not offer unshare at all",
             _ => "the kernel refused it",
@@ -196,7 +201,8 @@ fn write_proc(path: &str, text: &str) -> Result<(), Refused> {
         })
 }
 
-/// Give this (single-threaded) process a mount namespace of its own, with
+/// Give this process, while it is still single-threaded (see the module
+/// documentation), a mount namespace of its own, with
 /// propagation set to private, narrating every call. As root this is
 /// `unshare(CLONE_NEWNS)`; otherwise, or when that is refused, a user
 /// namespace is added, where we are root mapped to our own uid/gid.

@@ -296,3 +296,49 @@ pub fn number_after(text: &str, needle: &str) -> u32 {
         .parse()
         .unwrap_or_else(|_| panic!("no number after {needle:?} in:\n{text}"))
 }
+
+/// Run `bin args` (NO_COLOR=1) to the end in a private IPC namespace of its
+/// own (`unshare -i`, or `unshare -r -i` with a user namespace when not
+/// root), after writing each `(sysctl, value)` into that namespace's
+/// `/proc/sys/kernel/<sysctl>`: `[("shm_rmid_forced", "1")]`. The host's
+/// settings are never touched (IPC sysctls are per IPC namespace). Every
+/// segment the run leaves dies with the namespace. Returns the lesson's pid
+/// and output, or `None` (with a message) when the namespace is refused.
+pub fn run_in_ipc_namespace(
+    bin: &Path,
+    args: &[&str],
+    sysctls: &[(&str, &str)],
+) -> Option<(u32, Output)> {
+    let mut script = String::new();
+    for (name, value) in sysctls {
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert!(value.chars().all(|c| c.is_ascii_digit()));
+        script.push_str(&format!(
+            "echo {value} > /proc/sys/kernel/{name} || exit 125; "
+        ));
+    }
+    script.push_str("exec \"$0\" \"$@\"");
+    let mut cmd = Command::new("unshare");
+    if !is_root() {
+        cmd.arg("-r");
+    }
+    // unshare and sh exec in place: the pid is the lesson's own.
+    let child = cmd
+        .args(["-i", "--", "sh", "-c", &script])
+        .arg(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for the lesson");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(125) || err.starts_with("unshare: ") {
+        eprintln!("skipped: no private IPC namespace here: {err}");
+        return None;
+    }
+    Some((pid, out))
+}

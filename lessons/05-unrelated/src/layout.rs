@@ -21,7 +21,10 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap};
 use nix::unistd::{close, getpid};
 
 // ANCHOR: layout
-/// The size of the whole segment: one page.
+/// The size of the whole segment: 4096 bytes, one page on x86-64 (a part of
+/// one on 16 or 64 KiB pages: mmap rounds the mapping up to whole pages). A
+/// fixed number, not the page size, because the C and Python readers share
+/// this layout with the Rust code on whatever machine they run.
 pub const SIZE: usize = 4096;
 /// `SHMLSN5\0`: "this segment was made by lesson-5's writer".
 pub const MAGIC: [u8; 8] = *b"SHMLSN5\0";

@@ -16,8 +16,9 @@
 //! writing ("false sharing").
 //!
 //! The slots are written by another process, so they are never seen through a
-//! Rust reference: only raw pointers and copies (see FACTS: `&[u8]` over memory
-//! another process writes is undefined behaviour).
+//! Rust reference: only raw pointers and copies, ordered by the Acquire and
+//! Release counters (a `&[u8]` over memory another process writes is undefined
+//! behaviour: see "Why not `&mut u64`?" in chapter 6, docs/src/06-sync.md).
 //!
 //! The futex calls are `common::futex::wait` and `wake` (shared with
 //! lesson-6): one raw `futex(2)` system call each, async-signal-safe.
@@ -35,7 +36,8 @@ use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 pub const CHUNK: usize = 64 * 1024;
 /// Slots in the ring (at least 16).
 pub const SLOTS: usize = 16;
-/// Where the slots start: one page after the header.
+/// Where the slots start: 4096 bytes in, after the header (one page with
+/// 4 KiB pages; c/ring.c uses the same layout).
 pub const SLOTS_OFFSET: usize = 4096;
 /// The whole mapping.
 pub const MAP_LEN: usize = SLOTS_OFFSET + SLOTS * CHUNK;
@@ -113,7 +115,7 @@ impl Region {
         };
         let region = Region { base };
         // Touch every page now so page faults are not timed.
-        for off in (SLOTS_OFFSET..MAP_LEN).step_by(4096) {
+        for off in (SLOTS_OFFSET..MAP_LEN).step_by(common::inspect::page_size()) {
             // SAFETY: off < MAP_LEN, inside the mapping; no other process
             // exists yet.
             unsafe { region.byte(off).write_volatile(0) };
