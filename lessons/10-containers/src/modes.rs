@@ -197,6 +197,7 @@ pub fn container(mode: &str, _args: &[String]) -> anyhow::Result<()> {
     let s = step(format!("shmat({shmid}, NULL, 0)"));
     let at = s.check(sysv::shmat(shmid, 0))?;
     s.ok(format!("{:p}", at.as_ptr()));
+    // ANCHOR_END: container
     // SAFETY: a fresh, page-aligned attachment of `page` bytes; AtomicU64
     // because another process (the joiner) reads it.
     unsafe { (*at.as_ptr().cast::<AtomicU64>()).store(MAGIC, Ordering::Release) };
@@ -214,7 +215,6 @@ pub fn container(mode: &str, _args: &[String]) -> anyhow::Result<()> {
     drop(fd);
     crate::ipcns::remove(shmid, segment, &name, object)
 }
-// ANCHOR_END: container
 
 // ANCHOR: join
 /// The second container, in the first one's IPC and mount namespaces:
@@ -251,6 +251,7 @@ pub fn join(args: &[String]) -> anyhow::Result<()> {
     );
     // SAFETY: `at` came from shmat and is not used after this.
     unsafe { sysv::shmdt(at) }.context("shmdt")?;
+    // ANCHOR_END: join
     let s = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
     let fd = s.check(shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty()))?;
     s.ok(format!("fd {}", fd.as_raw_fd()));
@@ -270,9 +271,7 @@ pub fn join(args: &[String]) -> anyhow::Result<()> {
     );
     Ok(())
 }
-// ANCHOR_END: join
 
-// ANCHOR: none
 /// `--ipc=none`: a private IPC namespace and nothing on `/dev/shm`.
 fn none() -> anyhow::Result<()> {
     explain(
@@ -280,6 +279,7 @@ fn none() -> anyhow::Result<()> {
          /dev/shm. We stage that: a fresh tmpfs over /dev in our mount namespace, with no shm \
          in it.",
     );
+    // ANCHOR: none
     let s = step("mount(\"tmpfs\", \"/dev\", \"tmpfs\", MS_NOSUID, \"mode=0755\")");
     s.check(mount(
         Some("tmpfs"),
@@ -311,6 +311,7 @@ fn none() -> anyhow::Result<()> {
     let shmid = s.check(sysv::shmget(libc::IPC_PRIVATE, page, flags))?;
     let segment = cleanup::sysv_segment(shmid);
     s.ok(format!("shmid {shmid}"));
+    // ANCHOR_END: none
     let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
     s.check(sysv::shmctl_rmid(shmid))?;
     segment.disarm();
@@ -328,4 +329,3 @@ fn none() -> anyhow::Result<()> {
     }
     Ok(())
 }
-// ANCHOR_END: none

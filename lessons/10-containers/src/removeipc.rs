@@ -159,7 +159,6 @@ fn outer_uid_of_root() -> u32 {
         .unwrap_or(0)
 }
 
-// ANCHOR: objects
 /// A segment and a POSIX object owned by `uid`, as logind would find them.
 fn objects_of(uid: u32) -> anyhow::Result<()> {
     let page = inspect::page_size();
@@ -170,6 +169,7 @@ fn objects_of(uid: u32) -> anyhow::Result<()> {
     ));
     let shmid = s.check(sysv::shmget(libc::IPC_PRIVATE, page, flags))?;
     s.ok(format!("shmid {shmid}"));
+    // ANCHOR: objects
     let mut ds = sysv::shmctl_stat(shmid).context("IPC_STAT")?;
     ds.shm_perm.uid = uid;
     ds.shm_perm.gid = uid;
@@ -200,9 +200,9 @@ fn objects_of(uid: u32) -> anyhow::Result<()> {
         Some(Gid::from_raw(uid)),
     ))?;
     s.ok(0);
+    // ANCHOR_END: objects
     Ok(())
 }
-// ANCHOR_END: objects
 
 // ANCHOR: sweep
 /// What logind does when the last session of `user` ends (systemd's

@@ -51,7 +51,6 @@ pub fn run(_hold: Hold) -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: ftruncate
 /// In new IPC and mount namespaces: Docker's `/dev/shm`, then both programs.
 pub fn inside() -> anyhow::Result<()> {
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -70,6 +69,7 @@ pub fn inside() -> anyhow::Result<()> {
     let size = st.blocks() * st.block_size() as u64;
     fact("df /dev/shm", format!("{size} bytes"));
 
+    // ANCHOR: ftruncate
     let name = names::unique_name(10, "ftruncate");
     let (fd, object) = shm::create(&name)?;
     let s = step(format!("ftruncate({}, {WANT})", fd.as_raw_fd()));
@@ -86,6 +86,7 @@ pub fn inside() -> anyhow::Result<()> {
     let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
     s.ok(format!("{:p}", ptr.as_ptr()));
     let (fault, pages) = touch_every_page(ptr.as_ptr().cast())?;
+    // ANCHOR_END: ftruncate
     let s = step(format!("munmap({:p}, {WANT})", ptr.as_ptr()));
     // SAFETY: exactly the mapping made above; the child that used it is gone.
     s.check(unsafe { munmap(ptr, WANT) })?;
@@ -103,7 +104,6 @@ pub fn inside() -> anyhow::Result<()> {
             pages * page
         ),
     );
-    // ANCHOR_END: ftruncate
     fallocate(size)
 }
 
