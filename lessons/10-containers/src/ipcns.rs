@@ -125,19 +125,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
 
     // ANCHOR: gone
     subsection("The keeper, the namespace's last process, has exited");
-    let members: Vec<i32> = inspect::pids()
+    // Only our own children: once the namespace is gone, the kernel may give
+    // its inode number to a new one (another run's), so a scan of every
+    // process would find strangers.
+    let me = getpid().as_raw();
+    let ours: Vec<i32> = inspect::pids()
         .into_iter()
+        .filter(|&p| parent_of(p) == Some(me))
         .filter(|&p| ns::identity(Some(Pid::from_raw(p)), "ipc").as_deref() == Some(&inner_ipc))
         .collect();
     fact(
-        &format!("processes in {inner_ipc}"),
-        format!("{members:?} (from /proc/*/ns/ipc)"),
+        &format!("processes of this run in {inner_ipc}"),
+        format!("{ours:?} (the keeper {k} and the visitors were reaped by waitpid)"),
     );
-    if !members.is_empty() {
-        bail!("processes are still in the keeper's namespace: {members:?}");
+    if !ours.is_empty() {
+        bail!("processes are still in the keeper's namespace: {ours:?}");
     }
     explain(format!(
-        "No process is left in {inner_ipc}. ipc_namespaces(7): when the last process of an \
+        "No process is left in {inner_ipc}: its last one, the keeper, has exited. ipc_namespaces(7): when the last process of an \
          IPC namespace ends, the namespace and all its IPC objects are destroyed. So the \
          visitor's segment, which nobody removed, is gone too: a container's segments die \
          with the container. (A bind mount or an open descriptor of /proc/PID/ns/ipc would \
@@ -248,6 +253,15 @@ pub fn look(args: &[String]) -> anyhow::Result<()> {
         other => bail!("expected the visitor's segment, unattached, saw {other:?}"),
     }
     Ok(())
+}
+
+/// The parent pid of process `pid` (`PPid:` in /proc/PID/status).
+fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn key_and(args: &[String]) -> anyhow::Result<(i32, String)> {
