@@ -8,8 +8,8 @@
 //! SHMMAX, ENOSPC when SHMMNI segments exist or SHMALL pages are in use.
 
 use anyhow::bail;
-use common::narrate::{evidence, explain, fact, section, step, subsection};
-use common::{cleanup, inspect, ns, sysv};
+use common::narrate::{evidence, explain, fact, section, subsection};
+use common::{attempt, call, cleanup, inspect, ns, sysv};
 use nix::errno::Errno;
 
 use crate::host::{self, Snapshot};
@@ -45,9 +45,7 @@ fn set(name: &str, value: &str, host_ipc: &str) -> anyhow::Result<()> {
         bail!("refusing to write kernel.{name}: this is the host's IPC namespace");
     }
     let path = format!("/proc/sys/kernel/{name}");
-    let s = step(format!("write({path:?}, \"{value}\")"));
-    s.check(std::fs::write(&path, value))?;
-    s.ok(value.len());
+    call!(std::fs::write(&path, value))?;
     Ok(())
 }
 // ANCHOR_END: set
@@ -56,14 +54,8 @@ fn set(name: &str, value: &str, host_ipc: &str) -> anyhow::Result<()> {
 /// guarded. `Err` is the errno, as a result to show.
 fn segment(size: usize) -> Result<(i32, cleanup::Guard), Errno> {
     let flags = libc::IPC_CREAT | 0o600;
-    let s = step(format!(
-        "shmget(IPC_PRIVATE, {size}, {})",
-        sysv::shmflg_string(flags)
-    ));
-    s.outcome(sysv::shmget(libc::IPC_PRIVATE, size, flags), |id| {
-        format!("shmid {id}")
-    })
-    .map(|id| (id, cleanup::sysv_segment(id)))
+    attempt!(sysv::shmget(libc::IPC_PRIVATE => call::ipc_key, size, flags => call::ipc_flags))
+        .map(|id| (id, cleanup::sysv_segment(id)))
 }
 
 fn name(e: Option<Errno>) -> String {
@@ -85,10 +77,8 @@ fn fill(size: usize, at_most: usize) -> anyhow::Result<(Errno, usize)> {
     };
     let n = made.len();
     for (shmid, guard) in made {
-        let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-        s.check(sysv::shmctl_rmid(shmid))?;
+        call!(sysv::shmctl_rmid(shmid))?;
         guard.disarm();
-        s.ok(0);
     }
     Ok((errno, n))
 }
@@ -148,17 +138,10 @@ fn rmid_forced(page: usize, host_ipc: &str) -> anyhow::Result<()> {
     for forced in ["0", "1"] {
         set("shm_rmid_forced", forced, host_ipc)?;
         let (shmid, guard) = segment(page).map_err(anyhow::Error::new)?;
-        let s = step(format!("shmat({shmid}, NULL, 0)"));
-        let at = s.check(sysv::shmat(shmid, 0))?;
-        s.ok(format!("{:p}", at.as_ptr()));
-        let s = step(format!("shmdt({:p})", at.as_ptr()));
+        let at = call!(sysv::shmat(shmid, 0))?;
         // SAFETY: `at` came from shmat and is not used after this.
-        s.check(unsafe { sysv::shmdt(at) })?;
-        s.ok(0);
-        let s = step(format!("shmctl({shmid}, IPC_STAT, &buf)"));
-        let stat = s.outcome(sysv::shmctl_stat(shmid), |st| {
-            format!("0, nattch {}", st.shm_nattch)
-        });
+        unsafe { call!(sysv::shmdt(at)) }?;
+        let stat = attempt!(sysv::shmctl_stat(shmid));
         let alive = stat.is_ok() && inspect::sysv_segment(shmid).is_some();
         fact(
             &format!("result shm_rmid_forced={forced}"),
@@ -169,9 +152,7 @@ fn rmid_forced(page: usize, host_ipc: &str) -> anyhow::Result<()> {
             },
         );
         if alive {
-            let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-            s.check(sysv::shmctl_rmid(shmid))?;
-            s.ok(0);
+            call!(sysv::shmctl_rmid(shmid))?;
         }
         guard.disarm();
     }
