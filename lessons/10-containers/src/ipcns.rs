@@ -171,13 +171,13 @@ pub fn keeper() -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: visit
 /// The visitor, in the keeper's IPC namespace: `KEY NAME`.
 pub fn visit(args: &[String]) -> anyhow::Result<()> {
     let (key, name) = key_and(args)?;
     evidence("ipcs -m   # inside", crate::host::segments_listing().1);
     let segments = inspect::sysv_segments().len();
     fact("segments in /proc/sysvipc/shm", segments);
+    // ANCHOR: visit
     match attempt!(sysv::shmget(key => call::ipc_key, 0, 0)) {
         Err(Errno::ENOENT) => fact("result inside", "shmget(host key) = ENOENT"),
         other => bail!("expected ENOENT for the host's key inside, got {other:?}"),
@@ -191,6 +191,7 @@ pub fn visit(args: &[String]) -> anyhow::Result<()> {
     let page = inspect::page_size();
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
     let shmid = call!(sysv::shmget(key => call::ipc_key, page, flags => call::ipc_flags))?;
+    // ANCHOR_END: visit
     evidence("ipcs -m   # inside", inspect::ipcs_rows(shmid));
     explain(format!(
         "The same key, a new segment: keys are per IPC namespace. pid {} exits now without \
@@ -199,7 +200,6 @@ pub fn visit(args: &[String]) -> anyhow::Result<()> {
     ));
     Ok(())
 }
-// ANCHOR_END: visit
 
 /// The second visitor: `KEY VISITOR_PID`. The visitor's segment is still
 /// there, attached by nobody, its creator gone.

@@ -58,6 +58,11 @@ fn segment(size: usize) -> Result<(i32, cleanup::Guard), Errno> {
         .map(|id| (id, cleanup::sysv_segment(id)))
 }
 
+/// `result LIMIT: ERRNO WHAT`, the line the tests read.
+fn result(limit: &str, e: Option<Errno>, what: &str) {
+    fact(&format!("result {limit}"), format!("{} {what}", name(e)));
+}
+
 fn name(e: Option<Errno>) -> String {
     e.map_or("no error".into(), common::report::errno_name)
 }
@@ -83,7 +88,6 @@ fn fill(size: usize, at_most: usize) -> anyhow::Result<(Errno, usize)> {
     Ok((errno, n))
 }
 
-// ANCHOR: limits
 /// In a new IPC namespace: `HOST_IPC` (the identity not to write into).
 pub fn inside(args: &[String]) -> anyhow::Result<()> {
     let host_ipc = args.first().map(String::as_str).unwrap_or("");
@@ -93,32 +97,25 @@ pub fn inside(args: &[String]) -> anyhow::Result<()> {
         host::ipcs_limits(),
     );
 
-    subsection("kernel.shmmax: the largest segment");
+    subsection("kernel.shmmax, shmall and shmmni: size, total pages, count");
+    // ANCHOR: limits
+    // kernel.shmmax: the largest segment, in bytes
     set("shmmax", &page.to_string(), host_ipc)?;
     let e = segment(2 * page).err();
-    fact(
-        "result shmmax",
-        format!("{} for {} bytes", name(e), 2 * page),
-    );
+    result("shmmax", e, &format!("for {} bytes", 2 * page));
 
-    subsection("kernel.shmall: pages in all segments together");
+    // kernel.shmall: the pages of all segments together
     let default_shmall = host::sysctl("shmall");
     set("shmall", "2", host_ipc)?;
     let (e, made) = fill(page, 2)?;
-    let e = name(Some(e));
-    fact(
-        "result shmall",
-        format!("{e} after {made} one-page segments"),
-    );
+    let what = format!("after {made} one-page segments");
+    result("shmall", Some(e), &what);
     set("shmall", &default_shmall, host_ipc)?;
 
-    subsection("kernel.shmmni: how many segments");
+    // kernel.shmmni: how many segments
     set("shmmni", "2", host_ipc)?;
     let (e, made) = fill(page, 2)?;
-    fact(
-        "result shmmni",
-        format!("{} after {made} segments", name(Some(e))),
-    );
+    result("shmmni", Some(e), &format!("after {made} segments"));
     // ANCHOR_END: limits
     rmid_forced(page, host_ipc)?;
     evidence("ipcs -l -m   # inside, now", host::ipcs_limits());

@@ -22,7 +22,7 @@ use nix::mount::{MsFlags, mount};
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::sys::statfs::statfs;
-use nix::sys::uio::pwrite;
+use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{Pid, ftruncate, getpid};
 
 use crate::kept;
@@ -39,8 +39,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let host_ipc = ns::identity(None, "ipc").unwrap_or_default();
     let host_mnt = ns::identity(None, "mnt").unwrap_or_default();
 
-    // ANCHOR: private
     subsection("--ipc=private (the default): docker run --ipc=private IMAGE");
+    // ANCHOR: private
     let first = kept::start("private", &[])?;
     let (key, shmid, name) = parse_info(&first.info)?;
     let (ipc, mnt) = identities(first.pid);
@@ -48,24 +48,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     fact("container ipc / mnt", format!("{ipc} {mnt}"));
     let seen_key = inspect::sysv_segments().iter().any(|s| s.key == key);
     let seen_name = inspect::dev_shm_entry(&name).is_some();
-    fact(
-        "the host sees",
-        format!(
-            "key {}: {}; /dev/shm{name}: {}",
-            names::key_hex(key),
-            yes_no(seen_key),
-            yes_no(seen_name)
-        ),
-    );
+    let seen = format!("key: {}, name: {}", yes_no(seen_key), yes_no(seen_name));
+    fact("the host sees", seen);
     if ipc == host_ipc || mnt == host_mnt || seen_key || seen_name {
         bail!("--ipc=private leaked into the host");
     }
     first.release()?;
+    // ANCHOR_END: private
     fact(
         "result private",
         format!("own ipc and mnt namespaces; shmid {shmid} and {name} invisible on the host"),
     );
-    // ANCHOR_END: private
 
     // ANCHOR: shareable
     subsection("--ipc=shareable, then a second container with --ipc=container:NAME");
@@ -209,7 +202,6 @@ pub fn docker_dev_shm() -> anyhow::Result<u64> {
     Ok(size)
 }
 
-// ANCHOR: join
 /// The second container, in the first one's IPC and mount namespaces:
 /// `KEY NAME`. Finds the segment by key and the object by name.
 pub fn join(args: &[String]) -> anyhow::Result<()> {
@@ -225,30 +217,23 @@ pub fn join(args: &[String]) -> anyhow::Result<()> {
         "readlink /proc/self/ns/mnt",
         ns::identity(None, "mnt").unwrap_or_default(),
     );
+    // ANCHOR: join
     let shmid = call!(sysv::shmget(key => call::ipc_key, 0, 0))?;
     let at = call!(sysv::shmat(shmid, libc::SHM_RDONLY => |_: &i32| "SHM_RDONLY".to_string()))?;
     // SAFETY: the first container stored MAGIC before it said it was ready
     // (Release), and we started after that; an atomic load, since the
     // memory is shared with another process.
     let seen = unsafe { (*at.as_ptr().cast::<AtomicU64>()).load(Ordering::Acquire) };
-    let nattch = sysv::shmctl_stat(shmid)
-        .map(|st| st.shm_nattch)
-        .unwrap_or(0);
-    fact(
-        "read through the segment",
-        format!("{seen:#x}, nattch {nattch}"),
-    );
+    let nattch = call!(sysv::shmctl_stat(shmid))?.shm_nattch;
+    fact("read through the segment", format!("{seen:#x}"));
     // SAFETY: `at` came from shmat and is not used after this.
-    unsafe { sysv::shmdt(at) }.context("shmdt")?;
-    // ANCHOR_END: join
+    unsafe { call!(sysv::shmdt(at)) }?;
     let fd = call!(shm_open(name.as_str(), OFlag::O_RDONLY => |_: &OFlag| "O_RDONLY".to_string(), Mode::empty()))?;
     let mut buf = [0u8; 8];
-    let n = nix::sys::uio::pread(&fd, &mut buf, 0).context("pread")?;
+    call!(pread(&fd, &mut buf[..], 0))?;
     let via_file = u64::from_ne_bytes(buf);
-    fact(
-        "read through the object",
-        format!("{via_file:#x} ({n} bytes)"),
-    );
+    // ANCHOR_END: join
+    fact("read through the object", format!("{via_file:#x}"));
     if seen != MAGIC || via_file != MAGIC || nattch != 2 {
         bail!("expected {MAGIC:#x} twice and nattch 2");
     }

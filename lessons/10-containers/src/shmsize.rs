@@ -91,6 +91,7 @@ fn fallocate(size: u64) -> anyhow::Result<()> {
     drop(fd);
     call!(shm_unlink(name.as_str()))?;
     object.disarm();
+    // ANCHOR_END: fallocate
     explain("PostgreSQL (dsm_impl_posix_resize) makes the same call and reports, in the log:");
     narrate::block(format!(
         "ERROR:  could not resize shared memory segment \"/PostgreSQL.NNN\" to {WANT} bytes: {}",
@@ -102,7 +103,6 @@ fn fallocate(size: u64) -> anyhow::Result<()> {
     );
     Ok(())
 }
-// ANCHOR_END: fallocate
 
 /// Fork a child that writes one byte into each page of the `WANT` bytes at
 /// `base`, counting them; its SIGBUS handler reports the fault. Returns the
