@@ -99,7 +99,8 @@ impl Arg for std::ffi::CStr {
     }
 }
 
-/// A byte buffer the call reads (`write`): its first bytes, quoted.
+/// A byte buffer the call reads (`write`): its first bytes, quoted, and its
+/// length, as C passes a buffer: `write(3, "hello", 5)`.
 impl Arg for [u8] {
     fn arg(&self) -> String {
         const SHOWN: usize = 16;
@@ -110,14 +111,15 @@ impl Arg for [u8] {
             .map(char::from)
             .collect();
         let more = if self.len() > SHOWN { "..." } else { "" };
-        format!("\"{text}\"{more}")
+        format!("\"{text}\"{more}, {}", self.len())
     }
 }
 
-/// A buffer the call fills (`read`, `pread`): its contents are not an input.
+/// A buffer the call fills (`read`, `pread`): not an input, so only `buf`
+/// and its length, as C passes it: `pread(3, buf, 4096, 0)`.
 impl Arg for &mut [u8] {
     fn arg(&self) -> String {
-        "buf".to_string()
+        format!("buf, {}", self.len())
     }
 }
 
@@ -185,6 +187,61 @@ flag_sets!(
     nix::sys::socket::MsgFlags,
     nix::sys::socket::SockFlag
 );
+
+/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`.
+impl Arg for nix::fcntl::FcntlArg<'_> {
+    fn arg(&self) -> String {
+        format!("{self:?}").replace('(', ", ").replace(')', "")
+    }
+}
+
+impl Arg for nix::sys::socket::AddressFamily {
+    fn arg(&self) -> String {
+        match self {
+            Self::Unix => "AF_UNIX".to_string(),
+            Self::Inet => "AF_INET".to_string(),
+            Self::Inet6 => "AF_INET6".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+impl Arg for nix::sys::socket::SockType {
+    fn arg(&self) -> String {
+        match self {
+            Self::Stream => "SOCK_STREAM".to_string(),
+            Self::Datagram => "SOCK_DGRAM".to_string(),
+            Self::SeqPacket => "SOCK_SEQPACKET".to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+}
+
+/// `None` is the protocol 0: the family's default.
+impl Arg for nix::sys::socket::SockProtocol {
+    fn arg(&self) -> String {
+        format!("{self:?}")
+    }
+    fn none() -> String {
+        "0".to_string()
+    }
+}
+
+/// A CPU set as the CPUs in it: `CPUs [0, 1]`.
+impl Arg for nix::sched::CpuSet {
+    fn arg(&self) -> String {
+        let cpus: Vec<usize> = (0..nix::sched::CpuSet::count())
+            .filter(|&c| self.is_set(c).unwrap_or(false))
+            .collect();
+        format!("CPUs {cpus:?}")
+    }
+}
+
+impl Ret for nix::sched::CpuSet {
+    fn ret(&self) -> Option<String> {
+        Some(self.arg())
+    }
+}
 
 /// A mode as C source writes it: `0600`.
 impl Arg for Mode {
@@ -298,28 +355,24 @@ impl Ret for nix::unistd::ForkResult {
     }
 }
 
-/// `waitpid`: the pid, and how the child ended, in words.
+/// `waitpid`: the pid, and how the child ended, in words:
+/// `1234: exited with status 0`, `1234: killed by SIGBUS (signal 7)`.
 impl Ret for nix::sys::wait::WaitStatus {
     fn ret(&self) -> Option<String> {
-        use nix::sys::wait::WaitStatus::*;
-        Some(match self {
-            Exited(pid, code) => format!("{pid} (exited with status {code})"),
-            Signaled(pid, sig, core) => format!(
-                "{pid} (killed by {}{})",
-                sig.as_str(),
-                if *core { ", core dumped" } else { "" }
-            ),
-            Stopped(pid, sig) => format!("{pid} (stopped by {})", sig.as_str()),
-            StillAlive => "0 (still running)".to_string(),
-            other => format!("{other:?}"),
+        Some(match self.pid() {
+            Some(pid) => format!("{pid}: {}", crate::fault::describe(*self)),
+            None => "0 (still running)".to_string(),
         })
     }
 }
 
-/// `fstat`: 0, and the size a lesson usually looks at.
+/// `fstat`: 0, and the size and the blocks allocated.
 impl Ret for nix::sys::stat::FileStat {
     fn ret(&self) -> Option<String> {
-        Some(format!("0 (st_size {})", self.st_size))
+        Some(format!(
+            "0 (st_size {}, st_blocks {})",
+            self.st_size, self.st_blocks
+        ))
     }
 }
 
@@ -363,6 +416,10 @@ pub fn text(path: &str, args: &[String]) -> String {
 /// [`SysError`](crate::report::SysError) naming the call. See the
 /// [module documentation](crate::call) for the rendering rules.
 ///
+/// `call!(after waitpid(child, None))` prints the whole line once the call
+/// has returned, instead of announcing it first: for a call during which
+/// another process writes to the terminal.
+///
 /// ```no_run
 /// use common::call;
 /// use nix::unistd::{SysconfVar, ftruncate, sysconf};
@@ -374,8 +431,11 @@ pub fn text(path: &str, args: &[String]) -> String {
 /// ```
 #[macro_export]
 macro_rules! call {
+    (after $($f:ident)::+ ( $($args:tt)* ) $(=> $show:expr)?) => {
+        $crate::__call!(@bind done step_after [$($f)::+] [] [$($args)* ,] [$($show)?])
+    };
     ($($f:ident)::+ ( $($args:tt)* ) $(=> $show:expr)?) => {
-        $crate::__call!(@bind done [$($f)::+] [] [$($args)* ,] [$($show)?])
+        $crate::__call!(@bind done step [$($f)::+] [] [$($args)* ,] [$($show)?])
     };
 }
 
@@ -391,8 +451,11 @@ macro_rules! call {
 /// ```
 #[macro_export]
 macro_rules! attempt {
+    (after $($f:ident)::+ ( $($args:tt)* ) $(=> $show:expr)?) => {
+        $crate::__call!(@bind attempted step_after [$($f)::+] [] [$($args)* ,] [$($show)?])
+    };
     ($($f:ident)::+ ( $($args:tt)* ) $(=> $show:expr)?) => {
-        $crate::__call!(@bind attempted [$($f)::+] [] [$($args)* ,] [$($show)?])
+        $crate::__call!(@bind attempted step [$($f)::+] [] [$($args)* ,] [$($show)?])
     };
 }
 
@@ -403,22 +466,22 @@ macro_rules! attempt {
 #[macro_export]
 macro_rules! __call {
     // Trailing commas: the user's own plus the one added above.
-    (@bind $how:ident [$($f:ident)::+] [$($done:tt)*] [, $(,)*] $show:tt) => {
-        $crate::__call!(@bind $how [$($f)::+] [$($done)*] [] $show)
+    (@bind $how:ident $when:ident [$($f:ident)::+] [$($done:tt)*] [, $(,)*] $show:tt) => {
+        $crate::__call!(@bind $how $when [$($f)::+] [$($done)*] [] $show)
     };
-    (@bind $how:ident [$($f:ident)::+] [$($done:tt)*] [$a:expr => $r:expr , $($rest:tt)*] $show:tt) => {
+    (@bind $how:ident $when:ident [$($f:ident)::+] [$($done:tt)*] [$a:expr => $r:expr , $($rest:tt)*] $show:tt) => {
         match $a {
-            v => $crate::__call!(@bind $how [$($f)::+] [$($done)* (v, ($r)(&v))] [$($rest)*] $show),
+            v => $crate::__call!(@bind $how $when [$($f)::+] [$($done)* (v, ($r)(&v))] [$($rest)*] $show),
         }
     };
-    (@bind $how:ident [$($f:ident)::+] [$($done:tt)*] [$a:expr , $($rest:tt)*] $show:tt) => {
+    (@bind $how:ident $when:ident [$($f:ident)::+] [$($done:tt)*] [$a:expr , $($rest:tt)*] $show:tt) => {
         match $a {
-            v => $crate::__call!(@bind $how [$($f)::+] [$($done)* (v, $crate::call::Arg::arg(&v))] [$($rest)*] $show),
+            v => $crate::__call!(@bind $how $when [$($f)::+] [$($done)* (v, $crate::call::Arg::arg(&v))] [$($rest)*] $show),
         }
     };
-    (@bind $how:ident [$($f:ident)::+] [$(($v:ident, $shown:expr))*] [] [$($show:expr)?]) => {{
+    (@bind $how:ident $when:ident [$($f:ident)::+] [$(($v:ident, $shown:expr))*] [] [$($show:expr)?]) => {{
         let text = $crate::call::text(stringify!($($f)::+), &[$($shown),*]);
-        let step = $crate::narrate::step(text);
+        let step = $crate::narrate::$when(text);
         let result = $($f)::+($($v),*);
         step.$how(result, $crate::__call!(@show $($show)?))
     }};
@@ -459,6 +522,15 @@ mod tests {
             "PROT_READ|PROT_WRITE"
         );
         assert_eq!(MapFlags::MAP_SHARED.arg(), "MAP_SHARED");
+        assert_eq!(
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20).arg(),
+            "F_SETPIPE_SZ, 1048576"
+        );
+        assert_eq!(nix::fcntl::FcntlArg::F_GETPIPE_SZ.arg(), "F_GETPIPE_SZ");
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        set.set(3).unwrap();
+        assert_eq!(set.arg(), "CPUs [0, 3]");
         assert_eq!(Mode::from_bits_truncate(0o600).arg(), "0600");
         assert_eq!(Mode::from_bits_truncate(0o644).arg(), "0644");
         assert_eq!("/shm-lessons-1-42".arg(), "\"/shm-lessons-1-42\"");
@@ -470,7 +542,9 @@ mod tests {
         assert_eq!(nix::unistd::SysconfVar::PAGE_SIZE.arg(), "_SC_PAGE_SIZE");
         assert_eq!(ipc_flags(&(libc::IPC_CREAT | 0o600)), "IPC_CREAT|0600");
         assert_eq!(ipc_key(&libc::IPC_PRIVATE), "IPC_PRIVATE");
-        assert_eq!(b"ab\n".as_slice().arg(), "\"ab\\n\"");
+        assert_eq!(b"ab\n".as_slice().arg(), "\"ab\\n\", 3");
+        let mut buf = [0u8; 8];
+        assert_eq!(buf.as_mut_slice().arg(), "buf, 8");
     }
 
     #[test]
@@ -499,13 +573,13 @@ mod tests {
         let pid = nix::unistd::Pid::from_raw(1234);
         assert_eq!(
             WaitStatus::Exited(pid, 0).ret().as_deref(),
-            Some("1234 (exited with status 0)")
+            Some("1234: exited with status 0")
         );
         assert_eq!(
             WaitStatus::Signaled(pid, Signal::SIGBUS, false)
                 .ret()
                 .as_deref(),
-            Some("1234 (killed by SIGBUS)")
+            Some("1234: killed by SIGBUS (signal 7)")
         );
     }
 

@@ -29,6 +29,23 @@ const WIDTH: usize = 78;
 /// True while a step line has been announced but its result not yet printed.
 static PENDING: AtomicBool = AtomicBool::new(false);
 
+/// True inside [`quietly`]: steps print nothing.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Run `f` with its step lines silenced when `quiet` is true: for a call
+/// made many times (each run of a benchmark) and narrated only the first
+/// time. Failures still carry the call's text (the [`SysError`]).
+pub fn quietly<T>(quiet: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUIET.store(self.0, Ordering::SeqCst);
+        }
+    }
+    let _restore = Restore(QUIET.swap(quiet, Ordering::SeqCst));
+    f()
+}
+
 /// Decide on colour: off with `NO_COLOR`, or when stdout is not a terminal
 /// (unless `CLICOLOR_FORCE` is set).
 pub fn init() {
@@ -170,17 +187,42 @@ pub fn conclude(text: impl AsRef<str>) {
 #[must_use = "finish the step with .ok(result) so the student sees the result"]
 pub struct Step {
     call: String,
+    announced: bool,
+    quiet: bool,
 }
 
 /// Announce a call with its real arguments. The line stays open until the
 /// result is printed with [`Step::ok`] (or the call fails in [`Step::check`]).
 pub fn step(call: impl Into<String>) -> Step {
     let call = call.into();
+    if QUIET.load(Ordering::SeqCst) {
+        return Step {
+            call,
+            announced: false,
+            quiet: true,
+        };
+    }
     end_pending();
     print!("  {} {}", "▸".blue(), call);
     let _ = std::io::stdout().flush();
     PENDING.store(true, Ordering::SeqCst);
-    Step { call }
+    Step {
+        call,
+        announced: true,
+        quiet: false,
+    }
+}
+
+/// A step printed whole after its call returns, for a call during which
+/// another process writes to the terminal (a child's signal handler): the
+/// announced line would be cut in two.
+#[doc(hidden)]
+pub fn step_after(call: impl Into<String>) -> Step {
+    Step {
+        call: call.into(),
+        announced: false,
+        quiet: QUIET.load(Ordering::SeqCst),
+    }
 }
 
 impl Step {
@@ -190,7 +232,13 @@ impl Step {
     }
 
     fn finish(&self, result: impl Display) {
-        if PENDING.swap(false, Ordering::SeqCst) {
+        if self.quiet {
+            return;
+        }
+        if !self.announced {
+            end_pending();
+            println!("  {} {} = {result}", "▸".blue(), self.call);
+        } else if PENDING.swap(false, Ordering::SeqCst) {
             println!(" = {result}");
         } else {
             println!("    {} = {result}", self.call);

@@ -145,15 +145,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     ));
     // ANCHOR_END: gone
 
-    let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-    s.check(sysv::shmctl_rmid(shmid))?;
-    segment.disarm();
-    s.ok(0);
     drop(fd);
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name.as_str()))?;
-    object.disarm();
-    s.ok(0);
+    remove(shmid, segment, &name, object)?;
     fact(
         "result 1",
         format!(
@@ -161,6 +154,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
              POSIX object opened; the namespace's segment died with it"
         ),
     );
+    Ok(())
+}
+
+/// `shmctl(IPC_RMID)` and `shm_unlink`: the run removes what it made.
+pub fn remove(
+    shmid: i32,
+    segment: cleanup::Guard,
+    name: &str,
+    object: cleanup::Guard,
+) -> anyhow::Result<()> {
+    let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
+    s.check(sysv::shmctl_rmid(shmid))?;
+    segment.disarm();
+    s.ok(0);
+    let s = step(format!("shm_unlink({name:?})"));
+    s.check(shm_unlink(name))?;
+    object.disarm();
+    s.ok(0);
     Ok(())
 }
 
