@@ -35,10 +35,11 @@ fn assert_no_scratch_file(pid: u32) {
     }
 }
 
-/// The pid in `fork() = PID (the victim)`.
+/// The pid of the first `fork() = PID (in the parent; ...)` in `text` (the
+/// victim, in one case of part 5).
 fn victim_pid(text: &str) -> u32 {
     text.lines()
-        .find_map(|l| l.split("fork() = ").nth(1)?.strip_suffix(" (the victim)"))
+        .find_map(|l| l.split("fork() = ").nth(1)?.split(' ').next())
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no victim pid in {text}"))
 }
@@ -75,7 +76,6 @@ fn the_race_loses_updates_on_two_cpus() {
     let mut finals = Vec::new();
     for _ in 0..3 {
         let text = run_ok(&["--part", "1", "--iterations", "300000"]);
-        assert!(text.contains("Ordering::Relaxed, never a &mut"), "{text}");
         let (counted, total) = race_counter(&text);
         assert_eq!(total, 600_000, "{text}");
         if counted < total {
@@ -101,10 +101,7 @@ fn one_cpu_the_race_says_it_took_turns() {
     // conclusion from it, not the two-CPU one.
     let mask = text
         .lines()
-        .find_map(|l| {
-            l.split("sched_getaffinity(0, sizeof(cpu_set_t), &mask) = 0, CPUs [")
-                .nth(1)
-        })
+        .find_map(|l| l.split("sched_getaffinity(0) = 0, CPUs [").nth(1))
         .unwrap_or_else(|| panic!("no CPU mask in {text}"));
     let listed = mask.split(']').next().unwrap();
     assert!(
@@ -176,9 +173,12 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
     let (plain, robust) = (&text[plain..robust], &text[robust..]);
 
     assert!(plain.contains("PTHREAD_MUTEX_STALLED) = 0"), "{plain}");
-    assert!(plain.contains("= killed by SIGKILL (signal 9)"), "{plain}");
-    // The dead holder's mutex is unchanged: locked, naming the dead thread.
     let victim = victim_pid(plain);
+    assert!(
+        plain.contains(&format!("= {victim} (killed by SIGKILL)")),
+        "{plain}"
+    );
+    // The dead holder's mutex is unchanged: locked, naming the dead thread.
     assert!(
         plain.contains(&format!(
             "the mutex, its holder dead: __lock = 0x1 (locked), __owner = {victim}"
@@ -211,7 +211,7 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
         "{robust}"
     );
     assert!(
-        robust.contains("= killed by SIGKILL (signal 9)"),
+        robust.contains(&format!("= {victim} (killed by SIGKILL)")),
         "{robust}"
     );
     assert!(
@@ -280,13 +280,13 @@ fn the_value_is_visible_without_msync_and_ordering_holds() {
         })
         .unwrap_or_else(|| panic!("no Release/Acquire count: {text}"));
     assert!(weak <= 100_000, "{text}");
-    if !text.contains("(on ") {
+    if text.contains("no disk-backed directory found") {
         assert!(text.contains("no disk-backed directory found"), "{text}");
         return;
     }
     // read(2) returned the bytes stored through the mapping, without msync.
     assert!(
-        text.contains(", buf, 8, 0) = 8 (bytes: 0xdeadbeef)"),
+        text.contains(", buf, 0) = 8") && text.contains("the bytes read(2) returns: 0xdeadbeef"),
         "{text}"
     );
 }
@@ -294,7 +294,7 @@ fn the_value_is_visible_without_msync_and_ordering_holds() {
 #[test]
 fn ms_async_cleans_nothing_and_ms_sync_cleans_only_the_disk_page() {
     let text = run_ok(&["--part", "6"]);
-    if !text.contains("(on ") {
+    if text.contains("no disk-backed directory found") {
         assert!(text.contains("no disk-backed directory found"), "{text}");
         return;
     }
@@ -376,8 +376,8 @@ fn sigterm_while_a_child_sleeps_removes_everything() {
         .seen
         .lines()
         .rev()
-        .find_map(|l| l.split("fork() = ").nth(1))
-        .and_then(|p| p.trim().parse().ok())
+        .find_map(|l| l.split("fork() = ").nth(1)?.split(' ').next())
+        .and_then(|p| p.parse().ok())
         .expect("the child's pid");
     run.wait_for("State:", Duration::from_secs(30)); // the child sleeps in FUTEX_WAIT
     run.wait_for("holding for 600 s", Duration::from_secs(30));
@@ -406,7 +406,7 @@ fn sigint_while_a_dead_lock_is_held_removes_everything() {
         &["--part", "5", "--iterations", "1000", "--hold", "600"],
     );
     run.wait_for("a plain process-shared mutex", Duration::from_secs(30));
-    run.wait_for("(the victim)", Duration::from_secs(30));
+    run.wait_for("fork() = ", Duration::from_secs(30));
     let victim = victim_pid(&run.seen);
     run.wait_for("holding for 600 s", Duration::from_secs(30));
     assert!(

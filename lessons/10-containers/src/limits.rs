@@ -8,8 +8,8 @@
 //! SHMMAX, ENOSPC when SHMMNI segments exist or SHMALL pages are in use.
 
 use anyhow::bail;
-use common::narrate::{evidence, explain, fact, section, step, subsection};
-use common::{cleanup, inspect, ns, sysv};
+use common::narrate::{evidence, explain, fact, section, subsection};
+use common::{attempt, call, cleanup, inspect, ns, sysv};
 use nix::errno::Errno;
 
 use crate::host::{self, Snapshot};
@@ -45,9 +45,7 @@ fn set(name: &str, value: &str, host_ipc: &str) -> anyhow::Result<()> {
         bail!("refusing to write kernel.{name}: this is the host's IPC namespace");
     }
     let path = format!("/proc/sys/kernel/{name}");
-    let s = step(format!("write({path:?}, \"{value}\")"));
-    s.check(std::fs::write(&path, value))?;
-    s.ok(value.len());
+    call!(std::fs::write(&path, value))?;
     Ok(())
 }
 // ANCHOR_END: set
@@ -56,14 +54,13 @@ fn set(name: &str, value: &str, host_ipc: &str) -> anyhow::Result<()> {
 /// guarded. `Err` is the errno, as a result to show.
 fn segment(size: usize) -> Result<(i32, cleanup::Guard), Errno> {
     let flags = libc::IPC_CREAT | 0o600;
-    let s = step(format!(
-        "shmget(IPC_PRIVATE, {size}, {})",
-        sysv::shmflg_string(flags)
-    ));
-    s.outcome(sysv::shmget(libc::IPC_PRIVATE, size, flags), |id| {
-        format!("shmid {id}")
-    })
-    .map(|id| (id, cleanup::sysv_segment(id)))
+    attempt!(sysv::shmget(libc::IPC_PRIVATE => call::ipc_key, size, flags => call::ipc_flags))
+        .map(|id| (id, cleanup::sysv_segment(id)))
+}
+
+/// `result LIMIT: ERRNO WHAT`, the line the tests read.
+fn result(limit: &str, e: Option<Errno>, what: &str) {
+    fact(&format!("result {limit}"), format!("{} {what}", name(e)));
 }
 
 fn name(e: Option<Errno>) -> String {
@@ -85,15 +82,12 @@ fn fill(size: usize, at_most: usize) -> anyhow::Result<(Errno, usize)> {
     };
     let n = made.len();
     for (shmid, guard) in made {
-        let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-        s.check(sysv::shmctl_rmid(shmid))?;
+        call!(sysv::shmctl_rmid(shmid))?;
         guard.disarm();
-        s.ok(0);
     }
     Ok((errno, n))
 }
 
-// ANCHOR: limits
 /// In a new IPC namespace: `HOST_IPC` (the identity not to write into).
 pub fn inside(args: &[String]) -> anyhow::Result<()> {
     let host_ipc = args.first().map(String::as_str).unwrap_or("");
@@ -103,32 +97,25 @@ pub fn inside(args: &[String]) -> anyhow::Result<()> {
         host::ipcs_limits(),
     );
 
-    subsection("kernel.shmmax: the largest segment");
+    subsection("kernel.shmmax, shmall and shmmni: size, total pages, count");
+    // ANCHOR: limits
+    // kernel.shmmax: the largest segment, in bytes
     set("shmmax", &page.to_string(), host_ipc)?;
     let e = segment(2 * page).err();
-    fact(
-        "result shmmax",
-        format!("{} for {} bytes", name(e), 2 * page),
-    );
+    result("shmmax", e, &format!("for {} bytes", 2 * page));
 
-    subsection("kernel.shmall: pages in all segments together");
+    // kernel.shmall: the pages of all segments together
     let default_shmall = host::sysctl("shmall");
     set("shmall", "2", host_ipc)?;
     let (e, made) = fill(page, 2)?;
-    let e = name(Some(e));
-    fact(
-        "result shmall",
-        format!("{e} after {made} one-page segments"),
-    );
+    let what = format!("after {made} one-page segments");
+    result("shmall", Some(e), &what);
     set("shmall", &default_shmall, host_ipc)?;
 
-    subsection("kernel.shmmni: how many segments");
+    // kernel.shmmni: how many segments
     set("shmmni", "2", host_ipc)?;
     let (e, made) = fill(page, 2)?;
-    fact(
-        "result shmmni",
-        format!("{} after {made} segments", name(Some(e))),
-    );
+    result("shmmni", Some(e), &format!("after {made} segments"));
     // ANCHOR_END: limits
     rmid_forced(page, host_ipc)?;
     evidence("ipcs -l -m   # inside, now", host::ipcs_limits());
@@ -148,17 +135,10 @@ fn rmid_forced(page: usize, host_ipc: &str) -> anyhow::Result<()> {
     for forced in ["0", "1"] {
         set("shm_rmid_forced", forced, host_ipc)?;
         let (shmid, guard) = segment(page).map_err(anyhow::Error::new)?;
-        let s = step(format!("shmat({shmid}, NULL, 0)"));
-        let at = s.check(sysv::shmat(shmid, 0))?;
-        s.ok(format!("{:p}", at.as_ptr()));
-        let s = step(format!("shmdt({:p})", at.as_ptr()));
+        let at = call!(sysv::shmat(shmid, 0))?;
         // SAFETY: `at` came from shmat and is not used after this.
-        s.check(unsafe { sysv::shmdt(at) })?;
-        s.ok(0);
-        let s = step(format!("shmctl({shmid}, IPC_STAT, &buf)"));
-        let stat = s.outcome(sysv::shmctl_stat(shmid), |st| {
-            format!("0, nattch {}", st.shm_nattch)
-        });
+        unsafe { call!(sysv::shmdt(at)) }?;
+        let stat = attempt!(sysv::shmctl_stat(shmid));
         let alive = stat.is_ok() && inspect::sysv_segment(shmid).is_some();
         fact(
             &format!("result shm_rmid_forced={forced}"),
@@ -169,9 +149,7 @@ fn rmid_forced(page: usize, host_ipc: &str) -> anyhow::Result<()> {
             },
         );
         if alive {
-            let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-            s.check(sysv::shmctl_rmid(shmid))?;
-            s.ok(0);
+            call!(sysv::shmctl_rmid(shmid))?;
         }
         guard.disarm();
     }

@@ -10,19 +10,19 @@
 //!   fresh tmpfs over `/dev`, as in a container, without `shm` in it).
 //!   `shm_open` fails, System V still works.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use common::args::{Hold, hold_point};
-use common::narrate::{self, evidence, explain, fact, section, step, subsection};
-use common::{cleanup, inspect, names, ns, shm, sysv};
+use common::narrate::{self, evidence, explain, fact, section, subsection};
+use common::{attempt, call, cleanup, inspect, names, ns, shm, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{MsFlags, mount};
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::sys::statfs::statfs;
+use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{Pid, ftruncate, getpid};
 
 use crate::kept;
@@ -39,8 +39,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let host_ipc = ns::identity(None, "ipc").unwrap_or_default();
     let host_mnt = ns::identity(None, "mnt").unwrap_or_default();
 
-    // ANCHOR: private
     subsection("--ipc=private (the default): docker run --ipc=private IMAGE");
+    // ANCHOR: private
     let first = kept::start("private", &[])?;
     let (key, shmid, name) = parse_info(&first.info)?;
     let (ipc, mnt) = identities(first.pid);
@@ -48,24 +48,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     fact("container ipc / mnt", format!("{ipc} {mnt}"));
     let seen_key = inspect::sysv_segments().iter().any(|s| s.key == key);
     let seen_name = inspect::dev_shm_entry(&name).is_some();
-    fact(
-        "the host sees",
-        format!(
-            "key {}: {}; /dev/shm{name}: {}",
-            names::key_hex(key),
-            yes_no(seen_key),
-            yes_no(seen_name)
-        ),
-    );
+    let seen = format!("key: {}, name: {}", yes_no(seen_key), yes_no(seen_name));
+    fact("the host sees", seen);
     if ipc == host_ipc || mnt == host_mnt || seen_key || seen_name {
         bail!("--ipc=private leaked into the host");
     }
     first.release()?;
+    // ANCHOR_END: private
     fact(
         "result private",
         format!("own ipc and mnt namespaces; shmid {shmid} and {name} invisible on the host"),
     );
-    // ANCHOR_END: private
 
     // ANCHOR: shareable
     subsection("--ipc=shareable, then a second container with --ipc=container:NAME");
@@ -165,58 +158,50 @@ pub fn container(mode: &str, _args: &[String]) -> anyhow::Result<()> {
         return none();
     }
     if mode != "host" {
-        let s = step(format!(
-            "mount(\"shm\", \"/dev/shm\", \"tmpfs\", MS_NOSUID|MS_NODEV|MS_NOEXEC, \"{DOCKER_SHM}\")"
-        ));
-        let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        s.check(mount(
-            Some("shm"),
-            "/dev/shm",
-            Some("tmpfs"),
-            flags,
-            Some(DOCKER_SHM),
-        ))?;
-        s.ok(0);
-        let st = statfs("/dev/shm").context("statfs(\"/dev/shm\")")?;
-        fact(
-            "df /dev/shm",
-            format!("{} bytes", st.blocks() * st.block_size() as u64),
-        );
+        docker_dev_shm()?;
     }
     let key = names::unique_key(10);
     let page = inspect::page_size();
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget({}, {page}, {})",
-        names::key_hex(key),
-        sysv::shmflg_string(flags)
-    ));
-    let shmid = s.check(sysv::shmget(key, page, flags))?;
+    let shmid = call!(sysv::shmget(key => call::ipc_key, page, flags => call::ipc_flags))?;
     let segment = cleanup::sysv_segment(shmid);
-    s.ok(format!("shmid {shmid}"));
-    let s = step(format!("shmat({shmid}, NULL, 0)"));
-    let at = s.check(sysv::shmat(shmid, 0))?;
-    s.ok(format!("{:p}", at.as_ptr()));
+    let at = call!(sysv::shmat(shmid, 0))?;
+    // ANCHOR_END: container
     // SAFETY: a fresh, page-aligned attachment of `page` bytes; AtomicU64
     // because another process (the joiner) reads it.
     unsafe { (*at.as_ptr().cast::<AtomicU64>()).store(MAGIC, Ordering::Release) };
     let name = names::unique_name(10, mode);
     let (fd, object) = shm::create(&name)?;
-    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, page as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!("pwrite({}, &{MAGIC:#x}, 8, 0)", fd.as_raw_fd()));
-    let written = s.check(nix::sys::uio::pwrite(&fd, &MAGIC.to_ne_bytes(), 0))?;
-    s.ok(written);
+    call!(ftruncate(&fd, page as libc::off_t))?;
+    call!(pwrite(&fd, &MAGIC.to_ne_bytes()[..] => |_: &&[u8]| format!("&{MAGIC:#x}"), 0))?;
     kept::ready(&format!("{key} {shmid} {name}"));
     // SAFETY: `at` came from shmat; nothing uses it after this.
     unsafe { sysv::shmdt(at) }.context("shmdt")?;
     drop(fd);
     crate::ipcns::remove(shmid, segment, &name, object)
 }
-// ANCHOR_END: container
 
-// ANCHOR: join
+/// Docker's `/dev/shm` in our own mount namespace: a 64 MiB tmpfs, as
+/// `docker run` mounts it without `--shm-size`. Returns its size.
+pub fn docker_dev_shm() -> anyhow::Result<u64> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    call!(mount(
+        Some("shm"),
+        "/dev/shm",
+        Some("tmpfs"),
+        flags,
+        Some(DOCKER_SHM)
+    ))?;
+    let st = call!(statfs("/dev/shm") => |st: &nix::sys::statfs::Statfs| format!(
+        "0 (f_blocks {}, f_bsize {})",
+        st.blocks(),
+        st.block_size()
+    ))?;
+    let size = st.blocks() * st.block_size() as u64;
+    fact("df /dev/shm", format!("{size} bytes"));
+    Ok(size)
+}
+
 /// The second container, in the first one's IPC and mount namespaces:
 /// `KEY NAME`. Finds the segment by key and the object by name.
 pub fn join(args: &[String]) -> anyhow::Result<()> {
@@ -232,35 +217,23 @@ pub fn join(args: &[String]) -> anyhow::Result<()> {
         "readlink /proc/self/ns/mnt",
         ns::identity(None, "mnt").unwrap_or_default(),
     );
-    let s = step(format!("shmget({}, 0, 0)", names::key_hex(key)));
-    let shmid = s.check(sysv::shmget(key, 0, 0))?;
-    s.ok(format!("shmid {shmid}"));
-    let s = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
-    let at = s.check(sysv::shmat(shmid, libc::SHM_RDONLY))?;
-    s.ok(format!("{:p}", at.as_ptr()));
+    // ANCHOR: join
+    let shmid = call!(sysv::shmget(key => call::ipc_key, 0, 0))?;
+    let at = call!(sysv::shmat(shmid, libc::SHM_RDONLY => |_: &i32| "SHM_RDONLY".to_string()))?;
     // SAFETY: the first container stored MAGIC before it said it was ready
     // (Release), and we started after that; an atomic load, since the
     // memory is shared with another process.
     let seen = unsafe { (*at.as_ptr().cast::<AtomicU64>()).load(Ordering::Acquire) };
-    let nattch = sysv::shmctl_stat(shmid)
-        .map(|st| st.shm_nattch)
-        .unwrap_or(0);
-    fact(
-        "read through the segment",
-        format!("{seen:#x}, nattch {nattch}"),
-    );
+    let nattch = call!(sysv::shmctl_stat(shmid))?.shm_nattch;
+    fact("read through the segment", format!("{seen:#x}"));
     // SAFETY: `at` came from shmat and is not used after this.
-    unsafe { sysv::shmdt(at) }.context("shmdt")?;
-    let s = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
-    let fd = s.check(shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty()))?;
-    s.ok(format!("fd {}", fd.as_raw_fd()));
+    unsafe { call!(sysv::shmdt(at)) }?;
+    let fd = call!(shm_open(name.as_str(), OFlag::O_RDONLY => |_: &OFlag| "O_RDONLY".to_string(), Mode::empty()))?;
     let mut buf = [0u8; 8];
-    let n = nix::sys::uio::pread(&fd, &mut buf, 0).context("pread")?;
+    call!(pread(&fd, &mut buf[..], 0))?;
     let via_file = u64::from_ne_bytes(buf);
-    fact(
-        "read through the object",
-        format!("{via_file:#x} ({n} bytes)"),
-    );
+    // ANCHOR_END: join
+    fact("read through the object", format!("{via_file:#x}"));
     if seen != MAGIC || via_file != MAGIC || nattch != 2 {
         bail!("expected {MAGIC:#x} twice and nattch 2");
     }
@@ -270,9 +243,7 @@ pub fn join(args: &[String]) -> anyhow::Result<()> {
     );
     Ok(())
 }
-// ANCHOR_END: join
 
-// ANCHOR: none
 /// `--ipc=none`: a private IPC namespace and nothing on `/dev/shm`.
 fn none() -> anyhow::Result<()> {
     explain(
@@ -280,22 +251,21 @@ fn none() -> anyhow::Result<()> {
          /dev/shm. We stage that: a fresh tmpfs over /dev in our mount namespace, with no shm \
          in it.",
     );
-    let s = step("mount(\"tmpfs\", \"/dev\", \"tmpfs\", MS_NOSUID, \"mode=0755\")");
-    s.check(mount(
+    // ANCHOR: none
+    call!(mount(
         Some("tmpfs"),
         "/dev",
         Some("tmpfs"),
         MsFlags::MS_NOSUID,
-        Some("mode=0755"),
+        Some("mode=0755")
     ))?;
-    s.ok(0);
     let name = names::unique_name(10, "none");
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!("shm_open({name:?}, O_CREAT|O_EXCL|O_RDWR, 0600)"));
-    let errno = match s.outcome(
-        shm_open(name.as_str(), flags, Mode::from_bits_truncate(0o600)),
-        |fd| format!("fd {}", fd.as_raw_fd()),
-    ) {
+    let errno = match attempt!(shm_open(
+        name.as_str(),
+        flags,
+        Mode::from_bits_truncate(0o600)
+    )) {
         Err(e) => e,
         Ok(_) => {
             let _ = shm_unlink(name.as_str());
@@ -304,17 +274,12 @@ fn none() -> anyhow::Result<()> {
     };
     let page = inspect::page_size();
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget(IPC_PRIVATE, {page}, {})",
-        sysv::shmflg_string(flags)
-    ));
-    let shmid = s.check(sysv::shmget(libc::IPC_PRIVATE, page, flags))?;
+    let shmid =
+        call!(sysv::shmget(libc::IPC_PRIVATE => call::ipc_key, page, flags => call::ipc_flags))?;
     let segment = cleanup::sysv_segment(shmid);
-    s.ok(format!("shmid {shmid}"));
-    let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-    s.check(sysv::shmctl_rmid(shmid))?;
+    // ANCHOR_END: none
+    call!(sysv::shmctl_rmid(shmid))?;
     segment.disarm();
-    s.ok(0);
     fact(
         "result none",
         format!(
@@ -328,4 +293,3 @@ fn none() -> anyhow::Result<()> {
     }
     Ok(())
 }
-// ANCHOR_END: none

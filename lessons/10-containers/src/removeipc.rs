@@ -10,20 +10,18 @@
 //! cleanup on objects of its own, in new IPC and mount namespaces (a private
 //! tmpfs on `/dev/shm`), without touching logind.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use common::narrate::{evidence, explain, fact, note, section, step, subsection};
-use common::{inspect, names, sysv};
+use common::narrate::{evidence, explain, fact, note, section, subsection};
+use common::{call, inspect, names, sysv};
 use nix::fcntl::OFlag;
-use nix::mount::{MsFlags, mount};
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid, fchown};
 
 use crate::kept;
-use crate::modes::DOCKER_SHM;
+use crate::modes::docker_dev_shm;
 
 /// Where systemd looks for `logind.conf`, highest priority first.
 const DIRS: [&str; 4] = ["/etc", "/run", "/usr/local/lib", "/usr/lib"];
@@ -159,50 +157,35 @@ fn outer_uid_of_root() -> u32 {
         .unwrap_or(0)
 }
 
-// ANCHOR: objects
 /// A segment and a POSIX object owned by `uid`, as logind would find them.
 fn objects_of(uid: u32) -> anyhow::Result<()> {
     let page = inspect::page_size();
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget(IPC_PRIVATE, {page}, {})",
-        sysv::shmflg_string(flags)
-    ));
-    let shmid = s.check(sysv::shmget(libc::IPC_PRIVATE, page, flags))?;
-    s.ok(format!("shmid {shmid}"));
+    let shmid =
+        call!(sysv::shmget(libc::IPC_PRIVATE => call::ipc_key, page, flags => call::ipc_flags))?;
+    // ANCHOR: objects
     let mut ds = sysv::shmctl_stat(shmid).context("IPC_STAT")?;
     ds.shm_perm.uid = uid;
     ds.shm_perm.gid = uid;
-    let s = step(format!(
-        "shmctl({shmid}, IPC_SET, {{uid={uid}, gid={uid}}})"
-    ));
-    // SAFETY: ds is a valid shmid_ds the kernel filled in; IPC_SET reads it.
-    let r = unsafe { libc::shmctl(shmid, libc::IPC_SET, &mut ds) };
-    s.check(if r == -1 {
-        Err(nix::errno::Errno::last())
-    } else {
-        Ok(())
-    })?;
-    s.ok(0);
+    call!(sysv::shmctl_set(shmid, &ds => |d: &&libc::shmid_ds| format!(
+        "{{uid={}, gid={}}}",
+        d.shm_perm.uid, d.shm_perm.gid
+    )))?;
     let name = names::unique_name(10, &format!("uid{uid}"));
     let oflags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!("shm_open({name:?}, O_CREAT|O_EXCL|O_RDWR, 0600)"));
-    let fd = s.check(shm_open(
+    let fd = call!(shm_open(
         name.as_str(),
         oflags,
-        Mode::from_bits_truncate(0o600),
+        Mode::from_bits_truncate(0o600)
     ))?;
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    let s = step(format!("fchown({}, {uid}, {uid})", fd.as_raw_fd()));
-    s.check(fchown(
+    call!(fchown(
         &fd,
         Some(Uid::from_raw(uid)),
-        Some(Gid::from_raw(uid)),
+        Some(Gid::from_raw(uid))
     ))?;
-    s.ok(0);
+    // ANCHOR_END: objects
     Ok(())
 }
-// ANCHOR_END: objects
 
 // ANCHOR: sweep
 /// What logind does when the last session of `user` ends (systemd's
@@ -220,9 +203,7 @@ fn logout(user: u32, inside: u32, sys_uid_max: u32) -> anyhow::Result<(usize, us
     let mut segments = 0;
     for seg in inspect::sysv_segments() {
         if seg.uid == inside || seg.gid == inside {
-            let s = step(format!("shmctl({}, IPC_RMID, NULL)", seg.shmid));
-            s.check(sysv::shmctl_rmid(seg.shmid))?;
-            s.ok(0);
+            call!(sysv::shmctl_rmid(seg.shmid))?;
             segments += 1;
         }
     }
@@ -230,9 +211,7 @@ fn logout(user: u32, inside: u32, sys_uid_max: u32) -> anyhow::Result<(usize, us
     for e in inspect::dev_shm_entries() {
         if e.uid == inside || e.gid == inside {
             let name = format!("/{}", e.name);
-            let s = step(format!("shm_unlink({name:?})"));
-            s.check(shm_unlink(name.as_str()))?;
-            s.ok(0);
+            call!(shm_unlink(name.as_str()))?;
             files += 1;
         }
     }
@@ -243,18 +222,7 @@ fn logout(user: u32, inside: u32, sys_uid_max: u32) -> anyhow::Result<(usize, us
 /// In new IPC and mount namespaces: `SYS_UID_MAX`.
 pub fn inside(args: &[String]) -> anyhow::Result<()> {
     let sys_uid_max: u32 = args.first().context("SYS_UID_MAX")?.parse()?;
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let s = step(format!(
-        "mount(\"shm\", \"/dev/shm\", \"tmpfs\", MS_NOSUID|MS_NODEV|MS_NOEXEC, \"{DOCKER_SHM}\")"
-    ));
-    s.check(mount(
-        Some("shm"),
-        "/dev/shm",
-        Some("tmpfs"),
-        flags,
-        Some(DOCKER_SHM),
-    ))?;
-    s.ok(0);
+    docker_dev_shm()?;
     let me = outer_uid_of_root();
     // As root: a student (uid 1000) and a system user. In a user namespace
     // only our own uid exists (as 0 inside): one user, ourselves.
