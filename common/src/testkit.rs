@@ -136,14 +136,18 @@ pub struct Running {
 
 /// `bin args` with NO_COLOR=1, stdin closed, stdout and stderr piped.
 fn spawn(bin: &Path, args: &[&str]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    spawn_command(cmd).expect("start the lesson")
+}
+
+/// `cmd` with NO_COLOR=1, stdin closed, stdout and stderr piped.
+fn spawn_command(mut cmd: Command) -> std::io::Result<Child> {
+    cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the lesson")
 }
 
 /// Start `bin` with `args` (NO_COLOR=1), stdout piped.
@@ -384,16 +388,10 @@ pub fn run_in_ipc_namespace(
         cmd.arg("-r");
     }
     // unshare and sh exec in place: the pid is the lesson's own.
-    let child = cmd
-        .args(["-i", "--", "sh", "-c", &script])
+    cmd.args(["-i", "--", "sh", "-c", &script])
         .arg(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
+        .args(args);
+    let child = spawn_command(cmd).ok()?;
     let pid = child.id();
     let out = child.wait_with_output().expect("wait for the lesson");
     let err = String::from_utf8_lossy(&out.stderr);
