@@ -45,6 +45,10 @@ const INTERNAL: &str = "--internal-scenario";
 /// The exit status for "skipped: this machine can't stage the scenarios".
 const SKIPPED: u8 = 77;
 
+/// Set (by the tests only) to a glibc version such as `2.33` to make the
+/// lesson behave as it does on that glibc. It says so wherever it matters.
+const SIMULATE_GLIBC: &str = "SHM_LESSONS_SIMULATE_GLIBC";
+
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
@@ -96,6 +100,7 @@ fn lesson() -> anyhow::Result<()> {
     );
 
     section("The host's /dev/shm, before");
+    this_libc().show();
     let before = ns::mount_table();
     evidence("findmnt /dev/shm", host_dev_shm());
     explain(
@@ -200,8 +205,10 @@ fn run_scenario(n: usize, name: &str, scratch: &Path, hold: Hold) -> anyhow::Res
 // ANCHOR_END: parent
 
 // ANCHOR: child
-/// A scenario's child: make the namespace while still single-threaded
-/// (unshare refuses a multi-threaded process), then stage and run.
+/// A scenario's child: make the namespace while still single-threaded, then
+/// stage and run. unshare(CLONE_NEWUSER) fails with EINVAL once there is a
+/// second thread, and CLONE_NEWNS would move only this thread, leaving the
+/// cleanup thread of `common::run` in the host's namespace.
 fn scenario_main(args: &[String]) -> ExitCode {
     narrate::init();
     let (Some(n), Some(name), Some(scratch), Some(hold)) = (
@@ -325,9 +332,29 @@ fn on_disk(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         None::<&str>,
     ))?;
     s.ok(0);
+    let libc = this_libc();
+    if libc.searches {
+        // Old glibc rejects this /dev/shm (not a tmpfs) and takes the first
+        // tmpfs in the mount table: one of the host's, such as /run.
+        explain(format!(
+            "{libc} is older than 2.34: its shm_open would reject this /dev/shm (not a tmpfs) \
+             and create the object in the first tmpfs of /proc/mounts, which in this \
+             namespace is one of the host's. So the lesson does not call it, and replays the \
+             search instead (statfs only):"
+        ));
+        let dir = where_is_shmfs_2_33();
+        let dir = dir.as_deref().unwrap_or("nothing (ENOSYS)");
+        result(
+            2,
+            "on disk",
+            &format!("shm_open not called: {libc} would use {dir}"),
+        );
+        return Ok(());
+    }
     let (fd, object) = shm::create(name)?;
-    let s = step(format!("ftruncate({}, 4096)", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, 4096))?;
+    let page = inspect::page_size();
+    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
+    s.check(ftruncate(&fd, page as libc::off_t))?;
     s.ok(0);
     let s = step(format!("pwrite({}, \"hello\", 5, 0)", fd.as_raw_fd()));
     let written = s.check(nix::sys::uio::pwrite(&fd, b"hello", 0))?;
@@ -346,15 +373,109 @@ fn on_disk(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
             "findmnt -N PID /dev/shm   # the child's bind mount",
         ],
     );
+    write_back(&fd, page)?;
     remove(name, fd, object)?;
     explain(
-        "The object is now an ordinary file on a disk filesystem. Mapping it still shares \
-         pages through the page cache, but the kernel writes dirty pages back to the disk \
-         (every vm.dirty_expire_centisecs, and on msync), which costs I/O that tmpfs never \
-         does. And an object nobody unlinked survives a reboot: on tmpfs it would vanish.",
+        "The object is an ordinary file now. Mapping it still shares pages through the page \
+         cache, but what is written to it also goes to the disk, and an object nobody \
+         unlinked survives a reboot: on tmpfs it would vanish.",
     );
     result(2, "on disk", &format!("shm_open worked; {fs}"));
     Ok(())
+}
+
+/// Scenario 2's evidence that a disk file's pages are written back: this
+/// process's `write_bytes` (`/proc/self/io`: bytes it made dirty for the
+/// storage layer) and the machine's `Dirty` and `Writeback`
+/// (`/proc/meminfo`), around a 4 MiB `pwrite` and an `fsync`.
+fn write_back(fd: &OwnedFd, at: usize) -> anyhow::Result<()> {
+    narrate::subsection("writeback, in the kernel's own figures");
+    for (knob, what) in [
+        (
+            "dirty_writeback_centisecs",
+            "the flusher threads wake up this often",
+        ),
+        (
+            "dirty_expire_centisecs",
+            "dirty data this old is written at their next wake-up",
+        ),
+    ] {
+        let v = std::fs::read_to_string(format!("/proc/sys/vm/{knob}"));
+        let v = v.map_or_else(|_| "unreadable".into(), |v| v.trim().to_string());
+        fact(&format!("vm.{knob}"), format!("{v} ({what}; in 1/100 s)"));
+    }
+    let before = Writeback::now("before the write");
+    let data = vec![0x5a_u8; BIG];
+    let s = step(format!("pwrite({}, buf, {BIG}, {at})", fd.as_raw_fd()));
+    let written = s.check(nix::sys::uio::pwrite(fd, &data, at as libc::off_t))?;
+    s.ok(written);
+    let dirtied = Writeback::now("after the write");
+    let s = step(format!("fsync({})", fd.as_raw_fd()));
+    s.check(nix::unistd::fsync(fd))?;
+    s.ok(0);
+    let synced = Writeback::now("after fsync");
+    let (Some(b), Some(d)) = (before.write_bytes, dirtied.write_bytes) else {
+        note("/proc/self/io is missing (no task I/O accounting in this kernel): not shown.");
+        return Ok(());
+    };
+    let change = |from: &Writeback, to: &Writeback| match (from.dirty, to.dirty) {
+        (Some(a), Some(b)) => format!("{:+}", b as i64 - a as i64),
+        _ => "?".into(),
+    };
+    fact(
+        "this process's write_bytes",
+        format!("+{} bytes after the pwrite", d.saturating_sub(b)),
+    );
+    if d - b >= BIG as u64 {
+        explain(format!(
+            "The kernel counted our {BIG} bytes as data this process made dirty for the disk. \
+             Machine-wide, Dirty went {} kB with the write and {} kB with fsync (other \
+             programs' writes count there too). Without fsync (or msync(MS_SYNC) on a \
+             mapping), a flusher thread writes them once they are older than \
+             vm.dirty_expire_centisecs, at its next wake-up. That is disk I/O tmpfs never does.",
+            change(&before, &dirtied),
+            change(&dirtied, &synced),
+        ));
+    } else {
+        explain(format!(
+            "write_bytes did not grow by our {BIG} bytes: this filesystem sends nothing to a \
+             disk (a memory filesystem: no disk directory was found for the scratch directory)."
+        ));
+    }
+    Ok(())
+}
+
+/// `write_bytes` of `/proc/self/io`, and `Dirty` and `Writeback` of
+/// `/proc/meminfo` (kB), shown as evidence when read.
+struct Writeback {
+    write_bytes: Option<u64>,
+    dirty: Option<u64>,
+}
+
+impl Writeback {
+    fn now(when: &str) -> Writeback {
+        let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+        let write_bytes = io
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok());
+        let dirty = inspect::meminfo_kib("Dirty");
+        let writeback = inspect::meminfo_kib("Writeback");
+        let show = |v: Option<u64>| v.map_or("?".into(), |v| v.to_string());
+        evidence(
+            &format!(
+                "grep -E '^(Dirty|Writeback):' /proc/meminfo; grep ^write_bytes \
+                 /proc/{}/io   # {when}",
+                getpid()
+            ),
+            [
+                format!("Dirty: {} kB", show(dirty)),
+                format!("Writeback: {} kB", show(writeback)),
+                format!("write_bytes: {}", show(write_bytes)),
+            ],
+        );
+        Writeback { write_bytes, dirty }
+    }
 }
 // ANCHOR_END: on_disk
 
@@ -363,7 +484,8 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     explain(
         "We stage a 2010 machine with /dev/shm removed: a new root (a ramfs, so nothing is \
          written to disk) holding a udev tmpfs on /dev without shm, and /proc. After chroot, \
-         /proc/mounts lists only these mounts, as a 2010 mount table would.",
+         /proc/mounts lists these mounts, in this order, as a 2010 mount table would, plus \
+         whatever the host has mounted under /proc (the recursive bind brings those too).",
     );
     let root = scratch.display().to_string();
     let s = step(format!("mount(\"rootfs\", {root:?}, \"ramfs\", 0, NULL)"));
@@ -421,20 +543,30 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     );
 
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let opened = s.outcome(
-        shm_open(name, flags, Mode::from_bits_truncate(0o600)),
-        |fd| format!("fd {}", fd.as_raw_fd()),
-    );
-    if let Ok(fd) = opened {
-        let object = cleanup::posix_object(name);
-        remove(name, fd, object)?;
-        bail!("shm_open worked without /dev/shm: this libc does not behave like glibc 2.34+");
-    }
-    let errno = opened.err().unwrap_or(Errno::UnknownErrno);
+    let libc = this_libc();
+    let outcome = if libc.searches {
+        explain(format!(
+            "{libc} is older than 2.34: its shm_open would run the search below. The lesson \
+             does not call it, and replays the search instead."
+        ));
+        format!("shm_open not called on {libc}")
+    } else {
+        let s = step(format!(
+            "shm_open({name:?}, {}, 0600)",
+            narrate::flags(flags)
+        ));
+        let opened = s.outcome(
+            shm_open(name, flags, Mode::from_bits_truncate(0o600)),
+            |fd| format!("fd {}", fd.as_raw_fd()),
+        );
+        if let Ok(fd) = opened {
+            let object = cleanup::posix_object(name);
+            remove(name, fd, object)?;
+            bail!("shm_open worked without /dev/shm: this libc does not behave like glibc 2.34+");
+        }
+        let errno = opened.err().unwrap_or(Errno::UnknownErrno);
+        format!("shm_open failed with {}", common::report::errno_name(errno))
+    };
     look(
         hold,
         &[
@@ -442,8 +574,7 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
             "ls -l /proc/PID/root/dev/   # no shm directory",
         ],
     );
-    let libc_version = inspect::libc_version().unwrap_or_else(|| "not glibc".into());
-    fact("gnu_get_libc_version()", &libc_version);
+    libc.show();
 
     section("What glibc 2.33 would have done: where_is_shmfs(), in Rust");
     let dir = where_is_shmfs_2_33();
@@ -482,9 +613,12 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         "after rmdir /dev/shm, \"the program cannot find /dev/shm, and the shared memory \
          file is created in the /dev/ directory\" (ls -l /dev/mymem)",
         &format!(
-            "shm_open failed with {} on glibc {libc_version}; glibc 2.33's search would have \
-             picked {}",
-            common::report::errno_name(errno),
+            "{outcome}{}; glibc 2.33's search would have picked {}",
+            if libc.searches {
+                String::new()
+            } else {
+                format!(" on {libc}")
+            },
             dir.as_deref().unwrap_or("nothing")
         ),
         "glibc up to 2.33 looked for the first tmpfs in /proc/mounts when /dev/shm was not a \
@@ -495,8 +629,7 @@ fn removed(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
         3,
         "removed",
         &format!(
-            "shm_open failed with {}; glibc 2.33's where_is_shmfs would have used {}",
-            common::report::errno_name(errno),
+            "{outcome}; glibc 2.33's where_is_shmfs would have used {}",
             dir.as_deref().unwrap_or("nothing (ENOSYS)")
         ),
     );
@@ -597,7 +730,11 @@ fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
                 "ls -ls /proc/PID/root/dev/shm/{}   # 4 MiB, 0 blocks",
                 names::file_name(name)
             ),
-            "stat -f /proc/PID/root/dev/shm   # the 1 MiB tmpfs: 256 blocks, all free",
+            &format!(
+                "stat -f /proc/PID/root/dev/shm   # the 1 MiB tmpfs: {} blocks of {page} \
+                 bytes, all free",
+                tmpfs_size / page as u64
+            ),
         ],
     );
 
@@ -672,16 +809,30 @@ fn full(name: &str, hold: Hold) -> anyhow::Result<()> {
     let name2 = format!("{name}-fallocate");
     let (fd, object) = shm::create(&name2)?;
     let s = step(format!("posix_fallocate({}, 0, {BIG})", fd.as_raw_fd()));
-    let errno = match s.outcome(posix_fallocate(&fd, 0, BIG as libc::off_t), |_| "0".into()) {
+    let fallocated = s.outcome(posix_fallocate(&fd, 0, BIG as libc::off_t), |_| "0".into());
+    let errno = match fallocated {
         Ok(()) => "no error".to_string(),
         Err(e) => common::report::errno_name(e),
     };
     remove(&name2, fd, object)?;
     note(
-        "Docker gives every container a 64 MiB /dev/shm by default; programs that share more \
-         (browsers, PyTorch DataLoader workers, PostgreSQL) die of SIGBUS there. \
-         `docker run --shm-size=1g` makes it bigger.",
+        "Docker gives every container a 64 MiB /dev/shm by default. A program that only \
+         ftruncates dies of SIGBUS there, like the child above: PyTorch's DataLoader workers \
+         print \"Unexpected bus error encountered in worker. This might be caused by \
+         insufficient shared memory (shm).\" PostgreSQL does what this last step does: since \
+         2018 it calls posix_fallocate on every new dynamic shared memory segment, so a \
+         parallel query gets an error instead of a crash. `docker run --shm-size=1g` makes \
+         /dev/shm bigger.",
     );
+    if let Err(e) = fallocated {
+        fact(
+            "PostgreSQL would report this run's failure as",
+            format!(
+                "could not resize shared memory segment \"{name2}\" to {BIG} bytes: {}",
+                e.desc()
+            ),
+        );
+    }
     result(
         4,
         "full",
@@ -720,6 +871,57 @@ fn remove(name: &str, fd: OwnedFd, object: cleanup::Guard) -> anyhow::Result<()>
     object.disarm();
     s.ok(0);
     Ok(())
+}
+
+/// This machine's C library, as far as `shm_open` goes.
+struct Libc {
+    /// `gnu_get_libc_version()`, or what [`SIMULATE_GLIBC`] says.
+    version: Option<String>,
+    /// glibc before 2.34: `shm_open` searches the mount table for a tmpfs
+    /// when /dev/shm is not one (`where_is_shmfs`), instead of simply using
+    /// /dev/shm. Scenarios 2 and 3 then replay the search and never call it.
+    searches: bool,
+    simulated: bool,
+}
+
+fn this_libc() -> Libc {
+    let (version, simulated) = match std::env::var(SIMULATE_GLIBC) {
+        Ok(v) => (Some(v), true),
+        Err(_) => (inspect::libc_version(), false),
+    };
+    let searches = version
+        .as_deref()
+        .and_then(|v| inspect::version_at_least(v, 2, 34))
+        == Some(false);
+    Libc {
+        version,
+        searches,
+        simulated,
+    }
+}
+
+impl std::fmt::Display for Libc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.version {
+            Some(v) if self.simulated => write!(f, "glibc {v} (simulated)"),
+            Some(v) => write!(f, "glibc {v}"),
+            None => write!(f, "a C library that is not glibc"),
+        }
+    }
+}
+
+impl Libc {
+    fn show(&self) {
+        let v = self.version.as_deref().unwrap_or("(not glibc)");
+        fact("gnu_get_libc_version()", v);
+        if self.simulated {
+            note(format!(
+                "simulated: {SIMULATE_GLIBC}={v} (a switch for the tests) makes the lesson act \
+                 as on that glibc; this machine's is {}",
+                inspect::libc_version().unwrap_or_else(|| "not glibc".into())
+            ));
+        }
+    }
 }
 
 /// With `--hold`/`--pause`: wait inside the child's namespace while the
@@ -819,7 +1021,7 @@ fn scratch_dir() -> anyhow::Result<PathBuf> {
 /// Without namespaces: what each remaining scenario would have shown, and
 /// how to run the lesson so it can.
 fn explain_without_namespaces(from: usize) {
-    let what = [
+    let what: [&str; 5] = [
         "",
         "1. Unmounted: /dev/shm is a plain directory; shm_open works and the file lands on the \
          filesystem beneath (glibc 2.34+ does not check the type).",
@@ -829,9 +1031,13 @@ fn explain_without_namespaces(from: usize) {
         "3. Removed: shm_open fails with ENOENT on glibc 2.34+. glibc 2.33 searched \
          /proc/mounts for the first tmpfs instead, and in 2010 that was udev's /dev: hence the \
          article's /dev/mymem.",
-        "4. Full: on a 1 MiB tmpfs, ftruncate to 4 MiB succeeds (the file is sparse), a child \
-         writing page by page dies of SIGBUS after about 256 pages, and posix_fallocate fails \
-         at once with ENOSPC.",
+        &format!(
+            "4. Full: on a 1 MiB tmpfs, ftruncate to 4 MiB succeeds (the file is sparse), a \
+             child writing page by page dies of SIGBUS after about {} pages (1 MiB in pages of \
+             {} bytes), and posix_fallocate fails at once with ENOSPC.",
+            (1 << 20) / inspect::page_size(),
+            inspect::page_size()
+        ),
     ];
     section("Without a private mount namespace");
     explain(

@@ -154,6 +154,45 @@ fn part3_both_kinds_survive_a_sigkilled_child() {
     }
 }
 
+/// proc(5): with kernel.shm_rmid_forced = 1 (set in a private IPC namespace
+/// of the test's own) the killed child's segment is destroyed at nattch 0,
+/// while the POSIX object survives; the lesson says so and exits 0.
+#[test]
+fn part3_with_shm_rmid_forced_only_the_posix_object_survives() {
+    let Some((pid, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--part", "3"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let after = stdout
+        .split("What the dead child left behind")
+        .nth(1)
+        .unwrap();
+    let file_line = after.lines().nth(2).unwrap();
+    assert!(
+        file_line.contains("-rw------- 1 ") && file_line.ends_with("-leak"),
+        "the POSIX object survived the child: {file_line}"
+    );
+    // The segment the parent found by key before the SIGKILL is gone after it.
+    let shmid = testkit::number_after(&stdout, ", 0, 0) = ");
+    let ipcs = after.split("$ ipcs -m").nth(1).unwrap();
+    let row = ipcs.lines().nth(1).unwrap();
+    assert!(
+        row.contains(&format!("(no row with shmid {shmid})"))
+            || row.contains(&format!("(no segment with shmid {shmid})")),
+        "{after}"
+    );
+    has(
+        after,
+        &["kernel.shm_rmid_forced: 1", "The System V segment is gone"],
+    );
+    assert!(!after.contains("Both survive"), "{after}");
+    assert!(!after.contains("(from a shell: ipcrm -m "), "{after}");
+    testkit::assert_nothing_left_by(7, pid);
+}
+
 #[test]
 fn part4_memfd_sigbus_without_seals_eperm_with_them() {
     let (out, err) = part("4");
@@ -508,6 +547,54 @@ fn cleanup_lists_then_removes_exactly_our_leftovers() {
         let seg = sysv::shmctl_stat(made.segments[3]).unwrap();
         assert_eq!(seg.shm_perm.uid, 65534, "another user's segment survives");
     }
+}
+
+/// The cleanup's `ls -l` shows a symlink as `l...` (not `d...`), and a name
+/// with a newline quoted like GNU ls, on one line, in the listing and in the
+/// `rm` command it suggests.
+#[test]
+fn cleanup_shows_file_types_and_quotes_names_like_ls() {
+    let mut made = Made::default();
+    let dead = dead_pid();
+    let prefix = format!("shm-lessons-test-{dead}-{}-quote-", std::process::id());
+    let link = format!("/dev/shm/{prefix}link");
+    std::os::unix::fs::symlink("/nowhere", &link).unwrap();
+    made.files.push(link.clone());
+    let odd = format!("/dev/shm/{prefix}two\nlines");
+    std::fs::write(&odd, b"x").unwrap();
+    made.files.push(odd.clone());
+    let dry = text(&cleanup(&["--prefix", prefix.as_str()]).stdout);
+    let link_line = dry
+        .lines()
+        .find(|l| l.contains(&format!("{prefix}link -> ")))
+        .unwrap_or_else(|| panic!("no ls line for the link:\n{dry}"));
+    assert!(
+        link_line
+            .trim_start_matches([' ', '|'])
+            .starts_with("lrwxrwxrwx "),
+        "{link_line}"
+    );
+    assert!(link_line.ends_with(" -> /nowhere"), "{link_line}");
+    let quoted = format!("'{prefix}two'$'\\n''lines'");
+    assert!(
+        dry.lines()
+            .any(|l| l.trim_start_matches([' ', '|']).starts_with("-rw") && l.ends_with(&quoted)),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!(
+            "would remove: /dev/shm/{quoted}   (rm /dev/shm/{quoted})"
+        )),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("left alone: /dev/shm/{prefix}link: ")),
+        "a symlink is never removed: {dry}"
+    );
+    assert!(
+        !dry.contains(&format!("{prefix}two\n")),
+        "a raw newline: {dry}"
+    );
 }
 
 #[test]

@@ -1,0 +1,179 @@
+//! Part 3. `--shm-size`: Docker's 64 MiB `/dev/shm`.
+//!
+//! In a private mount namespace the child mounts what `docker run` mounts
+//! by default: a 64 MiB tmpfs on `/dev/shm`. A program that sizes its object
+//! with `ftruncate` alone succeeds, and dies of SIGBUS when it touches the
+//! page past 64 MiB (in a forked child, whose handler reports it). A program
+//! that calls `posix_fallocate`, as PostgreSQL does, gets ENOSPC at once.
+
+use std::num::NonZeroUsize;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use common::args::Hold;
+use common::children::wait_deadline;
+use common::fault::{self, FaultReport};
+use common::narrate::{self, explain, fact, section, step};
+use common::{cleanup, inspect, names, shm};
+use nix::fcntl::posix_fallocate;
+use nix::mount::{MsFlags, mount};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::statfs::statfs;
+use nix::unistd::{ForkResult, fork, ftruncate};
+
+use crate::kept;
+use crate::modes::DOCKER_SHM;
+
+/// What the program wants: more than the 64 MiB Docker gives.
+const WANT: usize = 96 << 20;
+
+pub fn run(_hold: Hold) -> anyhow::Result<()> {
+    section("Part 3. --shm-size: a 64 MiB /dev/shm");
+    kept::run("shm-size", &[])?;
+    // ANCHOR: sizes
+    explain("How to give a container more /dev/shm (the default is 64 MiB):");
+    narrate::commands(&["docker run --shm-size=1g IMAGE"]);
+    narrate::block(
+        "# compose.yaml\n\
+         services:\n  db:\n    shm_size: \"1gb\"\n\
+         # Kubernetes: no shm size of its own; mount a memory-backed emptyDir\n\
+         volumes:\n  - name: dshm\n    emptyDir: {medium: Memory, sizeLimit: 1Gi}\n\
+         containers:\n  - volumeMounts: [{name: dshm, mountPath: /dev/shm}]",
+    );
+    explain(
+        "The emptyDir's pages count against the container's memory limit (filling /dev/shm \
+         can get the container OOM-killed), and a pod that writes more than sizeLimit is \
+         evicted.",
+    );
+    // ANCHOR_END: sizes
+    Ok(())
+}
+
+// ANCHOR: ftruncate
+/// In new IPC and mount namespaces: Docker's `/dev/shm`, then both programs.
+pub fn inside() -> anyhow::Result<()> {
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let s = step(format!(
+        "mount(\"shm\", \"/dev/shm\", \"tmpfs\", MS_NOSUID|MS_NODEV|MS_NOEXEC, \"{DOCKER_SHM}\")"
+    ));
+    s.check(mount(
+        Some("shm"),
+        "/dev/shm",
+        Some("tmpfs"),
+        flags,
+        Some(DOCKER_SHM),
+    ))?;
+    s.ok(0);
+    let st = statfs("/dev/shm").context("statfs(\"/dev/shm\")")?;
+    let size = st.blocks() * st.block_size() as u64;
+    fact("df /dev/shm", format!("{size} bytes"));
+
+    let name = names::unique_name(10, "ftruncate");
+    let (fd, object) = shm::create(&name)?;
+    let s = step(format!("ftruncate({}, {WANT})", fd.as_raw_fd()));
+    s.check(ftruncate(&fd, WANT as libc::off_t))?;
+    s.ok("0   # a sparse file: nothing is allocated yet");
+    let len = NonZeroUsize::new(WANT).context("WANT is 0")?;
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let s = step(format!(
+        "mmap(NULL, {WANT}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
+        fd.as_raw_fd()
+    ));
+    // SAFETY: a new mapping where the kernel chooses overlaps no Rust
+    // object; only the forked child touches it, with volatile stores.
+    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
+    s.ok(format!("{:p}", ptr.as_ptr()));
+    let (fault, pages) = touch_every_page(ptr.as_ptr().cast())?;
+    let s = step(format!("munmap({:p}, {WANT})", ptr.as_ptr()));
+    // SAFETY: exactly the mapping made above; the child that used it is gone.
+    s.check(unsafe { munmap(ptr, WANT) })?;
+    s.ok(0);
+    drop(fd);
+    let s = step(format!("shm_unlink({name:?})"));
+    s.check(shm_unlink(name.as_str()))?;
+    object.disarm();
+    s.ok(0);
+    let page = inspect::page_size() as u64;
+    fact(
+        "result ftruncate",
+        format!(
+            "{fault} after {pages} pages ({} bytes; /dev/shm holds {size})",
+            pages * page
+        ),
+    );
+    // ANCHOR_END: ftruncate
+    fallocate(size)
+}
+
+// ANCHOR: fallocate
+/// The PostgreSQL way: allocate every page up front.
+fn fallocate(size: u64) -> anyhow::Result<()> {
+    let name = names::unique_name(10, "fallocate");
+    let (fd, object) = shm::create(&name)?;
+    let s = step(format!("posix_fallocate({}, 0, {WANT})", fd.as_raw_fd()));
+    let errno = match s.outcome(posix_fallocate(&fd, 0, WANT as libc::off_t), |_| "0".into()) {
+        Ok(()) => bail!("posix_fallocate of {WANT} bytes worked on a {size}-byte tmpfs"),
+        Err(e) => e,
+    };
+    drop(fd);
+    let s = step(format!("shm_unlink({name:?})"));
+    s.check(shm_unlink(name.as_str()))?;
+    object.disarm();
+    s.ok(0);
+    explain("PostgreSQL (dsm_impl_posix_resize) makes the same call and reports, in the log:");
+    narrate::block(format!(
+        "ERROR:  could not resize shared memory segment \"/PostgreSQL.NNN\" to {WANT} bytes: {}",
+        errno.desc()
+    ));
+    fact(
+        "result posix_fallocate",
+        format!("{} up front", common::report::errno_name(errno)),
+    );
+    Ok(())
+}
+// ANCHOR_END: fallocate
+
+/// Fork a child that writes one byte into each page of the `WANT` bytes at
+/// `base`, counting them; its SIGBUS handler reports the fault. Returns the
+/// fault (or how the child ended) and the pages written.
+fn touch_every_page(base: *mut u8) -> anyhow::Result<(String, u64)> {
+    let page = inspect::page_size();
+    let report = FaultReport::new().context("mmap of the fault report page")?;
+    let action = SigAction::new(
+        SigHandler::SigAction(fault::report_fault),
+        SaFlags::SA_SIGINFO | SaFlags::SA_RESETHAND,
+        SigSet::empty(),
+    );
+    let s = step("fork()");
+    // SAFETY: the child only calls sigaction, does volatile stores and atomic
+    // progress updates, and leaves with _exit: all async-signal-safe.
+    match s.check(unsafe { fork() })? {
+        ForkResult::Child => {
+            // SAFETY: sigaction is async-signal-safe; report_fault is too.
+            unsafe {
+                let _ = sigaction(Signal::SIGBUS, &action);
+            }
+            for i in 0..WANT / page {
+                // SAFETY: i * page < WANT: inside the live MAP_SHARED mapping.
+                unsafe { base.add(i * page).write_volatile(1) };
+                report.set_progress(i as u64 + 1);
+            }
+            // SAFETY: _exit skips destructors that belong to the parent.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            let guard = cleanup::child(child);
+            s.ok(child);
+            let waited = wait_deadline(child, Duration::from_secs(60)).context("waitpid")?;
+            guard.disarm();
+            fact("the child", fault::describe(waited.status()));
+            let what = match report.fault() {
+                Some(f) => f.to_string(),
+                None => fault::describe(waited.status()),
+            };
+            Ok((what, report.progress()))
+        }
+    }
+}
