@@ -765,6 +765,18 @@ fn leading_number(title: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
+/// The number a chapter heading carries: `"4. Placement"` or
+/// `"Part 4: Placement"` → 4.
+fn heading_number(title: &str) -> Option<u32> {
+    let title = title.strip_prefix("Part ").unwrap_or(title);
+    let digits: String = title.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let after = &title[digits.len()..];
+    if digits.is_empty() || !(after.starts_with('.') || after.starts_with(':')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// The numbers of the `section("N. …")` calls in a snippet. A title that
 /// does not start with a number (lesson 5's `"writer 3. …"`, numbered per
 /// process) is not a section number of the chapter.
@@ -797,6 +809,9 @@ fn the_section_number_finder_reads_titles() {
     assert_eq!(section_numbers(&body), [4, 7]);
     assert_eq!(leading_number("12. x"), Some(12));
     assert_eq!(leading_number("2024 was"), None);
+    assert_eq!(heading_number("Part 2: fork"), Some(2));
+    assert_eq!(heading_number("3. The fix"), Some(3));
+    assert_eq!(heading_number("The helpers"), None);
 }
 
 #[test]
@@ -809,10 +824,10 @@ fn every_chapter_section_carries_the_number_of_the_program_section_it_shows() {
             let title = s.heading.trim_start_matches('#').trim();
             for n in section_numbers(&s.body) {
                 checked += 1;
-                if leading_number(title) != Some(n) {
+                if heading_number(title) != Some(n) {
                     wrong.push(format!(
                         "{name}: `{}` includes {}, which prints section {n}; \
-                         number the heading `{n}. …` like the program",
+                         number the heading `{n}. …` (or `Part {n}: …`) like the program",
                         s.heading, s.target
                     ));
                 }
