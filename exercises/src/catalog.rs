@@ -549,6 +549,14 @@ fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
     // (zero) sem_t reads as value 0.
     unsafe { libc::sem_getvalue(shared.ptr().add(64).cast(), &mut value) };
     Ok((|| {
+        if o == Outcome::TimedOut {
+            return Err(format!(
+                "your program hung and was killed after {} s: a worker sleeps in sem_wait and the \
+                 other's sem_post never wakes it. Is the semaphore in the shared page, and \
+                 process-shared (sem_init's pshared = 1)?",
+                r.timeout.as_secs()
+            ));
+        }
         exited_cleanly(r, o)?;
         let want = 2 * SEM_WORKER;
         if count != want {
@@ -904,7 +912,7 @@ pub static EXERCISES: &[Exercise] = &[
             "sem_init(sem, 1, 1) before the fork; in the loop sem_wait(sem) before the load, \
              sem_post(sem) after the store.",
         ],
-        timeout_secs: 20,
+        timeout_secs: 10,
         judge: judge_semaphore,
     },
     Exercise {
