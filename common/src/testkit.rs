@@ -231,6 +231,17 @@ impl Running {
     }
 }
 
+/// A test that fails between [`start`] and [`Running::finish`] must not
+/// leave the lesson running (holding its objects, perhaps for minutes):
+/// stop it with SIGTERM, so that its own cleanup still runs.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_gently();
+        }
+    }
+}
+
 /// Run `bin` with `args` (NO_COLOR=1, stdin closed) to the end; returns the
 /// lesson's pid (for [`assert_nothing_left_by`]) and its output.
 pub fn run_with_pid(bin: &Path, args: &[&str]) -> (u32, Output) {

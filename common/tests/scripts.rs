@@ -227,3 +227,212 @@ fn run_all_runs_a_lesson_and_counts_exit_77_as_a_skip() {
         "{report}"
     );
 }
+
+/// check-env's verdict for a lesson, as run-all would report the run:
+/// `full`/`partly` -> `pass`, `fails` -> `FAIL`, `skipped` -> `skip`.
+fn predicted(report: &str, folder: &str) -> Option<&'static str> {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{folder} ")))?;
+    match line.split_whitespace().nth(1)? {
+        "full" | "partly" => Some("pass"),
+        "fails" => Some("FAIL"),
+        "skipped" => Some("skip"),
+        _ => None,
+    }
+}
+
+/// The RESULT column of run-all's summary row for a lesson.
+fn seen(summary: &str, folder: &str) -> Option<String> {
+    summary
+        .lines()
+        .find(|l| l.starts_with("lesson-") && l.split_whitespace().nth(1) == Some(folder))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+}
+
+/// A machine condition, staged only inside namespaces of the test's own
+/// (never the host's mounts or sysctls): a shell command that runs SCRIPT.
+struct Condition {
+    name: &'static str,
+    wrap: fn(&str, &str) -> Vec<String>,
+}
+
+fn sh(cmd: &str) -> Vec<String> {
+    ["sh", "-c", cmd].map(String::from).to_vec()
+}
+
+/// Item 22 of issue 13: for lessons 1-8, check-env's verdict is exactly what
+/// run-all then sees, under the same conditions: as they are here, in a
+/// fresh IPC namespace, with kernel.shm_rmid_forced=1 in a private IPC
+/// namespace, with a 64 MiB and a 256 KiB /dev/shm (a fresh tmpfs mounted
+/// over /dev/shm in a private mount namespace), with no /dev/shm at all
+/// (docker --ipc=none: a private IPC namespace and a /dev without shm), and
+/// as an unprivileged user. run-all runs prebuilt binaries
+/// (SHM_LESSONS_BIN_DIR), lesson-8 with --quick.
+#[test]
+fn check_env_predicts_what_run_all_sees_in_every_condition() {
+    let lessons: Vec<(String, String)> = lessons()
+        .into_iter()
+        .filter(|(f, _)| f.as_str() < "09")
+        .collect();
+    // Build lessons 1-8 and copy them where any user can run them.
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(root()).args(["build", "-q"]);
+    for (_, p) in &lessons {
+        build.args(["-p", p]);
+    }
+    assert!(build.status().unwrap().success(), "cargo build failed");
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("debug");
+    let dir = std::env::temp_dir().join(format!("shm-lessons-conditions-{}", std::process::id()));
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let _rm = common::cleanup::path(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    for d in [&dir, &bin] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (_, p) in &lessons {
+        fs::copy(target.join(p), bin.join(p)).unwrap();
+    }
+    let numbers: Vec<String> = lessons
+        .iter()
+        .map(|(_, p)| p.trim_start_matches("lesson-").to_string())
+        .collect();
+    let script = dir.join("both.sh");
+    fs::write(
+        &script,
+        format!(
+            "cd '{}' || exit 1\nscripts/check-env\necho '=== RUN-ALL'\n\
+             SHM_LESSONS_BIN_DIR='{}' scripts/run-all {}\n",
+            root().display(),
+            bin.display(),
+            numbers.join(" ")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = script.display().to_string();
+    let devsave = dir.join("dev");
+    fs::create_dir_all(&devsave).unwrap();
+    let devsave = devsave.display().to_string();
+
+    let mut conditions = vec![Condition {
+        name: "as it is here",
+        wrap: |s, _| sh(&format!("exec sh '{s}'")),
+    }];
+    if testkit_is_root() {
+        conditions.extend([
+            Condition {
+                name: "a fresh IPC namespace",
+                wrap: |s, _| {
+                    let mut v = vec!["unshare".into(), "-i".into()];
+                    v.extend(sh(&format!("exec sh '{s}'")));
+                    v
+                },
+            },
+            Condition {
+                name: "kernel.shm_rmid_forced=1 (private IPC namespace)",
+                wrap: |s, _| {
+                    let mut v = vec!["unshare".into(), "-i".into()];
+                    v.extend(sh(&format!(
+                        "echo 1 > /proc/sys/kernel/shm_rmid_forced && exec sh '{s}'"
+                    )));
+                    v
+                },
+            },
+            Condition {
+                name: "a 64 MiB /dev/shm (private mount namespace)",
+                wrap: |s, _| {
+                    let mut v: Vec<String> = ["unshare", "-m", "--propagation", "private"]
+                        .map(String::from)
+                        .to_vec();
+                    v.extend(sh(&format!(
+                        "mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm && exec sh '{s}'"
+                    )));
+                    v
+                },
+            },
+            Condition {
+                name: "a 256 KiB /dev/shm (private mount namespace)",
+                wrap: |s, _| {
+                    let mut v: Vec<String> = ["unshare", "-m", "--propagation", "private"]
+                        .map(String::from)
+                        .to_vec();
+                    v.extend(sh(&format!(
+                        "mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm && exec sh '{s}'"
+                    )));
+                    v
+                },
+            },
+            Condition {
+                name: "no /dev/shm, own IPC namespace (docker --ipc=none)",
+                wrap: |s, save| {
+                    let mut v: Vec<String> = ["unshare", "-i", "-m", "--propagation", "private"]
+                        .map(String::from)
+                        .to_vec();
+                    // A fresh /dev with only the device nodes a shell needs,
+                    // bound from the real /dev: no shm directory.
+                    v.extend(sh(&format!(
+                        "mount --bind /dev '{save}' && mount -t tmpfs -o size=64k,mode=755 tmpfs /dev \
+                         && for f in null zero full random urandom tty; do \
+                         touch /dev/$f && mount --bind '{save}'/$f /dev/$f || exit 1; done \
+                         && exec sh '{s}'"
+                    )));
+                    v
+                },
+            },
+            Condition {
+                name: "an unprivileged user (uid 65534)",
+                wrap: |s, _| {
+                    let mut v: Vec<String> =
+                        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+                            .map(String::from)
+                            .to_vec();
+                    v.extend(sh(&format!("exec sh '{s}'")));
+                    v
+                },
+            },
+        ]);
+    } else {
+        eprintln!("not root: only the machine as it is (the other conditions need namespaces)");
+    }
+
+    let mut table = String::new();
+    let mut wrong = Vec::new();
+    for c in &conditions {
+        let argv = (c.wrap)(&script, &devsave);
+        let out = Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let all = text(&out);
+        let (report, summary) = all
+            .split_once("=== RUN-ALL")
+            .unwrap_or_else(|| panic!("{}: no run-all:\n{all}\n{out:?}", c.name));
+        table.push_str(&format!("{}:\n", c.name));
+        for (folder, _) in &lessons {
+            let want = predicted(report, folder);
+            let got = seen(summary, folder);
+            table.push_str(&format!(
+                "  {folder:<16} check-env {:<5} run-all {}\n",
+                want.unwrap_or("?"),
+                got.as_deref().unwrap_or("?")
+            ));
+            if want.is_none() || want != got.as_deref() {
+                wrong.push(format!("{}: {folder}: {want:?} vs {got:?}\n{all}", c.name));
+            }
+        }
+    }
+    eprintln!("{table}");
+    assert!(wrong.is_empty(), "{table}\n{}", wrong.join("\n"));
+}
+
+fn testkit_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
