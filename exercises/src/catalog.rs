@@ -697,7 +697,7 @@ fn judge_memfd_seal(r: &mut Run) -> anyhow::Result<Verdict> {
 // ---------------------------------------------------------------------------
 
 fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
-    const COUNT: u64 = 100_000;
+    const COUNT: u64 = 20_000;
     let shared = Shared::create(&r.name, PAGE)?;
     let o = r.exec(&[])?;
     let head = shared.u64_at(0);
@@ -1130,7 +1130,7 @@ pub static EXERCISES: &[Exercise] = &[
         id: "08_ring",
         lesson: 8,
         title: "send through a ring in shared memory, not a pipe",
-        passed: "100000 messages went through the ring in shared memory and the sum is right.",
+        passed: "20000 messages went through the ring in shared memory and the sum is right.",
         hints: &[
             "push: wait while head - tail == SLOTS; store the slot; then head + 1 with Release.",
             "pop: wait while head (Acquire) == tail; read the slot; then tail + 1 with Release.",
