@@ -252,15 +252,62 @@ fn seen(summary: &str, folder: &str) -> Option<String> {
 }
 
 /// A machine condition, staged only inside namespaces of the test's own
-/// (never the host's mounts or sysctls): a shell command that runs SCRIPT.
+/// (never the host's mounts or sysctls): run `prefix sh -c "SETUP exec sh
+/// SCRIPT"`. `{save}` in SETUP is a scratch directory of the test.
 struct Condition {
     name: &'static str,
-    wrap: fn(&str, &str) -> Vec<String>,
+    prefix: &'static [&'static str],
+    setup: &'static str,
 }
 
-fn sh(cmd: &str) -> Vec<String> {
-    ["sh", "-c", cmd].map(String::from).to_vec()
-}
+const AS_IS: Condition = Condition {
+    name: "as it is here",
+    prefix: &[],
+    setup: "",
+};
+
+/// The conditions that need root (namespaces, another uid).
+const STAGED: [Condition; 6] = [
+    Condition {
+        name: "a fresh IPC namespace",
+        prefix: &["unshare", "-i"],
+        setup: "",
+    },
+    Condition {
+        name: "kernel.shm_rmid_forced=1 (private IPC namespace)",
+        prefix: &["unshare", "-i"],
+        setup: "echo 1 > /proc/sys/kernel/shm_rmid_forced &&",
+    },
+    Condition {
+        name: "a 64 MiB /dev/shm (private mount namespace)",
+        prefix: &["unshare", "-m", "--propagation", "private"],
+        setup: "mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm &&",
+    },
+    Condition {
+        name: "a 256 KiB /dev/shm (private mount namespace)",
+        prefix: &["unshare", "-m", "--propagation", "private"],
+        setup: "mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm &&",
+    },
+    // A fresh /dev with only the device nodes a shell needs, bound from the
+    // real /dev: no shm directory, and a private IPC namespace.
+    Condition {
+        name: "no /dev/shm, own IPC namespace (docker --ipc=none)",
+        prefix: &["unshare", "-i", "-m", "--propagation", "private"],
+        setup: "mount --bind /dev '{save}' && mount -t tmpfs -o size=64k,mode=755 tmpfs /dev && \
+                for f in null zero full random urandom tty; do \
+                touch /dev/$f && mount --bind '{save}'/$f /dev/$f || exit 1; done &&",
+    },
+    Condition {
+        name: "an unprivileged user (uid 65534)",
+        prefix: &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        setup: "",
+    },
+];
 
 /// Item 22 of issue 13: for lessons 1-8, check-env's verdict is exactly what
 /// run-all then sees, under the same conditions: as they are here, in a
@@ -320,83 +367,9 @@ fn check_env_predicts_what_run_all_sees_in_every_condition() {
     fs::create_dir_all(&devsave).unwrap();
     let devsave = devsave.display().to_string();
 
-    let mut conditions = vec![Condition {
-        name: "as it is here",
-        wrap: |s, _| sh(&format!("exec sh '{s}'")),
-    }];
-    if testkit_is_root() {
-        conditions.extend([
-            Condition {
-                name: "a fresh IPC namespace",
-                wrap: |s, _| {
-                    let mut v = vec!["unshare".into(), "-i".into()];
-                    v.extend(sh(&format!("exec sh '{s}'")));
-                    v
-                },
-            },
-            Condition {
-                name: "kernel.shm_rmid_forced=1 (private IPC namespace)",
-                wrap: |s, _| {
-                    let mut v = vec!["unshare".into(), "-i".into()];
-                    v.extend(sh(&format!(
-                        "echo 1 > /proc/sys/kernel/shm_rmid_forced && exec sh '{s}'"
-                    )));
-                    v
-                },
-            },
-            Condition {
-                name: "a 64 MiB /dev/shm (private mount namespace)",
-                wrap: |s, _| {
-                    let mut v: Vec<String> = ["unshare", "-m", "--propagation", "private"]
-                        .map(String::from)
-                        .to_vec();
-                    v.extend(sh(&format!(
-                        "mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm && exec sh '{s}'"
-                    )));
-                    v
-                },
-            },
-            Condition {
-                name: "a 256 KiB /dev/shm (private mount namespace)",
-                wrap: |s, _| {
-                    let mut v: Vec<String> = ["unshare", "-m", "--propagation", "private"]
-                        .map(String::from)
-                        .to_vec();
-                    v.extend(sh(&format!(
-                        "mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm && exec sh '{s}'"
-                    )));
-                    v
-                },
-            },
-            Condition {
-                name: "no /dev/shm, own IPC namespace (docker --ipc=none)",
-                wrap: |s, save| {
-                    let mut v: Vec<String> = ["unshare", "-i", "-m", "--propagation", "private"]
-                        .map(String::from)
-                        .to_vec();
-                    // A fresh /dev with only the device nodes a shell needs,
-                    // bound from the real /dev: no shm directory.
-                    v.extend(sh(&format!(
-                        "mount --bind /dev '{save}' && mount -t tmpfs -o size=64k,mode=755 tmpfs /dev \
-                         && for f in null zero full random urandom tty; do \
-                         touch /dev/$f && mount --bind '{save}'/$f /dev/$f || exit 1; done \
-                         && exec sh '{s}'"
-                    )));
-                    v
-                },
-            },
-            Condition {
-                name: "an unprivileged user (uid 65534)",
-                wrap: |s, _| {
-                    let mut v: Vec<String> =
-                        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-                            .map(String::from)
-                            .to_vec();
-                    v.extend(sh(&format!("exec sh '{s}'")));
-                    v
-                },
-            },
-        ]);
+    let mut conditions = vec![&AS_IS];
+    if nix::unistd::geteuid().is_root() {
+        conditions.extend(STAGED.iter());
     } else {
         eprintln!("not root: only the machine as it is (the other conditions need namespaces)");
     }
@@ -404,8 +377,10 @@ fn check_env_predicts_what_run_all_sees_in_every_condition() {
     let mut table = String::new();
     let mut wrong = Vec::new();
     for c in &conditions {
-        let argv = (c.wrap)(&script, &devsave);
-        let out = Command::new(&argv[0])
+        let shell = format!("{} exec sh '{script}'", c.setup.replace("{save}", &devsave));
+        let mut argv: Vec<&str> = c.prefix.to_vec();
+        argv.extend(["sh", "-c", &shell]);
+        let out = Command::new(argv[0])
             .args(&argv[1..])
             .env("NO_COLOR", "1")
             .stdin(std::process::Stdio::null())
@@ -431,8 +406,4 @@ fn check_env_predicts_what_run_all_sees_in_every_condition() {
     }
     eprintln!("{table}");
     assert!(wrong.is_empty(), "{table}\n{}", wrong.join("\n"));
-}
-
-fn testkit_is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
