@@ -379,15 +379,15 @@ fn judge_devshm_file(r: &mut Run) -> anyhow::Result<Verdict> {
 
 fn judge_fallocate(r: &mut Run) -> anyhow::Result<Verdict> {
     // The exercise's object is 32 pages: it fits in 64, not in 16.
-    r.tmpfs_pages = Some(64);
+    r.sandbox = Some((crate::sandbox::TMPFS, "64".into()));
     let fits = r.exec(&[])?;
-    r.tmpfs_pages = Some(16);
+    r.sandbox = Some((crate::sandbox::TMPFS, "16".into()));
     let full = if fits == Outcome::Exited(crate::sandbox::SKIPPED) {
         fits
     } else {
         r.exec(&[])?
     };
-    r.tmpfs_pages = None;
+    r.sandbox = None;
     Ok((|| {
         if fits == Outcome::Exited(crate::sandbox::SKIPPED) {
             return Err(format!(
@@ -549,6 +549,14 @@ fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
     // (zero) sem_t reads as value 0.
     unsafe { libc::sem_getvalue(shared.ptr().add(64).cast(), &mut value) };
     Ok((|| {
+        if o == Outcome::TimedOut {
+            return Err(format!(
+                "your program hung and was killed after {} s: a worker sleeps in sem_wait and the \
+                 other's sem_post never wakes it. Is the semaphore in the shared page, and \
+                 process-shared (sem_init's pshared = 1)?",
+                r.timeout.as_secs()
+            ));
+        }
         exited_cleanly(r, o)?;
         let want = 2 * SEM_WORKER;
         if count != want {
@@ -689,7 +697,7 @@ fn judge_memfd_seal(r: &mut Run) -> anyhow::Result<Verdict> {
 // ---------------------------------------------------------------------------
 
 fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
-    const COUNT: u64 = 100_000;
+    const COUNT: u64 = 20_000;
     let shared = Shared::create(&r.name, PAGE)?;
     let o = r.exec(&[])?;
     let head = shared.u64_at(0);
@@ -735,6 +743,176 @@ fn judge_futex_shared(r: &mut Run) -> anyhow::Result<Verdict> {
             return Err(format!("the consumer's sum is {got:?}, not {want}."));
         }
         Ok(())
+    })())
+}
+
+// ---------------------------------------------------------------------------
+// Lesson 9
+// ---------------------------------------------------------------------------
+
+fn judge_private_snapshot(r: &mut Run) -> anyhow::Result<Verdict> {
+    const DATA_PAGES: usize = 4;
+    let page = common::inspect::page_size();
+    let flag_at = DATA_PAGES * page;
+    let shared = Shared::create(&r.name, (DATA_PAGES + 1) * page)?;
+    shared.write(0, &vec![b'A'; DATA_PAGES * page]);
+    let started = r.start(&[])?;
+    let pid = started.pid();
+    let taken = common::children::wait_until(Duration::from_secs(5), || {
+        shared.u32_at(flag_at) == 1 || common::children::state(pid).is_none_or(|s| s == 'Z')
+    }) && shared.u32_at(flag_at) == 1;
+    if taken {
+        // Change the object under the snapshot, then say so.
+        shared.write(0, &vec![b'B'; DATA_PAGES * page]);
+        shared.set_u32(flag_at, 2);
+    }
+    let o = r.finish(started);
+    let got = r.report_u64();
+    Ok((|| {
+        exited_cleanly(r, o)?;
+        if !taken {
+            return Err("your program never set the flag to 1 (\"snapshot taken\").".into());
+        }
+        let (old, new) = (
+            (DATA_PAGES * page) as u64 * u64::from(b'A'),
+            (DATA_PAGES * page) as u64 * u64::from(b'B'),
+        );
+        match got {
+            Some(v) if v == old => Ok(()),
+            Some(v) if v == new => Err(
+                "your snapshot changed when the object changed: pages of a MAP_PRIVATE mapping \
+                 that were only read are still the object's own pages. A page becomes yours at \
+                 its first write (copy-on-write)."
+                    .into(),
+            ),
+            Some(v) => Err(format!(
+                "your snapshot's sum is {v}: neither the old data's ({old}) nor the new ({new}); \
+                 only some of its pages were copied."
+            )),
+            None => Err("your program reported nothing: keep the kit::report_u64 call.".into()),
+        }
+    })())
+}
+
+fn judge_fork_heap(r: &mut Run) -> anyhow::Result<Verdict> {
+    let o = r.exec(&[])?;
+    let got = r.report_u64();
+    Ok((|| {
+        exited_cleanly(r, o)?;
+        match got {
+            Some(1000) => Ok(()),
+            Some(0) => Err(
+                "the parent read 0: the child added 1000 to its own copy of the page. After fork, \
+                 heap, stack and MAP_PRIVATE pages are copy-on-write; only a MAP_SHARED mapping \
+                 is the same memory in both."
+                    .into(),
+            ),
+            Some(v) => Err(format!("the parent read {v}, not 1000.")),
+            None => Err("your program reported nothing: keep the kit::report_u64 call.".into()),
+        }
+    })())
+}
+
+// ---------------------------------------------------------------------------
+// Lesson 10
+// ---------------------------------------------------------------------------
+
+fn judge_shm_limits(r: &mut Run) -> anyhow::Result<Verdict> {
+    let page = common::inspect::page_size();
+    let want = (8 * page) as u64;
+    let small = (2 * page) as u64;
+    let mut outcomes = Vec::new();
+    for shmmax in [64 * page as u64, small] {
+        r.sandbox = Some((crate::sandbox::IPC, shmmax.to_string()));
+        let o = r.exec(&[])?;
+        outcomes.push((shmmax, o, r.report_u64()));
+        if o == Outcome::Exited(crate::sandbox::SKIPPED) {
+            break;
+        }
+    }
+    r.sandbox = None;
+    Ok((|| {
+        for (shmmax, o, got) in outcomes {
+            if o == Outcome::Exited(crate::sandbox::SKIPPED) {
+                return Err(format!(
+                    "{SKIP} this machine refuses the IPC namespace the check needs (see the \
+                     message above)."
+                ));
+            }
+            let expect = want.min(shmmax);
+            if o != Outcome::Exited(0) {
+                return Err(format!(
+                    "in an IPC namespace whose kernel.shmmax is {shmmax} bytes, your program {}: \
+                     shmget refuses a segment larger than shmmax (EINVAL). Ask for no more than \
+                     the limit.",
+                    o.describe(r.timeout)
+                ));
+            }
+            if got != Some(expect) {
+                return Err(format!(
+                    "with kernel.shmmax = {shmmax}, your segment's shm_segsz is {got:?}, not \
+                     {expect}: make the biggest segment allowed, up to 8 pages."
+                ));
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// Whether a process may make an IPC namespace here (as root, or through a
+/// user namespace), tried in a forked child that does nothing else.
+fn can_unshare_ipc() -> bool {
+    // SAFETY: the child only calls unshare and _exit (async-signal-safe);
+    // the checker's other threads are not touched.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // SAFETY: unshare takes flags only; _exit ends the child.
+            unsafe {
+                let ok = libc::unshare(libc::CLONE_NEWIPC) == 0
+                    || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWIPC) == 0;
+                libc::_exit(if ok { 0 } else { 1 })
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => matches!(
+            nix::sys::wait::waitpid(child, None),
+            Ok(nix::sys::wait::WaitStatus::Exited(_, 0))
+        ),
+        Err(_) => false,
+    }
+}
+
+fn judge_ipc_namespace(r: &mut Run) -> anyhow::Result<Verdict> {
+    if !can_unshare_ipc() {
+        return Ok(Err(format!(
+            "{SKIP} this machine refuses new IPC namespaces (unshare(CLONE_NEWIPC) and \
+             CLONE_NEWUSER|CLONE_NEWIPC), so the exercise cannot run here."
+        )));
+    }
+    let started = r.start(&[])?;
+    let pid = started.pid();
+    let ready = common::children::wait_until(Duration::from_secs(5), || {
+        r.report().is_some() || common::children::state(pid).is_none_or(|s| s == 'Z')
+    }) && r.report().is_some();
+    let seen = ready.then(|| r.sysv_segment()).flatten();
+    let _ = nix::sys::signal::kill(pid, Signal::SIGUSR1); // "looked: you may go"
+    let o = r.finish(started);
+    Ok((|| {
+        if !ready {
+            return Err(format!(
+                "your program never reported its segment: it {}.",
+                o.describe(r.timeout)
+            ));
+        }
+        if let Some(s) = seen {
+            return Err(format!(
+                "the host's /proc/sysvipc/shm lists your segment (key {}, shmid {}): it was made \
+                 in the host's IPC namespace. Enter a new IPC namespace before shmget.",
+                common::names::key_hex(s.key),
+                s.shmid
+            ));
+        }
+        exited_cleanly(r, o)?;
+        nothing_left(r)
     })())
 }
 
@@ -904,7 +1082,7 @@ pub static EXERCISES: &[Exercise] = &[
             "sem_init(sem, 1, 1) before the fork; in the loop sem_wait(sem) before the load, \
              sem_post(sem) after the store.",
         ],
-        timeout_secs: 20,
+        timeout_secs: 10,
         judge: judge_semaphore,
     },
     Exercise {
@@ -952,7 +1130,7 @@ pub static EXERCISES: &[Exercise] = &[
         id: "08_ring",
         lesson: 8,
         title: "send through a ring in shared memory, not a pipe",
-        passed: "100000 messages went through the ring in shared memory and the sum is right.",
+        passed: "20000 messages went through the ring in shared memory and the sum is right.",
         hints: &[
             "push: wait while head - tail == SLOTS; store the slot; then head + 1 with Release.",
             "pop: wait while head (Acquire) == tail; read the slot; then tail + 1 with Release.",
@@ -974,5 +1152,58 @@ pub static EXERCISES: &[Exercise] = &[
         ],
         timeout_secs: 5,
         judge: judge_futex_shared,
+    },
+    Exercise {
+        id: "09_private_snapshot",
+        lesson: 9,
+        title: "a MAP_PRIVATE snapshot that does not change",
+        passed: "your snapshot kept the old data while the object changed under it.",
+        hints: &[
+            "A MAP_PRIVATE page that was only read: is it a copy yet?",
+            "Copy-on-write copies a page at its first write, not at mmap.",
+            "Write one byte of each page (the value it already holds) before setting the flag.",
+        ],
+        timeout_secs: 10,
+        judge: judge_private_snapshot,
+    },
+    Exercise {
+        id: "09_fork_heap",
+        lesson: 9,
+        title: "what fork copies: a counter on the heap",
+        passed: "the parent read 1000: the counter is in memory fork shares.",
+        hints: &[
+            "Is a Box after fork the same memory in both processes?",
+            "fork copies private pages on write; a MAP_SHARED mapping is never copied.",
+            "mmap_anonymous(None, page, PROT_READ|PROT_WRITE, MAP_SHARED) before the fork, and \
+             put the AtomicU64 there.",
+        ],
+        timeout_secs: 10,
+        judge: judge_fork_heap,
+    },
+    Exercise {
+        id: "10_ipc_namespace",
+        lesson: 10,
+        title: "a segment the host cannot see",
+        passed: "the host's /proc/sysvipc/shm never listed your segment, and nothing is left.",
+        hints: &[
+            "Where does a container's ipcs -m look, and where does the host's?",
+            "man unshare(2): CLONE_NEWIPC. Without root, add CLONE_NEWUSER.",
+            "if unshare(CLONE_NEWIPC).is_err() { unshare(CLONE_NEWUSER | CLONE_NEWIPC)? } as the first call.",
+        ],
+        timeout_secs: 10,
+        judge: judge_ipc_namespace,
+    },
+    Exercise {
+        id: "10_shm_limits",
+        lesson: 10,
+        title: "fit under the namespace's kernel.shmmax",
+        passed: "your segment was 8 pages under a generous shmmax and exactly shmmax under a small one.",
+        hints: &[
+            "Run it by hand, then look at the errno shmget gives in the small namespace: EINVAL.",
+            "/proc/sys/kernel/shmmax shows the limit of the IPC namespace you are in.",
+            "let size = (WANT_PAGES * page).min(shmmax), with shmmax read and parsed from that file.",
+        ],
+        timeout_secs: 10,
+        judge: judge_shm_limits,
     },
 ];

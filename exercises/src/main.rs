@@ -49,8 +49,10 @@ fn main() -> ExitCode {
         fake::misbehave(&mode); // never returns
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some(sandbox::ARG) {
-        sandbox::enter_and_exec(&args[1..]); // never returns
+    match args.first().map(String::as_str) {
+        Some(sandbox::TMPFS) => sandbox::tmpfs_and_exec(&args[1..]), // never returns
+        Some(sandbox::IPC) => sandbox::ipc_and_exec(&args[1..]),     // never returns
+        _ => {}
     }
     common::narrate::init();
     common::cleanup::install_signal_cleanup();

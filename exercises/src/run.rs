@@ -82,9 +82,9 @@ pub struct Run {
     guard: Option<cleanup::Guard>,
     /// Extra environment for the next start.
     env: Vec<(String, String)>,
-    /// Run the program through the checker's own tmpfs sandbox with this
-    /// many pages on /dev/shm (see `sandbox.rs`).
-    pub tmpfs_pages: Option<usize>,
+    /// Run the program through one of the checker's sandboxes (see
+    /// `sandbox.rs`): `(sandbox::TMPFS, pages)` or `(sandbox::IPC, shmmax)`.
+    pub sandbox: Option<(&'static str, String)>,
     /// The pid of the program last started.
     pub last_pid: Option<Pid>,
 }
@@ -141,7 +141,7 @@ impl Run {
             pgid,
             guard: Some(guard),
             env: Vec::new(),
-            tmpfs_pages: None,
+            sandbox: None,
             last_pid: None,
         })
     }
@@ -153,12 +153,10 @@ impl Run {
     /// Start the program in a process group of its own.
     pub fn start(&mut self, args: &[&str]) -> anyhow::Result<Started> {
         self.clear_report();
-        let mut cmd = match self.tmpfs_pages {
-            Some(pages) => {
+        let mut cmd = match &self.sandbox {
+            Some((kind, param)) => {
                 let mut c = Command::new(std::env::current_exe()?);
-                c.arg(crate::sandbox::ARG)
-                    .arg(pages.to_string())
-                    .arg(&self.bin);
+                c.arg(kind).arg(param).arg(&self.bin);
                 c
             }
             None => Command::new(&self.bin),

@@ -36,7 +36,7 @@ use nix::sys::stat::Mode;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, SysconfVar, fork, sysconf};
 
-const COUNT: u64 = 100_000;
+const COUNT: u64 = 20_000;
 const SLOTS: u64 = 32;
 const HEAD_OFFSET: usize = 0;
 const TAIL_OFFSET: usize = 64;
