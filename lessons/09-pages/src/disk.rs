@@ -1,0 +1,290 @@
+//! Part 3: a disk file mapped `MAP_SHARED` against a shm object.
+
+use std::num::NonZeroUsize;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use common::narrate::{self, evidence, explain, fact, section, step, subsection, warn};
+use common::pages;
+use common::{cleanup, inspect, names, shm};
+use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_unlink};
+use nix::unistd::{ForkResult, fork, fsync, ftruncate, getpid};
+
+use crate::util::{self, Report, word};
+
+/// How much each of the two is: enough to stand out in `/proc/meminfo`.
+pub const SIZE: usize = 16 << 20;
+
+/// The `/proc/meminfo` lines that tell the two apart.
+const MEMINFO: [&str; 4] = ["Dirty", "Writeback", "Cached", "Shmem"];
+
+fn meminfo() -> Vec<u64> {
+    MEMINFO
+        .iter()
+        .map(|f| inspect::meminfo_kib(f).unwrap_or(0))
+        .collect()
+}
+
+/// `before → after (+delta)` for every meminfo line.
+fn show_meminfo(when: &str, before: &[u64], after: &[u64]) {
+    let lines = MEMINFO
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(f, (b, a))| {
+            format!(
+                "{f:<10} {b:>9} kB -> {a:>9} kB ({:+} kB)",
+                *a as i64 - *b as i64
+            )
+        });
+    evidence(
+        &format!("grep -E '^(Dirty|Writeback|Cached|Shmem):' /proc/meminfo   # {when}"),
+        lines,
+    );
+}
+
+/// The dirty kB of the mapping at `addr`, from our own smaps.
+fn dirty_kib(addr: NonNull<libc::c_void>) -> (u64, u64) {
+    let sm = pages::smaps_of("self", addr.as_ptr() as usize);
+    let get = |f: &str| sm.as_ref().and_then(|s| s.kib(f)).unwrap_or(0);
+    (get("Shared_Dirty") + get("Private_Dirty"), get("Rss"))
+}
+
+fn show_dirty(label: &str, addr: NonNull<libc::c_void>) -> u64 {
+    let (dirty, rss) = dirty_kib(addr);
+    fact(
+        &format!("smaps of the {label} mapping"),
+        format!("Rss {rss} kB, dirty (Shared_Dirty + Private_Dirty) {dirty} kB"),
+    );
+    dirty
+}
+
+/// Time one call; `f` narrates and checks it.
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duration)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((v, t.elapsed()))
+}
+
+fn map_shared(fd: &OwnedFd, what: &str) -> anyhow::Result<NonNull<libc::c_void>> {
+    let s = step(format!(
+        "mmap(NULL, {SIZE}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)   # {what}",
+        fd.as_raw_fd()
+    ));
+    let len = NonZeroUsize::new(SIZE).context("size 0")?;
+    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY: a new mapping at an address the kernel picks overlaps nothing
+    // of Rust's; it is only accessed through util::word.
+    let p = s.check(unsafe { mmap(None, len, rw, MapFlags::MAP_SHARED, fd, 0) })?;
+    s.ok(format!("{:p}", p.as_ptr()));
+    Ok(p)
+}
+
+pub fn part3(page: usize) -> anyhow::Result<()> {
+    section("3. A disk file mapped MAP_SHARED, against a shm object");
+    let Some((dir, fstype)) = inspect::disk_dir() else {
+        warn(
+            "no directory on a disk filesystem here (/var/tmp and the temporary directory are \
+             in memory), so there is no write-back to show. Skipping part 3.",
+        );
+        return Ok(());
+    };
+    // ANCHOR: open_both
+    let path = dir.join(format!("{}9-{}-disk", names::PREFIX, getpid()));
+    let s = step(format!(
+        "open({:?}, O_CREAT|O_EXCL|O_RDWR, 0600)",
+        path.display().to_string()
+    ));
+    let file: OwnedFd = s
+        .check(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path),
+        )?
+        .into();
+    let file_guard = cleanup::path(&path); // removed on every path
+    s.ok(format!("fd {}   # on {fstype}", file.as_raw_fd()));
+    let name = names::unique_name(9, "mem");
+    let (obj, object) = shm::create(&name)?;
+    for fd in [&file, &obj] {
+        let s = step(format!("ftruncate({}, {SIZE})", fd.as_raw_fd()));
+        s.check(ftruncate(fd, SIZE as libc::off_t))?;
+        s.ok(0);
+    }
+    let on_disk = map_shared(&file, "the disk file")?;
+    let in_mem = map_shared(&obj, "the shm object")?;
+    // ANCHOR_END: open_both
+
+    // ANCHOR: fill
+    subsection(format!(
+        "write every page of both ({} MiB each), then a child reads them",
+        SIZE >> 20
+    ));
+    let before = meminfo();
+    for off in (0..SIZE).step_by(page) {
+        // SAFETY: off < SIZE: inside both live mappings, 8-byte aligned.
+        unsafe {
+            word(on_disk, off).store(off as u64 + 1, Ordering::Relaxed);
+            word(in_mem, off).store(off as u64 + 1, Ordering::Relaxed);
+        }
+    }
+    show_meminfo("before -> after the writes", &before, &meminfo());
+    let last = SIZE - page;
+    let report = Report::new()?;
+    let s = step("fork()");
+    // SAFETY: the child does atomic loads, write(2) and _exit.
+    let child = match s.check(unsafe { fork() })? {
+        ForkResult::Child => {
+            // SAFETY: inside both live mappings, inherited across fork.
+            let seen = unsafe {
+                [
+                    word(on_disk, last).load(Ordering::SeqCst),
+                    word(in_mem, last).load(Ordering::SeqCst),
+                ]
+            };
+            report.send(&seen.map(|v| v as i64));
+            // SAFETY: _exit runs no destructor of the parent's objects.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => child,
+    };
+    let guard = cleanup::child(child);
+    s.ok(child);
+    let seen = report.receive(2)?;
+    util::reap_ok(child, guard)?;
+    fact(
+        "the child reads the last page's first word",
+        format!(
+            "file {:#x}, shm {:#x} (we wrote {:#x})",
+            seen[0],
+            seen[1],
+            last + 1
+        ),
+    );
+    // ANCHOR_END: fill
+    explain(
+        "Both kinds of mapping share pages between processes: the child reads what we \
+         wrote in each. Both count in Cached. Only the file's pages count in Dirty: \
+         they must reach the disk. The shm object's count in Shmem: there is no disk behind \
+         them, and they are never written back. These counters are for the whole machine, \
+         so other programs move them too.",
+    );
+    let file_dirty = show_dirty("file", on_disk);
+    let shm_dirty = show_dirty("shm", in_mem);
+
+    // ANCHOR: msync
+    subsection("msync(MS_SYNC) on each, timed");
+    let before = meminfo();
+    let mut took = Vec::new();
+    for (p, what) in [(on_disk, "file"), (in_mem, "shm")] {
+        let s = step(format!(
+            "msync({:p}, {SIZE}, MS_SYNC)   # {what}",
+            p.as_ptr()
+        ));
+        // SAFETY: p and SIZE are exactly a live mapping made above.
+        let ((), t) = timed(|| s.check(unsafe { msync(p, SIZE, MsFlags::MS_SYNC) }))?;
+        s.ok(format!("0 in {:.3} ms", t.as_secs_f64() * 1e3));
+        took.push(t);
+    }
+    show_meminfo("before -> after msync", &before, &meminfo());
+    let file_clean = show_dirty("file", on_disk);
+    let shm_still = show_dirty("shm", in_mem);
+    // ANCHOR_END: msync
+
+    // ANCHOR: fsync
+    subsection("write the file's pages again, then fsync instead of msync");
+    for off in (0..SIZE).step_by(page) {
+        // SAFETY: inside the live file mapping; no other process maps it now.
+        unsafe { word(on_disk, off).store(off as u64 + 2, Ordering::Relaxed) };
+    }
+    let redirtied = show_dirty("file", on_disk);
+    let s = step(format!("fsync({})", file.as_raw_fd()));
+    let ((), fsync_took) = timed(|| s.check(fsync(&file)))?;
+    s.ok(format!("0 in {:.3} ms", fsync_took.as_secs_f64() * 1e3));
+    let after_fsync = show_dirty("file", on_disk);
+    // ANCHOR_END: fsync
+    conclude(
+        [
+            file_dirty,
+            shm_dirty,
+            file_clean,
+            shm_still,
+            redirtied,
+            after_fsync,
+        ],
+        took[0],
+        took[1],
+        fsync_took,
+    );
+
+    for (p, what) in [(on_disk, "file"), (in_mem, "shm")] {
+        let s = step(format!("munmap({:p}, {SIZE})   # {what}", p.as_ptr()));
+        // SAFETY: exactly a mapping made above; nothing points into it later.
+        s.check(unsafe { munmap(p, SIZE) })?;
+        s.ok(0);
+    }
+    drop(file);
+    let s = step(format!("unlink({:?})", path.display().to_string()));
+    s.check(std::fs::remove_file(&path))?;
+    file_guard.disarm();
+    s.ok(0);
+    drop(obj);
+    let s = step(format!("shm_unlink({name:?})"));
+    s.check(shm_unlink(name.as_str()))?;
+    object.disarm();
+    s.ok(0);
+    narrate::end_pending();
+    Ok(())
+}
+
+/// What the numbers say about write-back and msync.
+fn conclude(kib: [u64; 6], file_msync: Duration, shm_msync: Duration, fsync_took: Duration) {
+    let [
+        file_dirty,
+        shm_dirty,
+        file_clean,
+        shm_still,
+        redirtied,
+        after_fsync,
+    ] = kib;
+    let size_kib = (SIZE >> 10) as u64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    if file_dirty == size_kib && file_clean == 0 && after_fsync == 0 && redirtied == size_kib {
+        explain(format!(
+            "msync(MS_SYNC) took {:.3} ms on the file and wrote its {size_kib} kB of dirty \
+             pages to the disk: smaps says {file_dirty} kB dirty before, {file_clean} kB after. \
+             fsync did the same work after the pages were written again ({:.3} ms, {redirtied} \
+             kB dirty before, {after_fsync} kB after): for a file mapping the two are the same \
+             write-back.",
+            ms(file_msync),
+            ms(fsync_took)
+        ));
+    } else {
+        warn(format!(
+            "unexpected dirty counts for the file: {file_dirty} kB, after msync {file_clean} \
+             kB, again {redirtied} kB, after fsync {after_fsync} kB (of {size_kib} kB)"
+        ));
+    }
+    if shm_dirty == size_kib && shm_still == size_kib {
+        explain(format!(
+            "On the shm object msync took {:.3} ms (the file: {:.3} ms) and changed \
+             nothing: its {shm_still} kB are still dirty, because there is no disk to write \
+             them to. Neither call made anything visible to another process: the child read \
+             our writes before any msync. msync is for durability of a file (that the \
+             data survives a crash), not for sharing.",
+            ms(shm_msync),
+            ms(file_msync)
+        ));
+    } else {
+        warn(format!(
+            "unexpected dirty counts for the shm object: {shm_dirty} kB, after msync \
+             {shm_still} kB (of {size_kib} kB)"
+        ));
+    }
+}
