@@ -5,6 +5,8 @@
 //! `waitpid(WNOHANG)` until a deadline, then kills the child it started (by
 //! its pid) and reports that it had to.
 
+use std::sync::Once;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -87,14 +89,55 @@ pub fn state(pid: Pid) -> Option<char> {
     after.trim_start().chars().next()
 }
 
+/// The pid of the process that last called `fork`, as it was at that moment:
+/// stored by a `pthread_atfork` prepare handler (which runs in the parent just
+/// before the fork), so a child reads its parent's pid from its copy of this
+/// memory even if the parent is already gone. 0 until [`record_forks`].
+static FORKED_BY: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn remember_forking_process() {
+    // SAFETY: getpid has no preconditions and cannot fail.
+    FORKED_BY.store(unsafe { libc::getpid() }, Ordering::SeqCst);
+}
+
+/// Register the `pthread_atfork` handler [`die_with_parent`] relies on, once
+/// per process. [`crate::run`] calls it before the lesson's body.
+pub fn record_forks() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handler is a plain function that lives as long as the
+        // program and only stores getpid() in an atomic; the child and parent
+        // handlers are null, as pthread_atfork(3) allows.
+        unsafe {
+            libc::pthread_atfork(Some(remember_forking_process), None, None);
+        }
+    });
+}
+
 /// In a forked child: ask the kernel to SIGKILL us if the parent dies, so a
-/// crashed lesson never leaves a child spinning. Async-signal-safe (one
-/// prctl), so it may be called right after `fork`.
+/// crashed lesson never leaves a child spinning. Async-signal-safe (prctl,
+/// getppid, getpid, kill and an atomic load), so it may be called right after
+/// `fork`.
+///
+/// `PR_SET_PDEATHSIG` acts only on a death that happens after it: a parent
+/// that died between `fork` and this call has already left us with a new
+/// parent (init or a subreaper). So, as `ns::spawn_self` does, it then
+/// compares `getppid()` with the pid of the process that forked us (recorded
+/// by [`record_forks`]) and, if they differ, kills itself with the same
+/// SIGKILL the kernel would have sent.
 pub fn die_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) takes plain integers and touches no
     // memory of ours.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+    }
+    let parent = FORKED_BY.load(Ordering::SeqCst);
+    // SAFETY: getppid, getpid and kill take and return plain integers; all
+    // three are async-signal-safe (signal-safety(7)).
+    unsafe {
+        if parent != 0 && libc::getppid() != parent {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
     }
 }
 
@@ -133,6 +176,45 @@ mod tests {
             Some(3)
         );
         assert_eq!(poll_until(Duration::from_millis(10), || None::<()>), None);
+    }
+
+    #[test]
+    fn a_child_whose_parent_died_before_die_with_parent_is_killed() {
+        use std::io::Read;
+        use std::os::fd::AsRawFd;
+        record_forks();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the middle process only forks and calls _exit; the
+        // grandchild only calls getppid, poll, die_with_parent (prctl,
+        // getppid, getpid, kill), write and _exit: all async-signal-safe.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => unsafe {
+                let middle = libc::getpid();
+                if libc::fork() == 0 {
+                    // The grandchild: wait until its parent is gone (it has
+                    // been re-parented), and only then ask to die with it.
+                    while libc::getppid() == middle {
+                        libc::poll(std::ptr::null_mut(), 0, 1);
+                    }
+                    die_with_parent();
+                    libc::write(w.as_raw_fd(), b"alive".as_ptr().cast(), 5);
+                }
+                libc::_exit(0)
+            },
+            ForkResult::Parent { child } => {
+                drop(w);
+                let w = wait_deadline(child, Duration::from_secs(10)).unwrap();
+                assert_eq!(w, Waited::Ended(WaitStatus::Exited(child, 0)));
+                // EOF once the grandchild is dead (and any sibling test's
+                // forked child that inherited the write end has ended).
+                let mut seen = String::new();
+                std::fs::File::from(r).read_to_string(&mut seen).unwrap();
+                assert_eq!(
+                    seen, "",
+                    "the grandchild outlived its parent after die_with_parent"
+                );
+            }
+        }
     }
 
     #[test]

@@ -92,9 +92,9 @@ impl Guard {
             }
             IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
         }
-        tell(&format!("cleanup: {what}"));
         action();
         IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+        tell(&format!("cleanup: {what}"));
         Guard {
             id,
             owner: getpid(),
@@ -120,18 +120,40 @@ impl Drop for Guard {
                 .map(|i| reg.remove(i))
         };
         if let Some(mut e) = entry {
-            tell(&format!("cleanup: {}", e.what));
             (e.action)();
+            tell(&format!("cleanup: {}", e.what));
         }
     }
 }
 
-/// Say on stderr what is being cleaned up, never panicking: this runs while a
-/// panic unwinds (a second panic would abort and skip the cleanup) and when
-/// stderr is a pipe whose reader is gone (`lesson-2 2>&1 | head`).
+/// Say on stderr what was cleaned up, after the fact, never panicking and
+/// never waiting long: this runs while a panic unwinds (a second panic would
+/// abort), when stderr is a pipe whose reader is gone (`lesson-2 2>&1 |
+/// head`), and from the signal thread while the main thread may be blocked in
+/// a `write` to a full pipe. So it skips std's stderr lock and writes with
+/// write(2) itself, and only once poll(2) says the fd has room (waiting at
+/// most 100 ms): a full pipe nobody reads costs the message, not the exit.
 fn tell(msg: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "{msg}");
+    let text = format!("{msg}\n");
+    let mut rest = text.as_bytes();
+    while !rest.is_empty() {
+        let mut pfd = libc::pollfd {
+            fd: libc::STDERR_FILENO,
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, and its count, 1.
+        let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+        if ready != 1 || pfd.revents & libc::POLLOUT == 0 {
+            return;
+        }
+        // SAFETY: `rest` is a live byte slice; write(2) only reads it.
+        let n = unsafe { libc::write(libc::STDERR_FILENO, rest.as_ptr().cast(), rest.len()) };
+        if n <= 0 {
+            return;
+        }
+        rest = &rest[n as usize..];
+    }
 }
 
 /// Unlink a POSIX shared memory object on every path.
@@ -181,10 +203,19 @@ pub fn run_all() {
 }
 
 fn run_entries(entries: Vec<Entry>) {
-    for mut e in entries.into_iter().rev() {
-        tell(&format!("cleanup: {}", e.what));
-        (e.action)();
+    for what in run_quietly(entries) {
+        tell(&format!("cleanup: {what}"));
     }
+}
+
+/// Run the actions, newest first, writing nothing; what each undid.
+fn run_quietly(entries: Vec<Entry>) -> Vec<String> {
+    let mut done = Vec::new();
+    for mut e in entries.into_iter().rev() {
+        (e.action)();
+        done.push(e.what);
+    }
+    done
 }
 
 /// The signals that end a lesson early but still clean up.
@@ -221,12 +252,10 @@ pub fn install_signal_cleanup() {
                     INTERRUPTED.store(true, Ordering::SeqCst);
                     std::mem::take(&mut *reg)
                 };
-                crate::narrate::end_pending();
-                tell(&format!(
-                    "\ninterrupted by {}: removing what this run created",
-                    sig.as_str()
-                ));
-                run_entries(entries);
+                // The guards run first, and nothing here touches stdout: the
+                // main thread may be blocked in write(2) to a full pipe
+                // holding std's stdout lock (`lesson --hold | slow-reader`).
+                let done = run_quietly(entries);
                 // The main thread may be between creating something (a
                 // child, an object) and making its guard. Give it a moment
                 // to get there (its guard then runs at once) or to park.
@@ -239,8 +268,15 @@ pub fn install_signal_cleanup() {
                 while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
+                tell(&format!(
+                    "\ninterrupted by {}: removed what this run created",
+                    sig.as_str()
+                ));
+                for what in done {
+                    tell(&format!("cleanup: {what}"));
+                }
+                // std's exit flushes stdout only if its lock is free
+                // (try_lock): it never waits for a blocked main thread.
                 std::process::exit(128 + sig as i32);
             }
         });

@@ -6,6 +6,8 @@
 //!
 //! - [`report`]: the article's `error_out`, with the errno *name* (`ENOENT`)
 //!   beside its text, and the lesson's exit status;
+//! - [`call`]: [`call!`], one narrated system call in one line of source:
+//!   `let fd = call!(shm_open(name.as_str(), flags, mode))?;`;
 //! - [`narrate`]: section titles, one step line per system call, explanations,
 //!   evidence blocks and "the article says / this machine shows" comparisons;
 //! - [`inspect`]: what a student could check by hand (`/dev/shm`,
@@ -22,14 +24,17 @@
 //! - [`children`]: waiting for forked children with a deadline, so a
 //!   lesson never hangs;
 //! - [`futex`]: `FUTEX_WAIT`/`FUTEX_WAKE` on a shared word, private or not;
-//! - [`ns`]: private mount (and user) namespaces in which lesson-4 stages
-//!   its scenarios without touching the host's mounts;
+//! - [`ns`]: private mount, IPC (and user) namespaces in which lessons 4
+//!   and 10 stage their scenarios without touching the host's mounts or IPC
+//!   limits; joining another process's namespaces (`setns`); starting the
+//!   lesson again as a child, with a link to keep it in its namespace;
 //! - [`fault`]: a shared page where a child's SIGBUS/SIGSEGV handler records
 //!   `si_code` and `si_addr` for its parent;
 //! - [`pages`]: what the kernel says of a mapping's pages (`/proc/PID/smaps`,
 //!   `/proc/PID/pagemap`, `ru_minflt`, the transparent huge page settings).
 
 pub mod args;
+pub mod call;
 pub mod children;
 pub mod cleanup;
 pub mod fault;

@@ -7,6 +7,11 @@
 //!   ▸ shm_open("/shm-lessons-1-4242", O_CREAT|O_EXCL|O_RDWR, 0600) = fd 3
 //! ```
 //!
+//! In a lesson's source that is one line, [`call!`](crate::call!):
+//! `let fd = call!(shm_open(name.as_str(), flags, mode))?;` (see
+//! [`crate::call`]). [`step`] and [`Step`] remain for the rare call whose
+//! text the macro cannot build.
+//!
 //! Colour marks structure only; every line carries its meaning in text too,
 //! so the output reads the same with `NO_COLOR=1` or in a log file.
 
@@ -23,6 +28,23 @@ const WIDTH: usize = 78;
 
 /// True while a step line has been announced but its result not yet printed.
 static PENDING: AtomicBool = AtomicBool::new(false);
+
+/// True inside [`quietly`]: steps print nothing.
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Run `f` with its step lines silenced when `quiet` is true: for a call
+/// made many times (each run of a benchmark) and narrated only the first
+/// time. Failures still carry the call's text (the [`SysError`]).
+pub fn quietly<T>(quiet: bool, f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            QUIET.store(self.0, Ordering::SeqCst);
+        }
+    }
+    let _restore = Restore(QUIET.swap(quiet, Ordering::SeqCst));
+    f()
+}
 
 /// Decide on colour: off with `NO_COLOR`, or when stdout is not a terminal
 /// (unless `CLICOLOR_FORCE` is set).
@@ -165,17 +187,42 @@ pub fn conclude(text: impl AsRef<str>) {
 #[must_use = "finish the step with .ok(result) so the student sees the result"]
 pub struct Step {
     call: String,
+    announced: bool,
+    quiet: bool,
 }
 
 /// Announce a call with its real arguments. The line stays open until the
 /// result is printed with [`Step::ok`] (or the call fails in [`Step::check`]).
 pub fn step(call: impl Into<String>) -> Step {
     let call = call.into();
+    if QUIET.load(Ordering::SeqCst) {
+        return Step {
+            call,
+            announced: false,
+            quiet: true,
+        };
+    }
     end_pending();
     print!("  {} {}", "▸".blue(), call);
     let _ = std::io::stdout().flush();
     PENDING.store(true, Ordering::SeqCst);
-    Step { call }
+    Step {
+        call,
+        announced: true,
+        quiet: false,
+    }
+}
+
+/// A step printed whole after its call returns, for a call during which
+/// another process writes to the terminal (a child's signal handler): the
+/// announced line would be cut in two.
+#[doc(hidden)]
+pub fn step_after(call: impl Into<String>) -> Step {
+    Step {
+        call: call.into(),
+        announced: false,
+        quiet: QUIET.load(Ordering::SeqCst),
+    }
 }
 
 impl Step {
@@ -185,7 +232,13 @@ impl Step {
     }
 
     fn finish(&self, result: impl Display) {
-        if PENDING.swap(false, Ordering::SeqCst) {
+        if self.quiet {
+            return;
+        }
+        if !self.announced {
+            end_pending();
+            println!("  {} {} = {result}", "▸".blue(), self.call);
+        } else if PENDING.swap(false, Ordering::SeqCst) {
             println!(" = {result}");
         } else {
             println!("    {} = {result}", self.call);
@@ -234,6 +287,52 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The end of [`call!`](crate::call!): print the result (as `show`
+    /// renders it) or `-1 ENAME (text)`, and return the result with the
+    /// failure as a [`SysError`] naming the call.
+    #[doc(hidden)]
+    pub fn done<T, E: AsErrno>(
+        self,
+        result: Result<T, E>,
+        show: impl FnOnce(&T) -> Option<String>,
+    ) -> anyhow::Result<T> {
+        let v = self.check(result)?;
+        self.show(&v, show);
+        Ok(v)
+    }
+
+    /// The end of [`attempt!`](crate::attempt!): print either outcome and
+    /// hand back the plain result.
+    #[doc(hidden)]
+    pub fn attempted<T, E: AsErrno>(
+        self,
+        result: Result<T, E>,
+        show: impl FnOnce(&T) -> Option<String>,
+    ) -> Result<T, Errno> {
+        match result {
+            Ok(v) => {
+                self.show(&v, show);
+                Ok(v)
+            }
+            Err(e) => {
+                let errno = e.as_errno();
+                self.finish(format!("-1 {}", errno_result(errno)).yellow());
+                Err(errno)
+            }
+        }
+    }
+
+    fn show<T>(self, v: &T, show: impl FnOnce(&T) -> Option<String>) {
+        match show(v) {
+            Some(text) => self.ok(text),
+            // The child of fork: no stdio, no allocator (not even to free
+            // the call's text); it leaves with _exit.
+            None => std::mem::forget(self),
+        }
+    }
+}
+
 /// `ENOENT (No such file or directory)`, as strace prints it.
 pub fn errno_result(errno: Errno) -> String {
     format!("{:?} ({})", errno, errno.desc())
@@ -256,7 +355,10 @@ pub fn flags(f: impl std::fmt::Debug) -> String {
 
 /// A mode the way C source spells it: `0600`.
 pub fn mode(bits: u32) -> String {
-    format!("{:04o}", bits & 0o7777)
+    match bits & 0o7777 {
+        b if b > 0o777 => format!("0{b:o}"), // 01777: sticky, as C writes it
+        b => format!("{b:04o}"),
+    }
 }
 
 #[cfg(test)]

@@ -21,16 +21,27 @@
 //! the host's `/dev/shm`. When the child exits, its namespace and every mount
 //! in it disappear.
 //!
-//! `unshare` needs a single-threaded process (it implies `CLONE_FS`): call
-//! [`enter_private_mount_namespace`] before [`crate::run`], which starts the
-//! cleanup thread.
+//! [`enter`] does the same for other namespaces too (lesson-10 unshares
+//! `CLONE_NEWIPC`, whose `kernel.shm*` sysctls then belong to the child
+//! alone), and [`join`] enters another process's namespaces with `setns`,
+//! as `nsenter -t PID` does. [`spawn_self_linked`] starts a child with a
+//! [`Link`], so the lesson can keep it in its namespaces while it looks from
+//! outside, then release it.
+//!
+//! Call [`enter_private_mount_namespace`] before [`crate::run`], which starts
+//! the cleanup thread, for two reasons (unshare(2)). `CLONE_NEWUSER` implies
+//! `CLONE_THREAD`, so `unshare(CLONE_NEWUSER|...)` fails with `EINVAL` in a
+//! process that has more than one thread. `CLONE_NEWNS` alone is accepted
+//! there, but it moves only the calling thread: the cleanup thread would stay
+//! in the host's mount namespace, and its guards would act on the host's
+//! mounts instead of ours.
 
 use std::process::{Child, Command};
 
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
-use nix::unistd::{getegid, geteuid};
+use nix::unistd::{Pid, getegid, geteuid};
 
 use crate::narrate::{self, explain, fact, step};
 
@@ -91,7 +102,8 @@ impl Refused {
             }
             Errno::EINVAL => {
                 "the kernel has no namespace support built in (CONFIG_USER_NS / \
-                 CONFIG_NAMESPACES), or the process was multi-threaded"
+                 CONFIG_NAMESPACES), or, for CLONE_NEWUSER (which implies CLONE_THREAD), the \
+                 process had more than one thread"
             }
             Errno::ENOSYS => "the kernel or a seccomp filter does not offer unshare at all",
             _ => "the kernel refused it",
@@ -101,7 +113,12 @@ impl Refused {
 
     /// Print what failed, why, and the sysctls that decide it.
     pub fn explain(&self) {
-        narrate::warn(format!("no private mount namespace: {self}"));
+        let what = if self.call.contains("CLONE_NEWNS") || self.call.contains("/ns/mnt") {
+            "no private mount namespace"
+        } else {
+            "no private namespace"
+        };
+        narrate::warn(format!("{what}: {self}"));
         explain(format!("why: {}.", self.reason()));
         for (label, path) in [
             (
@@ -151,6 +168,29 @@ fn try_unshare(flags: CloneFlags, text: &str) -> Result<(), Refused> {
         })
 }
 
+/// `CLONE_NEWUSER|CLONE_NEWIPC|CLONE_NEWNS`: the user namespace first, as
+/// `unshare -Urim` makes them.
+pub fn clone_flags(flags: CloneFlags) -> String {
+    let names = [
+        (CloneFlags::CLONE_NEWUSER, "CLONE_NEWUSER"),
+        (CloneFlags::CLONE_NEWIPC, "CLONE_NEWIPC"),
+        (CloneFlags::CLONE_NEWNS, "CLONE_NEWNS"),
+        (CloneFlags::CLONE_NEWUTS, "CLONE_NEWUTS"),
+        (CloneFlags::CLONE_NEWPID, "CLONE_NEWPID"),
+        (CloneFlags::CLONE_NEWNET, "CLONE_NEWNET"),
+    ];
+    let text: Vec<&str> = names
+        .iter()
+        .filter(|(f, _)| flags.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    if text.is_empty() {
+        narrate::flags(flags)
+    } else {
+        text.join("|")
+    }
+}
+
 fn write_proc(path: &str, text: &str) -> Result<(), Refused> {
     let s = step(format!("write({path:?}, {text:?})"));
     s.outcome(std::fs::write(path, text), |_| text.len().to_string())
@@ -161,24 +201,38 @@ fn write_proc(path: &str, text: &str) -> Result<(), Refused> {
         })
 }
 
-/// Give this (single-threaded) process a mount namespace of its own, with
+/// Give this process, while it is still single-threaded (see the module
+/// documentation), a mount namespace of its own, with
 /// propagation set to private, narrating every call. As root this is
 /// `unshare(CLONE_NEWNS)`; otherwise, or when that is refused, a user
 /// namespace is added, where we are root mapped to our own uid/gid.
 pub fn enter_private_mount_namespace() -> Result<Sandbox, Refused> {
+    enter(CloneFlags::CLONE_NEWNS)
+}
+
+/// Give this (single-threaded) process the namespaces in `flags`
+/// (`CLONE_NEWIPC`, `CLONE_NEWNS`, ...), narrating every call, the way
+/// `unshare -i -m` (as root) or `unshare -Urim` (as anyone else) does: as
+/// root `unshare(flags)`; otherwise, or when that is refused, with
+/// `CLONE_NEWUSER` added and a uid/gid map where we are root mapped to our
+/// own uid/gid. With `CLONE_NEWNS`, every mount is then made private.
+pub fn enter(flags: CloneFlags) -> Result<Sandbox, Refused> {
     let (uid, gid) = (geteuid().as_raw(), getegid().as_raw());
     let sandbox = if uid == 0 {
-        match try_unshare(CloneFlags::CLONE_NEWNS, "CLONE_NEWNS") {
+        match try_unshare(flags, &clone_flags(flags)) {
             Ok(()) => Sandbox::Root,
             Err(r) if r.simulated => return Err(r),
             Err(_) => {
                 explain("root without CAP_SYS_ADMIN (a container?): try a user namespace too.");
-                enter_user_namespace(uid, gid)?
+                enter_user_namespace(flags, uid, gid)?
             }
         }
     } else {
-        enter_user_namespace(uid, gid)?
+        enter_user_namespace(flags, uid, gid)?
     };
+    if !flags.contains(CloneFlags::CLONE_NEWNS) {
+        return Ok(sandbox);
+    }
     explain(
         "from here on this process has its own copy of the mount table. Next, make every \
          mount in it private, so nothing we mount or unmount propagates to the host:",
@@ -202,15 +256,14 @@ pub fn enter_private_mount_namespace() -> Result<Sandbox, Refused> {
     Ok(sandbox)
 }
 
-fn enter_user_namespace(uid: u32, gid: u32) -> Result<Sandbox, Refused> {
-    try_unshare(
-        CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS,
-        "CLONE_NEWUSER|CLONE_NEWNS",
-    )?;
+fn enter_user_namespace(flags: CloneFlags, uid: u32, gid: u32) -> Result<Sandbox, Refused> {
+    let flags = CloneFlags::CLONE_NEWUSER | flags;
+    try_unshare(flags, &clone_flags(flags))?;
     explain(format!(
         "a user namespace: inside it we may be root (uid 0), mapped to uid {uid} outside, with \
-         the right to mount tmpfs and bind mounts in our own mount namespace and nothing more. \
-         setgroups must be denied before an unprivileged gid map is accepted."
+         the right to mount tmpfs and bind mounts in our own mount namespace, set the IPC \
+         sysctls of our own IPC namespace, and nothing more. setgroups must be denied before \
+         an unprivileged gid map is accepted."
     ));
     write_proc("/proc/self/setgroups", "deny")?;
     write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;
@@ -227,6 +280,72 @@ fn enter_user_namespace(uid: u32, gid: u32) -> Result<Sandbox, Refused> {
 /// [`crate::children::wait_deadline`], and guards it with
 /// [`crate::cleanup::child`].
 pub fn spawn_self(args: &[String]) -> std::io::Result<Child> {
+    self_command(args)?.spawn()
+}
+
+/// Like [`spawn_self`], with a [`Link`] to the child: a Unix socket pair
+/// whose other end is the child's stdin (the child takes it with
+/// [`Link::from_stdin`]). The lesson tells a child kept in a namespace when
+/// to go on (or drops the link to release it: the child reads end of file),
+/// and the child says when it is ready.
+pub fn spawn_self_linked(args: &[String]) -> std::io::Result<(Child, Link)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let mut cmd = self_command(args)?;
+    cmd.stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+        theirs,
+    )));
+    let child = cmd.spawn()?;
+    // Never wait for ever on a child that hangs: after a minute, recv gives
+    // up (None), and the lesson stops the child by its pid.
+    Ok((
+        child,
+        Link::new(ours, Some(std::time::Duration::from_secs(60))),
+    ))
+}
+
+/// One end of a line-based link between the lesson and a child of its own.
+pub struct Link {
+    reader: std::io::BufReader<std::os::unix::net::UnixStream>,
+}
+
+impl Link {
+    fn new(stream: std::os::unix::net::UnixStream, timeout: Option<std::time::Duration>) -> Link {
+        let _ = stream.set_read_timeout(timeout);
+        Link {
+            reader: std::io::BufReader::new(stream),
+        }
+    }
+
+    /// In a child started with [`spawn_self_linked`]: its end, on stdin.
+    /// It waits as long as the lesson wants (a `--hold`); if the lesson dies,
+    /// the kernel kills the child (`PR_SET_PDEATHSIG`).
+    pub fn from_stdin() -> std::io::Result<Link> {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin().as_fd().try_clone_to_owned()?;
+        Ok(Link::new(std::os::unix::net::UnixStream::from(fd), None))
+    }
+
+    /// Send one line.
+    pub fn send(&mut self, line: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        writeln!(self.reader.get_mut(), "{line}")
+    }
+
+    /// The next line, or `None` at end of file (the other side is gone or
+    /// released us), on an error, or (in the lesson) after a minute without
+    /// one.
+    pub fn recv(&mut self) -> Option<String> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => Some(line.trim_end().to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// The command that starts this program again (see [`spawn_self`]).
+fn self_command(args: &[String]) -> std::io::Result<Command> {
     use std::io::Write;
     use std::os::unix::process::CommandExt;
     narrate::end_pending();
@@ -248,7 +367,83 @@ pub fn spawn_self(args: &[String]) -> std::io::Result<Child> {
             Ok(())
         });
     }
-    cmd.spawn()
+    Ok(cmd)
+}
+
+/// A namespace as the kernel names it: the target of `/proc/PID/ns/KIND`
+/// (`ipc:[4026531839]`), for process `pid` or, with `None`, for ourselves.
+/// Two processes are in the same namespace exactly when these are equal.
+pub fn identity(pid: Option<Pid>, kind: &str) -> Option<String> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/ns/{kind}"),
+        None => format!("/proc/self/ns/{kind}"),
+    };
+    std::fs::read_link(path)
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+/// The `CLONE_NEW*` flag that `setns` takes for a `/proc/PID/ns` entry.
+fn ns_flag(kind: &str) -> Option<CloneFlags> {
+    Some(match kind {
+        "user" => CloneFlags::CLONE_NEWUSER,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "mnt" => CloneFlags::CLONE_NEWNS,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "net" => CloneFlags::CLONE_NEWNET,
+        _ => return None,
+    })
+}
+
+/// Join the namespaces `kinds` (`"ipc"`, `"mnt"`, ...) of process `pid`, as
+/// `nsenter -t PID` does, narrating each call: open every
+/// `/proc/PID/ns/KIND`, then `setns` into its user namespace first when it
+/// is not ours (that gives a process of the same uid the capabilities the
+/// others need), then into each of `kinds`. Call it while single-threaded:
+/// `setns` into a user or mount namespace refuses a multi-threaded process.
+pub fn join(pid: Pid, kinds: &[&str]) -> Result<(), Refused> {
+    use std::os::fd::AsRawFd;
+    let mut wanted: Vec<&str> = Vec::new();
+    if identity(Some(pid), "user") != identity(None, "user") {
+        wanted.push("user");
+    }
+    wanted.extend(kinds.iter().copied().filter(|k| *k != "user"));
+    let mut fds = Vec::new();
+    for kind in wanted {
+        let path = format!("/proc/{pid}/ns/{kind}");
+        let call = format!("open({path:?}, O_RDONLY|O_CLOEXEC)");
+        let s = step(call.clone());
+        let fd = s
+            .outcome(std::fs::File::open(&path), |f| {
+                format!("fd {}", f.as_raw_fd())
+            })
+            .map_err(|errno| Refused {
+                call,
+                errno,
+                simulated: false,
+            })?;
+        fds.push((kind, fd));
+    }
+    for (kind, fd) in fds {
+        let flag = ns_flag(kind).unwrap_or(CloneFlags::empty());
+        let call = format!("setns({}, {})", fd.as_raw_fd(), clone_flags(flag));
+        let s = step(call.clone());
+        if denied_for_tests() {
+            let _ = s.outcome(Err::<(), Errno>(Errno::EPERM), |_| String::new());
+            return Err(Refused {
+                call,
+                errno: Errno::EPERM,
+                simulated: true,
+            });
+        }
+        s.outcome(nix::sched::setns(&fd, flag), |_| "0".to_string())
+            .map_err(|errno| Refused {
+                call,
+                errno,
+                simulated: false,
+            })?;
+    }
+    Ok(())
 }
 
 /// The lines of `/proc/self/mountinfo`: this process's mount table, exactly.
@@ -313,6 +508,18 @@ mod tests {
         if let Some(m) = mount_containing("/proc/self") {
             assert_eq!(m.mount_point, "/proc");
         }
+    }
+
+    #[test]
+    fn identities_name_the_kind_and_match_our_own() {
+        let ours = identity(None, "ipc").expect("/proc/self/ns/ipc");
+        assert!(ours.starts_with("ipc:["), "{ours}");
+        let me = Pid::from_raw(std::process::id() as i32);
+        assert_eq!(identity(Some(me), "ipc"), Some(ours));
+        assert_eq!(
+            clone_flags(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUSER),
+            "CLONE_NEWUSER|CLONE_NEWNS"
+        );
     }
 
     #[test]

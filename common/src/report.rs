@@ -102,6 +102,7 @@ pub fn errno_of(err: &anyhow::Error) -> Option<Errno> {
 pub fn run(body: impl FnOnce() -> anyhow::Result<()>) -> ExitCode {
     crate::narrate::init();
     crate::cleanup::install_signal_cleanup();
+    crate::children::record_forks();
     quiet_broken_pipe();
     let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
         Ok(result) => result,

@@ -4,14 +4,13 @@
 //! lifecycle), call this instead. It still narrates the call with its real
 //! arguments and result, like every step.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::fcntl::OFlag;
 use nix::sys::mman::shm_open;
 use nix::sys::stat::Mode;
 
 use crate::cleanup::{self, Guard};
-use crate::narrate::{self, step};
 
 /// `shm_open(name, O_CREAT|O_EXCL|O_RDWR, 0600)`, narrated, and the guard
 /// that unlinks the name on every path from here on (disarm it when the
@@ -19,12 +18,7 @@ use crate::narrate::{self, step};
 /// else's, fails with EEXIST and is left alone.
 pub fn create(name: &str) -> anyhow::Result<(OwnedFd, Guard)> {
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let s = step(format!(
-        "shm_open({name:?}, {}, 0600)",
-        narrate::flags(flags)
-    ));
-    let fd = s.check(shm_open(name, flags, Mode::from_bits_truncate(0o600)))?;
+    let fd = crate::call!(shm_open(name, flags, Mode::from_bits_truncate(0o600)))?;
     let guard = cleanup::posix_object(name); // only after it succeeded: O_EXCL
-    s.ok(format!("fd {}", fd.as_raw_fd()));
     Ok((fd, guard))
 }

@@ -21,8 +21,13 @@ pub fn shmget(key: libc::key_t, size: usize, flags: libc::c_int) -> Result<libc:
 
 /// `shmat(shmid, NULL, flags)`: attach the segment where the kernel chooses.
 /// `flags` is 0 or `SHM_RDONLY`. The kernel picks a fresh address range, so
-/// the attachment cannot overlap any Rust object; use it only through raw
-/// pointers, atomics or volatile accesses (another process may write it).
+/// the attachment cannot overlap any Rust object. Use it only through raw
+/// pointers and atomics, never `&`/`&mut` (another process may write it). A
+/// plain or volatile access through a raw pointer is defined only when
+/// something orders it against the other process's accesses: `waitpid` after
+/// the writer exited, or an acquire load that saw the writer's release
+/// store. Volatile alone does not: a volatile read racing with a write is
+/// still a data race, undefined behaviour (`std::ptr::read_volatile`).
 pub fn shmat(shmid: libc::c_int, flags: libc::c_int) -> Result<NonNull<libc::c_void>, Errno> {
     // SAFETY: with a null address the kernel chooses an unused range, so no
     // existing mapping (and no Rust reference) is replaced.
@@ -54,6 +59,15 @@ pub fn shmctl_stat(shmid: libc::c_int) -> Result<libc::shmid_ds, Errno> {
     if r == -1 { Err(Errno::last()) } else { Ok(buf) }
 }
 
+/// `shmctl(shmid, IPC_SET, &buf)`: set the owner's uid and gid and the
+/// permission bits from `buf.shm_perm` (the other fields are ignored).
+pub fn shmctl_set(shmid: libc::c_int, buf: &libc::shmid_ds) -> Result<(), Errno> {
+    let mut copy = *buf;
+    // SAFETY: copy is a valid shmid_ds; IPC_SET only reads it.
+    let r = unsafe { libc::shmctl(shmid, libc::IPC_SET, &mut copy) };
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
 /// `shmctl(shmid, IPC_RMID, NULL)`: mark the segment for destruction. It goes
 /// away after the last detach; its key is released at once.
 pub fn shmctl_rmid(shmid: libc::c_int) -> Result<(), Errno> {
@@ -79,7 +93,28 @@ pub fn ftok(path: &Path, proj_id: u8) -> Result<libc::key_t, Errno> {
 /// `SHM_DEST`: set in the mode once IPC_RMID has marked a segment.
 pub const SHM_DEST: u32 = 0o1000;
 
+/// `SHM_NORESERVE` (010000): in a `shmget` flag word, "do not reserve swap
+/// for this segment" (shmget(2)). The same bit value is `SHM_RDONLY` in a
+/// `shmat` flag word, which is why the two must never be decoded alike.
+pub const SHM_NORESERVE: libc::c_int = 0o10000;
+
+/// `kernel.shm_rmid_forced` of this IPC namespace, read from
+/// `/proc/sys/kernel/shm_rmid_forced` (`None` when it can't be read).
+///
+/// When it is 1 the kernel destroys a segment as soon as its attach count
+/// falls to 0, whether by `shmdt`, exit or exec, without any `IPC_RMID`
+/// (proc(5), `/proc/sys/kernel/shm_rmid_forced`; kernel `ipc/shm.c`,
+/// `shm_may_destroy`). IPC sysctls are per IPC namespace, so a container (or
+/// `unshare -i`) can have its own value.
+pub fn rmid_forced() -> Option<bool> {
+    std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced")
+        .ok()
+        .and_then(|s| s.trim().parse::<u8>().ok())
+        .map(|v| v != 0)
+}
+
 /// `IPC_CREAT|IPC_EXCL|0600`, the way C source spells a shmget flag word.
+/// (For a `shmat` flag word, where 010000 means `SHM_RDONLY`, don't use this.)
 pub fn shmflg_string(flags: libc::c_int) -> String {
     let mut parts = Vec::new();
     if flags & libc::IPC_CREAT != 0 {
@@ -88,8 +123,11 @@ pub fn shmflg_string(flags: libc::c_int) -> String {
     if flags & libc::IPC_EXCL != 0 {
         parts.push("IPC_EXCL".to_string());
     }
-    if flags & libc::SHM_RDONLY != 0 {
-        parts.push("SHM_RDONLY".to_string());
+    if flags & libc::SHM_HUGETLB != 0 {
+        parts.push("SHM_HUGETLB".to_string());
+    }
+    if flags & SHM_NORESERVE != 0 {
+        parts.push("SHM_NORESERVE".to_string());
     }
     parts.push(format!("{:04o}", flags & 0o777));
     parts.join("|")
@@ -134,6 +172,13 @@ mod tests {
         assert_eq!(
             shmflg_string(libc::IPC_CREAT | libc::IPC_EXCL | 0o600),
             "IPC_CREAT|IPC_EXCL|0600"
+        );
+        // 010000 in a shmget flag word is SHM_NORESERVE (shmget(2)), not
+        // shmat's SHM_RDONLY, although the two constants share the value.
+        assert_eq!(libc::SHM_RDONLY, SHM_NORESERVE);
+        assert_eq!(
+            shmflg_string(libc::IPC_CREAT | SHM_NORESERVE | 0o600),
+            "IPC_CREAT|SHM_NORESERVE|0600"
         );
         assert_eq!(key_string(12345678), "0x00bc614e");
         assert_eq!(key_string(libc::IPC_PRIVATE), "IPC_PRIVATE");

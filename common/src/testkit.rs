@@ -296,3 +296,87 @@ pub fn number_after(text: &str, needle: &str) -> u32 {
         .parse()
         .unwrap_or_else(|_| panic!("no number after {needle:?} in:\n{text}"))
 }
+
+/// Run `bin` with `args` (NO_COLOR=1) to the end on one CPU only, the first
+/// one this test may use: what `taskset -c CPU` does (sched_setaffinity
+/// before exec; the lesson and its children inherit the mask). Returns the
+/// lesson's pid and its output.
+pub fn run_on_one_cpu(bin: &Path, args: &[&str]) -> (u32, Output) {
+    use std::os::unix::process::CommandExt;
+    let me = nix::unistd::Pid::from_raw(0);
+    let mine = nix::sched::sched_getaffinity(me).expect("sched_getaffinity");
+    let cpu = (0..nix::sched::CpuSet::count())
+        .find(|&c| mine.is_set(c).unwrap_or(false))
+        .expect("at least one usable CPU");
+    let mut one = nix::sched::CpuSet::new();
+    one.set(cpu).expect("a CPU number within cpu_set_t");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure makes one system call
+    // (sched_setaffinity) on a CpuSet built before the fork.
+    unsafe {
+        cmd.pre_exec(move || Ok(nix::sched::sched_setaffinity(me, &one)?));
+    }
+    let child = cmd.spawn().expect("start the lesson");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("wait for the lesson"))
+}
+
+/// How many CPUs this process may run on (its sched_getaffinity mask).
+pub fn usable_cpus() -> usize {
+    let mask =
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| mask.is_set(c).unwrap_or(false))
+        .count()
+}
+
+/// Run `bin args` (NO_COLOR=1) to the end in a private IPC namespace of its
+/// own (`unshare -i`, or `unshare -r -i` with a user namespace when not
+/// root), after writing each `(sysctl, value)` into that namespace's
+/// `/proc/sys/kernel/<sysctl>`: `[("shm_rmid_forced", "1")]`. The host's
+/// settings are never touched (IPC sysctls are per IPC namespace). Every
+/// segment the run leaves dies with the namespace. Returns the lesson's pid
+/// and output, or `None` (with a message) when the namespace is refused.
+pub fn run_in_ipc_namespace(
+    bin: &Path,
+    args: &[&str],
+    sysctls: &[(&str, &str)],
+) -> Option<(u32, Output)> {
+    let mut script = String::new();
+    for (name, value) in sysctls {
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert!(value.chars().all(|c| c.is_ascii_digit()));
+        script.push_str(&format!(
+            "echo {value} > /proc/sys/kernel/{name} || exit 125; "
+        ));
+    }
+    script.push_str("exec \"$0\" \"$@\"");
+    let mut cmd = Command::new("unshare");
+    if !is_root() {
+        cmd.arg("-r");
+    }
+    // unshare and sh exec in place: the pid is the lesson's own.
+    let child = cmd
+        .args(["-i", "--", "sh", "-c", &script])
+        .arg(bin)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait for the lesson");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(125) || err.starts_with("unshare: ") {
+        eprintln!("skipped: no private IPC namespace here: {err}");
+        return None;
+    }
+    Some((pid, out))
+}

@@ -27,7 +27,7 @@ fn the_parent_reads_what_the_child_wrote() {
         .assert()
         .success()
         .stdout(predicate::str::contains("\nchild wrote 0xdeadbeef\n"))
-        .stdout(predicate::str::contains("child exited with status 0"));
+        .stdout(predicate::str::contains(": exited with status 0\n"));
     assert!(!testkit::shm_exists(&name), "{name} was left behind");
 }
 
@@ -38,13 +38,14 @@ fn narration_shows_the_real_calls_and_evidence() {
     let out = lesson().args(["--name", &name]).output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
+    let page = common::inspect::page_size();
     for expected in [
         format!("shm_open(\"{name}\", O_CREAT|O_EXCL|O_RDWR, 0600) = fd "),
         "ftruncate(".to_string(),
-        ", 4096) = 0".to_string(),
+        format!(", {page}) = 0"),
         "MAP_SHARED".to_string(),
         "| -rw------- 1 ".to_string(),
-        format!(" 4096 {file}"),
+        format!(" {page} {file}"),
         "rw-s 00000000".to_string(),
         format!("/dev/shm/{file}"),
         format!("shm_unlink(\"{name}\") = 0"),

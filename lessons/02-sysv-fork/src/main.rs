@@ -111,12 +111,14 @@ fn lesson() -> anyhow::Result<()> {
             .into_iter()
             .chain(inspect::sysv_segment(smid).map(|s| s.line)),
     );
-    explain(format!(
+    explain(
         "ipcs reads /proc/sysvipc/shm: key (0x00000000 is IPC_PRIVATE), shmid (what shmget \
-         returned, the segment's handle like a file descriptor), owner, perms, bytes, and \
-         nattch, the number of attachments: {} so far, as nothing has called shmat yet.",
-        nattch(smid)
-    ));
+         returned: one id for the whole system, or rather for this IPC namespace, not a \
+         per-process handle like a file descriptor; any process with permission can shmat \
+         it), owner, perms, bytes, and nattch, the number of attachments, which is 0 as \
+         long as nothing has called shmat.",
+    );
+    fact("nattch", nattch(smid));
     // ANCHOR_END: shmget
 
     // ANCHOR: shmat
@@ -157,7 +159,8 @@ fn lesson() -> anyhow::Result<()> {
             children::die_with_parent();
             let d = ptr.as_ptr().cast::<libc::c_ulong>();
             // SAFETY: d is the start of the attached, writable, page-aligned
-            // segment; the parent does not read it until we have exited.
+            // segment; the parent reads it only after waitpid has reaped us,
+            // which orders this store before that read.
             unsafe { d.write_volatile(MAGIC) };
             let mut b = [0u8; 1];
             // SAFETY: close and read are async-signal-safe; the fds are ours
@@ -201,7 +204,9 @@ fn lesson() -> anyhow::Result<()> {
         }
     }
 
-    // SAFETY: the only writer (the child) has exited; the segment is attached.
+    // SAFETY: the segment is still attached. The only writer, the child, has
+    // exited and waitpid above reaped it: its store happens before this read,
+    // so the read races with nothing (waitpid orders it, not the volatile).
     let value = unsafe { ptr.as_ptr().cast::<libc::c_ulong>().read_volatile() };
     println!("child wrote {value:#x}");
     if value != MAGIC {
@@ -230,33 +235,78 @@ fn lesson() -> anyhow::Result<()> {
 
     // ANCHOR: cleanup
     section("6. Detach and remove: shmdt, shmctl(IPC_RMID)");
+    let forced = sysv::rmid_forced();
+    fact(
+        "kernel.shm_rmid_forced (/proc/sys/kernel/shm_rmid_forced)",
+        forced.map_or("(unreadable)", |f| if f { "1" } else { "0" }),
+    );
     let s = step(format!("shmdt({:p})", ptr.as_ptr()));
     // SAFETY: ptr came from shmat above and is not used after this call.
     s.check(unsafe { sysv::shmdt(ptr) })?;
     s.ok(0);
-    fact("nattch", nattch(smid));
-    explain(
-        "Detaching does not destroy the segment: with nattch 0 it stays, holding its data, \
-         until someone removes it. This is how System V segments outlive crashed programs.",
+    let left = inspect::sysv_segment(smid);
+    evidence(
+        "cat /proc/sysvipc/shm",
+        [inspect::sysvipc_header()]
+            .into_iter()
+            .chain(Some(left.as_ref().map_or_else(
+                || format!("(no segment with shmid {smid})"),
+                |seg| seg.line.clone(),
+            ))),
     );
+    if forced == Some(true) {
+        // The last detach destroyed it (proc(5), shm_rmid_forced).
+        if let Some(seg) = left {
+            bail!("kernel.shm_rmid_forced is 1, yet segment {smid} survived shmdt: {seg:?}");
+        }
+        segment.disarm(); // gone: its id may be handed out again
+        explain(
+            "kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed the \
+             segment the moment its attach count fell to 0, here at our shmdt, without any \
+             IPC_RMID (proc(5)). On most machines the setting is 0 and the segment would \
+             stay, with its data, until someone removed it.",
+        );
+        let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));
+        let rmid = s.outcome(sysv::shmctl_rmid(smid), |()| "0".into());
+        if rmid != Err(nix::errno::Errno::EINVAL) {
+            bail!("IPC_RMID on the destroyed segment {smid} gave {rmid:?}, not EINVAL");
+        }
+        explain(
+            "EINVAL: the article's IPC_RMID finds no segment with this id, because there is \
+             nothing left to remove. A program that must work everywhere treats this EINVAL \
+             after its own last shmdt as success.",
+        );
+    } else {
+        let Some(seg) = left else {
+            bail!("segment {smid} vanished at shmdt although kernel.shm_rmid_forced is not 1");
+        };
+        fact("nattch", seg.nattch);
+        explain(
+            "Detaching does not destroy the segment: with nattch 0 it stays, holding its \
+             data, until someone removes it (unless kernel.shm_rmid_forced is 1, or its IPC \
+             namespace ends). This is how System V segments outlive crashed programs.",
+        );
 
-    let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));
-    s.check(sysv::shmctl_rmid(smid))?;
-    segment.disarm(); // removed by the lesson itself
-    s.ok(0);
+        let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));
+        s.check(sysv::shmctl_rmid(smid))?;
+        segment.disarm(); // removed by the lesson itself
+        s.ok(0);
+    }
     let s = step(format!("shmctl({smid}, IPC_STAT, &buf)"));
     let gone = s.outcome(sysv::shmctl_stat(smid), |st| {
         format!("0 (still there, nattch {})", st.shm_nattch)
     });
     if gone != Err(nix::errno::Errno::EINVAL) {
-        bail!("the segment {smid} still exists after IPC_RMID: {gone:?}");
+        bail!("the segment {smid} still exists: {gone:?}");
     }
     evidence("ipcs -m", inspect::ipcs_rows(smid));
-    explain(
-        "EINVAL: no segment has this id any more. With nattch 0, IPC_RMID destroyed it at \
-         once; with attachments left it would only be marked (status dest) and destroyed at \
-         the last shmdt.",
-    );
+    if forced != Some(true) {
+        explain(
+            "EINVAL: no segment has this id any more. With nattch 0, IPC_RMID destroyed it \
+             at once; with attachments left it would only be marked (status dest) and \
+             destroyed at the last shmdt.",
+        );
+    }
     note(
         "the article checks this call with error_out(\"shmdt\"), copied from the line above: \
          a failing IPC_RMID would print \"shmdt: ...\" and send the reader to the wrong call. \

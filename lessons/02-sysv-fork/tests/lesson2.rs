@@ -34,15 +34,15 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let shmid = testkit::number_after(&text, "IPC_CREAT|IPC_EXCL|0600) = shmid ");
+    let page = inspect::page_size();
     for expected in [
-        "shmget(IPC_PRIVATE, 4096, IPC_CREAT|IPC_EXCL|0600) = shmid ".to_string(),
+        format!("shmget(IPC_PRIVATE, {page}, IPC_CREAT|IPC_EXCL|0600) = shmid "),
         format!("shmat({shmid}, NULL, 0) = 0x"),
         // The article's "invisible in any file system": the maps line names
         // the segment's file, "(deleted)" before any IPC_RMID.
         "rw-s 00000000 ".to_string(),
         "/SYSV00000000 (deleted)".to_string(),
         // nattch: 0 after shmget, 1 after shmat, 2 with the child, 1 after.
-        "nattch, the number of attachments: 0 so far".to_string(),
         "nattch: 1\n".to_string(),
         "nattch while the child is alive: 2\n".to_string(),
         "nattch after the child exited: 1\n".to_string(),
@@ -64,6 +64,10 @@ fn narration_shows_the_calls_nattch_and_the_sysv_file() {
     let deleted = text.find("/SYSV00000000 (deleted)").unwrap();
     let rmid = text.find("IPC_RMID, NULL) = 0").unwrap();
     assert!(deleted < rmid);
+    // After shmget, before shmat, nattch is 0.
+    let created = text.find("= shmid ").unwrap();
+    let shmat = text.find("shmat(").unwrap();
+    assert!(text[created..shmat].contains("nattch: 0\n"), "{text}");
     // After shmdt, nattch is 0.
     let shmdt = text.find("shmdt(0x").unwrap();
     assert!(text[shmdt..].contains("nattch: 0\n"), "{text}");
@@ -79,7 +83,10 @@ fn a_named_key_is_shown_in_hex_and_in_the_maps_file_name() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(
-        text.contains(&format!("shmget({hex}, 4096, IPC_CREAT|IPC_EXCL|0600)")),
+        text.contains(&format!(
+            "shmget({hex}, {}, IPC_CREAT|IPC_EXCL|0600)",
+            inspect::page_size()
+        )),
         "{text}"
     );
     assert!(
@@ -103,8 +110,9 @@ fn a_key_someone_else_holds_fails_with_eexist_and_is_left_alone() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains(&format!(
-            "ERROR [EEXIST File exists] shmget({}, 4096, IPC_CREAT|IPC_EXCL|0600)",
-            names::key_hex(key)
+            "ERROR [EEXIST File exists] shmget({}, {}, IPC_CREAT|IPC_EXCL|0600)",
+            names::key_hex(key),
+            inspect::page_size()
         )),
         "{err}"
     );
@@ -205,4 +213,71 @@ fn works_for_an_unprivileged_user() {
     // the lesson's own: no segment that run created is left.
     let pid = testkit::number_after(&text, "$ grep SYSV00000000 /proc/");
     testkit::assert_nothing_left_by(2, pid);
+}
+
+/// proc(5): with kernel.shm_rmid_forced = 1 the segment is destroyed when its
+/// attach count falls to 0, here at the parent's plain shmdt. Run in a private
+/// IPC namespace of its own, so the host's setting is untouched.
+#[test]
+fn with_shm_rmid_forced_the_segment_dies_at_shmdt_and_the_lesson_still_succeeds() {
+    let Some((_pid, out)) = testkit::run_in_ipc_namespace(bin(), &[], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("\nchild wrote 0xdeadbeef\n"), "{text}");
+    let shmid = testkit::number_after(&text, "IPC_CREAT|IPC_EXCL|0600) = shmid ");
+    assert!(
+        text.contains("kernel.shm_rmid_forced (/proc/sys/kernel/shm_rmid_forced): 1\n"),
+        "{text}"
+    );
+    // The child's exit took nattch from 2 to 1: not 0, so the segment lived.
+    assert!(
+        text.contains("nattch after the child exited: 1\n"),
+        "{text}"
+    );
+    // Right after shmdt, /proc/sysvipc/shm (read by the lesson) has no row.
+    let after_shmdt = &text[text.find("shmdt(0x").unwrap()..];
+    let rmid = after_shmdt.find("IPC_RMID").unwrap();
+    assert!(
+        after_shmdt[..rmid].contains(&format!("(no segment with shmid {shmid})")),
+        "{text}"
+    );
+    // And the kernel confirms: IPC_RMID and IPC_STAT both find nothing.
+    assert!(
+        text.contains(&format!(
+            "shmctl({shmid}, IPC_RMID, NULL) = -1 EINVAL (Invalid argument)"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "shmctl({shmid}, IPC_STAT, &buf) = -1 EINVAL (Invalid argument)"
+        )),
+        "{text}"
+    );
+    assert!(!stderr(&out).contains("cleanup:"), "{}", stderr(&out));
+}
+
+/// The same in a fresh IPC namespace with the default setting (0): the
+/// segment outlives shmdt until IPC_RMID. Pairs with the test above.
+#[test]
+fn in_a_fresh_ipc_namespace_the_segment_outlives_shmdt_until_ipc_rmid() {
+    let Some((_pid, out)) = testkit::run_in_ipc_namespace(bin(), &[], &[]) else {
+        return;
+    };
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    let shmid = testkit::number_after(&text, "IPC_CREAT|IPC_EXCL|0600) = shmid ");
+    assert!(
+        text.contains("kernel.shm_rmid_forced (/proc/sys/kernel/shm_rmid_forced): 0\n"),
+        "{text}"
+    );
+    let after_shmdt = &text[text.find("shmdt(0x").unwrap()..];
+    assert!(after_shmdt.contains("nattch: 0\n"), "{text}");
+    assert!(
+        text.contains(&format!("shmctl({shmid}, IPC_RMID, NULL) = 0")),
+        "{text}"
+    );
 }

@@ -17,7 +17,7 @@
 //! inspect parts 1 and 2 from another terminal).
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::ptr::NonNull;
 
@@ -25,9 +25,10 @@ use anyhow::Context;
 use common::args::{Cli, Hold, hold_point};
 use common::cleanup::{self, Guard};
 use common::fault::{self, Fault, FaultReport};
-use common::narrate::{self, compare, evidence, explain, fact, note, section, step, warn};
+use common::inspect::show_maps;
+use common::narrate::{self, compare, explain, fact, note, section, warn};
 use common::report::CallResult;
-use common::{children, inspect, names, shm};
+use common::{attempt, call, children, names, shm};
 use nix::errno::Errno;
 use nix::fcntl::posix_fallocate;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
@@ -35,7 +36,7 @@ use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction
 use nix::sys::stat::fstat;
 use nix::sys::uio::pread;
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, SysconfVar, close, fork, ftruncate, getpid, sysconf};
+use nix::unistd::{ForkResult, SysconfVar, close, fork, ftruncate, sysconf};
 
 /// What the children write, as in the article.
 const MAGIC: u64 = 0xdeadbeef;
@@ -91,36 +92,26 @@ impl Touched {
     }
 }
 
-// ANCHOR: helpers
-/// `fstat(fd)`, narrated: the object's size as the kernel sees it now.
-fn size_of(fd: &OwnedFd) -> anyhow::Result<i64> {
-    let s = step(format!("fstat({}, &st)", fd.as_raw_fd()));
-    let st = s.check(fstat(fd))?;
-    s.ok(format!(
-        "0, st_size {}, st_blocks {}",
-        st.st_size, st.st_blocks
-    ));
-    Ok(st.st_size)
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Access::Write(v) => write!(f, "*(u64 *)p = {v:#x}"),
+            Access::ReadWrite(v) => write!(f, "old = *(u64 *)p; *(u64 *)p = {v:#x}"),
+        }
+    }
 }
 
-/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`, narrated.
+/// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, fd, 0)`, as every part maps.
 fn map(fd: &OwnedFd, len: usize) -> anyhow::Result<NonNull<libc::c_void>> {
-    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {len}, {}, MAP_SHARED, {}, 0)",
-        narrate::flags(prot),
-        fd.as_raw_fd()
-    ));
     let length = NonZeroUsize::new(len).context("a mapping needs a length")?;
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
     // SAFETY: a fresh mapping at an address the kernel chooses (NULL) cannot
     // overlap any Rust object; it is only touched through raw volatile
     // accesses, and only by children where it may fault.
-    let ptr = s.check(unsafe { mmap(None, length, prot, MapFlags::MAP_SHARED, fd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
-    Ok(ptr)
+    unsafe { call!(mmap(None, length, prot, MapFlags::MAP_SHARED, fd, 0)) }
 }
 
-/// `munmap`, `close` and `shm_unlink`, narrated: the end of a part.
+/// `munmap`, `close` and `shm_unlink`: the end of a part.
 fn remove(
     name: &str,
     fd: OwnedFd,
@@ -128,25 +119,55 @@ fn remove(
     ptr: NonNull<libc::c_void>,
     len: usize,
 ) -> anyhow::Result<()> {
-    let s = step(format!("munmap({:p}, {len})", ptr.as_ptr()));
     // SAFETY: ptr/len are exactly a mapping made by map(); no pointer into it
     // is used afterwards.
-    s.check(unsafe { munmap(ptr, len) })?;
-    s.ok(0);
-    let raw = fd.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(fd))?;
-    s.ok(0);
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name))?;
+    unsafe { call!(munmap(ptr, len)) }?;
+    call!(close(fd))?;
+    call!(shm_unlink(name))?;
     guard.disarm(); // removed by the lesson itself
-    s.ok(0);
     Ok(())
 }
 
-// ANCHOR_END: helpers
+/// libc's `mmap`, which takes any length: nix's takes a `NonZeroUsize`, so
+/// part 4's length 0 would not compile.
+mod unchecked {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::ptr::NonNull;
 
-// ANCHOR: touch
+    use nix::errno::Errno;
+    use nix::sys::mman::{MapFlags, ProtFlags};
+
+    /// # Safety
+    /// As `mmap(2)` without `MAP_FIXED`: the new mapping must only be used
+    /// through raw pointers.
+    pub unsafe fn mmap(
+        addr: Option<NonNull<libc::c_void>>,
+        len: usize,
+        prot: ProtFlags,
+        flags: MapFlags,
+        fd: &OwnedFd,
+        offset: libc::off_t,
+    ) -> Result<NonNull<libc::c_void>, Errno> {
+        // SAFETY: without MAP_FIXED (the caller's contract) addr is only a
+        // hint: the kernel never replaces an existing mapping.
+        let p = unsafe {
+            libc::mmap(
+                addr.map_or(std::ptr::null_mut(), NonNull::as_ptr),
+                len,
+                prot.bits(),
+                flags.bits(),
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            Err(Errno::last())
+        } else {
+            NonNull::new(p).ok_or(Errno::EINVAL)
+        }
+    }
+}
+
 /// Fork a child that installs the fault handler and does `access` at
 /// `mapping + offset`; wait for it; report how it ended and what its
 /// handler saw. The parent never touches the address itself.
@@ -156,28 +177,27 @@ fn touch_in_child(
     offset: usize,
     access: Access,
 ) -> anyhow::Result<Touched> {
-    let addr = mapping.as_ptr() as usize + offset;
-    let what = match access {
-        Access::Write(v) => format!("*(u64 *)({:#x}) = {v:#x}", addr),
-        Access::ReadWrite(v) => {
-            format!("old = *(u64 *)({addr:#x}); *(u64 *)({addr:#x}) = {v:#x}")
-        }
-    };
-    explain(format!(
-        "in the child: sigaction(SIGBUS and SIGSEGV, {{report_fault, SA_SIGINFO|SA_RESETHAND}}), \
-         then {what} (mapping + {offset}), then _exit(0)"
-    ));
+    let p = mapping
+        .as_ptr()
+        .cast::<u8>()
+        .wrapping_add(offset)
+        .cast::<u64>();
     let action = SigAction::new(
         SigHandler::SigAction(fault::report_fault),
         SaFlags::SA_SIGINFO | SaFlags::SA_RESETHAND,
         SigSet::empty(),
     );
     report.clear();
-    let s = step("fork()");
+    explain(format!(
+        "the child: sigaction(SIGBUS and SIGSEGV, SA_SIGINFO|SA_RESETHAND), then {access} \
+         with p = mapping + {offset}, then _exit(0)"
+    ));
+    // ANCHOR: touch
     // SAFETY: the child only does async-signal-safe work: prctl, sigaction,
     // one volatile load and store, atomic stores and _exit. It touches no
     // lock and no allocator.
-    match s.check(unsafe { fork() })? {
+    let child = match unsafe { call!(fork()) }? {
+        ForkResult::Parent { child } => child,
         ForkResult::Child => {
             children::die_with_parent();
             // SAFETY: sigaction is async-signal-safe, and report_fault only
@@ -186,7 +206,6 @@ fn touch_in_child(
                 let _ = sigaction(Signal::SIGBUS, &action);
                 let _ = sigaction(Signal::SIGSEGV, &action);
             }
-            let p = addr as *mut u64;
             // SAFETY: p lies inside a MAP_SHARED mapping of this process
             // (offset < its length) and is 8-byte aligned; no Rust reference
             // points there. If the page is beyond the object's end, the
@@ -200,35 +219,36 @@ fn touch_in_child(
                 libc::_exit(0)
             }
         }
-        ForkResult::Parent { child } => {
-            let guard = cleanup::child(child);
-            s.ok(format!("{child}"));
-            // Wait first, then print: the child's handler writes its line to
-            // stderr meanwhile, and our step line should not be cut in two.
-            let status = waitpid(child, None).call(format!("waitpid({child}, &status, 0)"))?;
-            guard.disarm(); // reaped: the pid is no longer ours to signal
-            step(format!("waitpid({child}, &status, 0)"))
-                .ok(format!("{child}: {}", fault::describe(status)));
-            let fault = report.fault();
-            if let Some(f) = fault {
-                fact(
-                    "the child's handler saw",
-                    format!(
-                        "{f} (mapping + {})",
-                        f.addr.wrapping_sub(mapping.as_ptr() as usize)
-                    ),
-                );
-            }
-            Ok(Touched {
-                status,
-                fault,
-                read: report.progress(),
-            })
-        }
+    };
+    let guard = cleanup::child(child);
+    // `after`: the child's handler writes to the terminal while we wait.
+    let status = call!(after waitpid(child, None))?;
+    guard.disarm(); // reaped: the pid is no longer ours to signal
+    // ANCHOR_END: touch
+    let fault = report.fault();
+    if let Some(f) = fault {
+        let at = f.addr.wrapping_sub(mapping.as_ptr() as usize);
+        fact("the child's handler saw", format!("{f} (mapping + {at})"));
     }
+    let read = report.progress();
+    Ok(Touched {
+        status,
+        fault,
+        read,
+    })
 }
 
-// ANCHOR_END: touch
+/// True if the child exited with status 0; if not, say what happened.
+fn expect_clean_exit(t: &Touched) -> bool {
+    let clean = t.exited_cleanly();
+    if !clean {
+        warn(format!(
+            "expected exit 0; this machine gave: {}",
+            fault::describe(t.status)
+        ));
+    }
+    clean
+}
 
 /// Say whether the child died as the lesson expects.
 fn expect_sigbus(t: &Touched, at: usize) {
@@ -245,13 +265,38 @@ fn expect_sigbus(t: &Touched, at: usize) {
 }
 
 /// The article has no sleep here: hold only when asked, and say how.
-fn hold(hold: Hold, part: u8, commands: &[String]) {
+fn hold(hold: Hold, part: u8, name: &str) {
+    let file = names::file_name(name);
     if hold == Hold::No {
         note(format!(
             "to look at this object from a second terminal, run with --part {part} --hold 30"
         ));
     } else {
-        hold_point(hold, "sleep(50)", commands);
+        hold_point(
+            hold,
+            "sleep(50)",
+            &[
+                format!("ls -l /dev/shm/{file}"),
+                format!("grep {file} /proc/{}/maps", std::process::id()),
+                format!("od -A d -t x1 /dev/shm/{file}   # the object's bytes"),
+            ],
+        );
+    }
+}
+
+/// The value at `mapping + offset`, read after the child that wrote it
+/// has exited.
+fn read_at(mapping: NonNull<libc::c_void>, offset: usize) -> u64 {
+    // SAFETY: the caller's child read and wrote this address without a fault
+    // and has been reaped (waitpid orders its store before this load): the
+    // page is backed and no one else writes it now.
+    unsafe {
+        mapping
+            .as_ptr()
+            .cast::<u8>()
+            .add(offset)
+            .cast::<u64>()
+            .read_volatile()
     }
 }
 
@@ -268,7 +313,6 @@ fn lesson() -> anyhow::Result<()> {
         .parse();
     let only = args.get::<u8>("--part");
     let runs = |n: u8| only.is_none_or(|p| p == n);
-    let pid = getpid();
 
     narrate::title(
         "lesson-3",
@@ -279,11 +323,7 @@ fn lesson() -> anyhow::Result<()> {
          ended and never faults itself.",
     );
 
-    let s = step("sysconf(_SC_PAGE_SIZE)");
-    let page = s
-        .check(sysconf(SysconfVar::PAGE_SIZE))?
-        .context("sysconf(_SC_PAGE_SIZE) has no value")? as usize;
-    s.ok(page);
+    let page = call!(sysconf(SysconfVar::PAGE_SIZE))?.context("no page size")? as usize;
     let report = FaultReport::new()
         .call("mmap(NULL, page, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)")?;
     explain(
@@ -296,36 +336,22 @@ fn lesson() -> anyhow::Result<()> {
         section("1. No ftruncate: mmap succeeds, the first write dies");
         let name = names::unique_name(3, "nosize");
         let (fd, guard) = shm::create(&name)?;
-        size_of(&fd)?;
+        call!(fstat(&fd))?;
         let ptr = map(&fd, page)?;
-        evidence(
-            &format!("grep {} /proc/{pid}/maps", names::file_name(&name)),
-            inspect::maps_line_for(ptr.as_ptr() as usize),
-        );
-        explain(
-            "mmap did not complain: it checks the descriptor, the protection and the length, \
-             not the object's size. The size matters only when a page is touched.",
-        );
+        show_maps(names::file_name(&name), ptr.as_ptr());
+        explain("mmap checks the descriptor, the protection and the length, not the size.");
         let t = touch_in_child(&report, ptr, 0, Access::Write(MAGIC))?;
         expect_sigbus(&t, ptr.as_ptr() as usize);
         compare(
             "If the ftruncate function is not executed, a bus error is reported.",
             &format!(
-                "mmap succeeded; the child's first write: {}",
+                "mmap succeeded; the first write: {}",
                 fault::describe(t.status)
             ),
-            "the object is 0 bytes long, so the page the mapping covers has nothing behind it. \
-             The kernel finds out on the page fault, and the only way it can tell the process \
-             is a signal.",
+            "no part of the 0-byte object lies behind the page; the kernel finds out at the \
+             page fault, and a signal is the only way it can tell the process.",
         );
-        hold(
-            args.hold(),
-            1,
-            &[
-                format!("ls -l /dev/shm/{}", names::file_name(&name)),
-                format!("grep {} /proc/{pid}/maps", names::file_name(&name)),
-            ],
-        );
+        hold(args.hold(), 1, &name);
         remove(&name, fd, guard, ptr, page)?;
     }
     // ANCHOR_END: part1
@@ -333,114 +359,55 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR: part2
     if runs(2) {
         section(format!(
-            "2. A {PARTIAL}-byte object: usable to the end of its page, and no further"
+            "2. A {PARTIAL}-byte object: usable to the end of its page"
         ));
         let name = names::unique_name(3, "partial");
         let (fd, guard) = shm::create(&name)?;
-        let s = step(format!("ftruncate({}, {PARTIAL})", fd.as_raw_fd()));
-        s.check(ftruncate(&fd, PARTIAL as libc::off_t))?;
-        s.ok(0);
-        let len = 2 * page;
+        call!(ftruncate(&fd, PARTIAL as libc::off_t))?;
+        let len = 2 * page; // the second page lies wholly beyond the object
         let ptr = map(&fd, len)?;
-        evidence(
-            &format!("grep {} /proc/{pid}/maps", names::file_name(&name)),
-            inspect::maps_line_for(ptr.as_ptr() as usize),
-        );
-        explain(format!(
-            "Two pages mapped over {PARTIAL} bytes: mmap allows it. The first page holds the \
-             object's {PARTIAL} bytes and, after them, zeroes to the end of the page; the \
-             second page lies wholly beyond the object. (With a one-page mapping, offset \
-             {page} would be outside the mapping altogether: SIGSEGV, or a write into whatever \
-             mapping happens to follow.)"
-        ));
+        show_maps(names::file_name(&name), ptr.as_ptr());
 
         narrate::subsection(format!(
             "offset {INSIDE_PAGE}: past the object, inside its page"
         ));
         let t = touch_in_child(&report, ptr, INSIDE_PAGE, Access::ReadWrite(MAGIC))?;
-        if t.exited_cleanly() {
+        if expect_clean_exit(&t) {
+            let now = read_at(ptr, INSIDE_PAGE);
             fact(
-                &format!("the child read at offset {INSIDE_PAGE}"),
-                format!("{:#x}", t.read),
+                "the child read, then we read",
+                format!("{:#x}, {now:#x}", t.read),
             );
-            // SAFETY: the child just read and wrote this address without a
-            // fault, and has exited: no one else writes it now.
-            let now = unsafe {
-                ptr.as_ptr()
-                    .cast::<u8>()
-                    .add(INSIDE_PAGE)
-                    .cast::<u64>()
-                    .read_volatile()
-            };
-            fact(
-                &format!("we read at offset {INSIDE_PAGE} after the child"),
-                format!("{now:#x}"),
-            );
-            size_of(&fd)?;
+            call!(fstat(&fd))?;
             let mut buf = vec![0u8; page];
-            let s = step(format!("pread({}, buf, {page}, 0)", fd.as_raw_fd()));
-            let n = s.check(pread(&fd, &mut buf, 0))?;
-            s.ok(format!(
-                "{n} (bytes read: the object's size, not the page's)"
-            ));
+            let n = call!(pread(&fd, buf.as_mut_slice(), 0))?;
             explain(format!(
-                "The kernel maps whole pages, so the bytes from {PARTIAL} to {} exist: zero \
-                 when first read, writable, shared. They are not part of the object: st_size \
-                 stays {PARTIAL}, and reading the object through its descriptor returns {n} \
-                 bytes, without the value the child wrote at offset {INSIDE_PAGE}.",
-                page - 1
-            ));
-        } else {
-            warn(format!(
-                "expected the child to exit 0; this machine gave: {}",
-                fault::describe(t.status)
+                "The page exists to its end, zero-filled and shared, but it is not the object: \
+                 st_size stays {PARTIAL}, and pread returns {n} bytes, not the child's value."
             ));
         }
-
+        // ANCHOR_END: part2
+        // ANCHOR: part2_beyond
         narrate::subsection(format!("offset {}: one page later", page + INSIDE_PAGE));
         let at = ptr.as_ptr() as usize + page + INSIDE_PAGE;
         let t = touch_in_child(&report, ptr, page + INSIDE_PAGE, Access::Write(MAGIC))?;
         expect_sigbus(&t, at);
-        hold(
-            args.hold(),
-            2,
-            &[
-                format!("ls -l /dev/shm/{}", names::file_name(&name)),
-                format!("grep {} /proc/{pid}/maps", names::file_name(&name)),
-                format!(
-                    "od -A d -t x1 /dev/shm/{}   # only {PARTIAL} bytes",
-                    names::file_name(&name)
-                ),
-            ],
-        );
+        hold(args.hold(), 2, &name);
         remove(&name, fd, guard, ptr, len)?;
     }
-    // ANCHOR_END: part2
+    // ANCHOR_END: part2_beyond
 
     // ANCHOR: part3
     if runs(3) {
         section("3. The fix: ftruncate first, and the same write succeeds");
         let name = names::unique_name(3, "sized");
         let (fd, guard) = shm::create(&name)?;
-        let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
-        s.check(ftruncate(&fd, page as libc::off_t))?;
-        s.ok(0);
-        size_of(&fd)?;
+        call!(ftruncate(&fd, page as libc::off_t))?;
+        call!(fstat(&fd))?;
         let ptr = map(&fd, page)?;
         let t = touch_in_child(&report, ptr, 0, Access::Write(MAGIC))?;
-        if t.exited_cleanly() {
-            // SAFETY: the child wrote here without a fault and has exited.
-            let v = unsafe { ptr.as_ptr().cast::<u64>().read_volatile() };
-            println!("child wrote {v:#x}");
-            explain(
-                "The same write as in part 1, now to a page the object covers: no signal, and \
-                 the value reached us through the shared page.",
-            );
-        } else {
-            warn(format!(
-                "expected the child to exit 0; this machine gave: {}",
-                fault::describe(t.status)
-            ));
+        if expect_clean_exit(&t) {
+            println!("child wrote {:#x}", read_at(ptr, 0));
         }
         remove(&name, fd, guard, ptr, page)?;
     }
@@ -451,46 +418,21 @@ fn lesson() -> anyhow::Result<()> {
         section("4. mmap with length 0");
         let name = names::unique_name(3, "len0");
         let (fd, guard) = shm::create(&name)?;
-        let s = step(format!(
-            "mmap(NULL, 0, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
-            fd.as_raw_fd()
-        ));
-        // SAFETY: a request for a new mapping at a kernel-chosen address; with
-        // length 0 the kernel maps nothing (it fails with EINVAL).
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                0,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        let result = if p == libc::MAP_FAILED {
-            Err(Errno::last())
-        } else {
-            Ok(p)
-        };
-        let r = s.outcome(result, |p| format!("{p:p}"));
+        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+        // SAFETY: a new mapping at an address the kernel chooses; with length
+        // 0 it maps nothing (EINVAL), and a mapping would never be touched.
+        let r = unsafe { attempt!(unchecked::mmap(None, 0, prot, MapFlags::MAP_SHARED, &fd, 0)) };
         match r {
             Err(Errno::EINVAL) => explain(
-                "EINVAL: a mapping of nothing is refused outright (since Linux 2.6.12). So \
-                 \"map the whole object\" with st_size as the length fails on an empty object \
-                 instead of mapping nothing. nix's mmap takes the length as a NonZeroUsize, so \
-                 in Rust the mistake does not compile; this part calls libc::mmap to show the \
-                 kernel's answer.",
+                "A mapping of nothing is refused (since Linux 2.6.12), so mapping \"the whole \
+                 object\" by st_size fails on an empty one. In Rust it does not even compile: \
+                 nix takes the length as a NonZeroUsize.",
             ),
             other => warn(format!("expected EINVAL; this machine gave {other:?}")),
         }
-        let raw = fd.as_raw_fd();
-        let s = step(format!("close({raw})"));
-        s.check(close(fd))?;
-        s.ok(0);
-        let s = step(format!("shm_unlink({name:?})"));
-        s.check(shm_unlink(name.as_str()))?;
+        call!(close(fd))?;
+        call!(shm_unlink(name.as_str()))?;
         guard.disarm();
-        s.ok(0);
     }
     // ANCHOR_END: part4
 
@@ -499,30 +441,17 @@ fn lesson() -> anyhow::Result<()> {
         section("5. A mapping outlives its object's size");
         let name = names::unique_name(3, "shrunk");
         let (fd, guard) = shm::create(&name)?;
-        let s = step(format!("posix_fallocate({}, 0, {page})", fd.as_raw_fd()));
-        s.check(posix_fallocate(&fd, 0, page as libc::off_t))?;
-        s.ok(0);
-        explain(
-            "posix_fallocate sets the size and also reserves the pages (st_blocks > 0): on a \
-             full tmpfs it fails here with ENOSPC, where ftruncate would succeed and the first \
-             write would die of SIGBUS.",
-        );
-        let size = size_of(&fd)?;
-        explain(format!(
-            "Before mapping an object someone else made, fstat it and map no more than \
-             st_size ({size} here) rounded up to a page."
-        ));
+        call!(posix_fallocate(&fd, 0, page as libc::off_t))?;
+        explain("posix_fallocate reserves the pages too: on a full tmpfs it fails with ENOSPC.");
+        call!(fstat(&fd))?;
         let ptr = map(&fd, page)?;
-        let s = step(format!("ftruncate({}, 0)", fd.as_raw_fd()));
-        s.check(ftruncate(&fd, 0))?;
-        s.ok("0 (as another process holding the object could do)");
-        size_of(&fd)?;
+        call!(ftruncate(&fd, 0) => |_| "0 (as another process holding the object could do)")?;
+        call!(fstat(&fd))?;
         let t = touch_in_child(&report, ptr, 0, Access::Write(MAGIC))?;
         expect_sigbus(&t, ptr.as_ptr() as usize);
         explain(
-            "The mapping was made when the object was a page long, and it stays: a mapping \
-             records a range of the file, not its size. The size is checked at each page \
-             fault, so shrinking the object under a mapping turns its pages into SIGBUS.",
+            "A mapping records a range of the file, not its size; the size is checked at each \
+             page fault, so shrinking the object under a mapping turns its pages into SIGBUS.",
         );
         remove(&name, fd, guard, ptr, page)?;
     }

@@ -19,6 +19,21 @@ fn text(out: &Output) -> (String, String) {
     )
 }
 
+/// Run the whole lesson (NO_COLOR=1, stdin closed) with one more environment
+/// variable, a test switch; returns its pid and output.
+fn run_with_env(key: &str, value: &str) -> (u32, Output) {
+    let child = Command::new(bin())
+        .env("NO_COLOR", "1")
+        .env(key, value)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (pid, child.wait_with_output().unwrap())
+}
+
 /// The value of the `result N (...)` line the lesson prints for scenario N.
 fn result_line(stdout: &str, n: usize) -> String {
     let head = format!("result {n} (");
@@ -143,6 +158,16 @@ fn assert_outcomes(stdout: &str) {
         result_line(stdout, 2),
         format!("shm_open worked; the object is on {disk}, in the mount at /dev/shm")
     );
+    // On disk, the kernel's own count: a 4 MiB pwrite made 4 MiB dirty for
+    // the disk (this process's write_bytes); on a memory filesystem, not.
+    if Path::new("/proc/self/io").exists() {
+        let rose = testkit::number_after(stdout, "this process's write_bytes: +");
+        if in_memory(&disk) {
+            assert!(rose < 4 << 20, "write_bytes +{rose} on {disk}");
+        } else {
+            assert!(rose >= 4 << 20, "write_bytes +{rose} on {disk}:\n{stdout}");
+        }
+    }
     // Removed: ENOENT on glibc 2.34+, and 2.33's search picks udev's /dev.
     let r3 = result_line(stdout, 3);
     if inspect::glibc_at_least(2, 34) == Some(true) {
@@ -154,7 +179,7 @@ fn assert_outcomes(stdout: &str) {
     );
     assert!(stdout.contains("| udev /dev tmpfs "), "{stdout}");
     assert!(
-        stdout.contains("\"/dev/shm/\", &f) = -1 ENOENT"),
+        stdout.contains("statfs(\"/dev/shm/\") = -1 ENOENT"),
         "where_is_shmfs's first statfs fails:\n{stdout}"
     );
     // Full: ftruncate works, SIGBUS after N > 0 pages that fit the tmpfs,
@@ -173,6 +198,15 @@ fn assert_outcomes(stdout: &str) {
         "{pages} pages in {size} bytes"
     );
     assert_eq!(rest, "; posix_fallocate: ENOSPC");
+    // PostgreSQL's message, built from this run's errno.
+    let pid = lesson_pid(stdout);
+    assert!(
+        stdout.contains(&format!(
+            "could not resize shared memory segment \"/shm-lessons-4-{pid}-s4-fallocate\" to \
+             4194304 bytes: No space left on device"
+        )),
+        "{stdout}"
+    );
     assert!(stdout.contains("killed by SIGBUS (signal 7)"), "{stdout}");
     assert!(stdout.contains("si_code=BUS_ADRERR"), "{stdout}");
     assert!(stdout.contains("MS_REC|MS_PRIVATE, NULL) = 0"), "{stdout}");
@@ -281,16 +315,7 @@ fn works_for_an_unprivileged_user_through_a_user_namespace() {
 #[test]
 fn without_namespaces_it_explains_every_scenario_and_exits_77() {
     let host = Host::before();
-    let child = Command::new(bin())
-        .env("NO_COLOR", "1")
-        .env(ns::DENY_ENV, "1")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
+    let (pid, out) = run_with_env(ns::DENY_ENV, "1");
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(77), "{stdout}\n{stderr}");
     // The baseline needs no namespace, so it still ran for real.
@@ -442,4 +467,83 @@ fn a_crashed_child_is_reported_and_what_it_left_is_removed() {
         assert_nothing_left(pid);
     }
     host.assert_unchanged();
+}
+
+/// Objects named `shm-lessons-4-<pid>-*` in any tmpfs the host has mounted
+/// (/run, /dev/shm, ...): where old glibc's search could have put them.
+fn objects_in_host_tmpfs(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("shm-lessons-4-{pid}-");
+    inspect::mounts()
+        .iter()
+        .filter(|m| m.fs_type == "tmpfs")
+        .filter_map(|m| std::fs::read_dir(&m.mount_point).ok())
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// SIMULATION (SHM_LESSONS_SIMULATE_GLIBC=2.33): on glibc before 2.34,
+/// shm_open searches the mount table for a tmpfs when /dev/shm is not one.
+/// Scenarios 2 and 3 must then only replay the search, never call shm_open
+/// (it could create the object in a host tmpfs such as /run), and
+/// check-env must predict "partly", with the reason.
+#[test]
+fn on_glibc_before_2_34_scenarios_2_and_3_only_replay_the_search() {
+    let host = Host::before();
+    let (pid, out) = run_with_env("SHM_LESSONS_SIMULATE_GLIBC", "2.33");
+    let (stdout, stderr) = text(&out);
+    if out.status.code() == Some(77) {
+        return assert_refusal_is_real(&stdout, false);
+    }
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("simulated: SHM_LESSONS_SIMULATE_GLIBC=2.33"),
+        "{stdout}"
+    );
+    for n in [2, 3] {
+        let call = format!("shm_open(\"/shm-lessons-4-{pid}-s{n}\"");
+        assert!(
+            !stdout.contains(&call),
+            "scenario {n} called {call}:\n{stdout}"
+        );
+    }
+    let r2 = result_line(&stdout, 2);
+    assert!(
+        r2.starts_with("shm_open not called: glibc 2.33 (simulated) would use /"),
+        "{r2}"
+    );
+    let r3 = result_line(&stdout, 3);
+    assert_eq!(
+        r3,
+        "shm_open not called on glibc 2.33 (simulated); glibc 2.33's where_is_shmfs would have \
+         used /dev/"
+    );
+    // The other scenarios run as usual.
+    assert!(result_line(&stdout, 1).starts_with("shm_open worked"));
+    assert!(result_line(&stdout, 4).ends_with("posix_fallocate: ENOSPC"));
+    let stray = objects_in_host_tmpfs(pid);
+    assert!(stray.is_empty(), "created in a host tmpfs: {stray:?}");
+    host.assert_unchanged();
+    assert_nothing_left(pid);
+
+    // check-env predicts it: "partly", with the reason.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let env = Command::new(root.join("scripts/check-env"))
+        .env("SHM_LESSONS_SIMULATE_GLIBC", "2.33")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&env.stdout);
+    let row = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("04-devshm"))
+        .unwrap_or_else(|| panic!("no 04-devshm row:\n{report}"));
+    let verdict = row.split_whitespace().nth(1);
+    assert_eq!(verdict, Some("partly"), "{row}");
+    assert!(
+        row.contains("glibc 2.33 (simulated) is older than 2.34"),
+        "{row}"
+    );
+    assert!(row.contains("never calls shm_open"), "{row}");
 }

@@ -19,10 +19,11 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use common::call;
 use common::children::{die_with_parent, wait_deadline, wait_until};
 use common::cleanup;
-use common::narrate::step;
-use common::report::{AsErrno, CallResult};
+use common::narrate::quietly;
+use common::report::CallResult;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sched::{CpuSet, sched_setaffinity};
 use nix::sys::signal::{Signal, kill};
@@ -120,24 +121,6 @@ pub fn one_cpu(cpu: usize) -> anyhow::Result<CpuSet> {
     Ok(set)
 }
 
-/// Run `f` narrated as a step (the first time a transport is made) or
-/// silently (the runs after it), with the same error either way.
-fn call<T, E: AsErrno>(
-    loud: bool,
-    text: String,
-    f: impl FnOnce() -> Result<T, E>,
-    show: impl FnOnce(&T) -> String,
-) -> anyhow::Result<T> {
-    if loud {
-        let s = step(text);
-        let v = s.check(f())?;
-        s.ok(show(&v));
-        Ok(v)
-    } else {
-        f().call(text)
-    }
-}
-
 /// The descriptors of one run: the parent's ends and the child's ends.
 /// After `fork` each side closes the other's, so the death of one shows up
 /// in the other as EOF or EPIPE instead of a hang.
@@ -148,73 +131,32 @@ pub struct Fds {
     pub child_tx: OwnedFd,
 }
 
-/// `pipe2(O_CLOEXEC)`: returns (read end, write end).
-pub fn make_pipe(loud: bool) -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    call(
-        loud,
-        "pipe2([rfd, wfd], O_CLOEXEC)".into(),
-        || pipe2(OFlag::O_CLOEXEC),
-        |(r, w)| format!("0, [{}, {}]", r.as_raw_fd(), w.as_raw_fd()),
-    )
+/// `eventfd(initval, flags)`, which nix offers only behind a feature we do
+/// not build.
+fn eventfd(initval: libc::c_uint, flags: libc::c_int) -> Result<OwnedFd, nix::errno::Errno> {
+    // SAFETY: eventfd takes two integers and returns a new descriptor (or
+    // -1), which we own from here on.
+    let fd = unsafe { libc::eventfd(initval, flags) };
+    if fd < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        // SAFETY: fd is a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
 }
 
-/// `fcntl(fd, F_GETPIPE_SZ)`.
-pub fn pipe_size(fd: &OwnedFd, loud: bool) -> anyhow::Result<usize> {
-    let n = call(
-        loud,
-        format!("fcntl({}, F_GETPIPE_SZ)", fd.as_raw_fd()),
-        || fcntl(fd.as_fd(), FcntlArg::F_GETPIPE_SZ),
-        |n| format!("{n} ({} KiB)", n / 1024),
-    )?;
-    Ok(n as usize)
+/// `EFD_CLOEXEC`, as C writes eventfd's flags.
+fn efd_flags(flags: &libc::c_int) -> String {
+    if *flags == libc::EFD_CLOEXEC {
+        "EFD_CLOEXEC".into()
+    } else {
+        flags.to_string()
+    }
 }
 
-/// `fcntl(fd, F_SETPIPE_SZ, size)`: returns the size the kernel granted.
-pub fn set_pipe_size(fd: &OwnedFd, size: usize, loud: bool) -> anyhow::Result<usize> {
-    let n = call(
-        loud,
-        format!("fcntl({}, F_SETPIPE_SZ, {size})", fd.as_raw_fd()),
-        || fcntl(fd.as_fd(), FcntlArg::F_SETPIPE_SZ(size as libc::c_int)),
-        |n| format!("{n} ({} KiB)", n / 1024),
-    )?;
-    Ok(n as usize)
-}
-
-/// `socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0)`.
-pub fn make_socketpair(loud: bool) -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    call(
-        loud,
-        "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv)".into(),
-        || {
-            socketpair(
-                AddressFamily::Unix,
-                SockType::Stream,
-                None,
-                SockFlag::SOCK_CLOEXEC,
-            )
-        },
-        |(a, b)| format!("0, sv = [{}, {}]", a.as_raw_fd(), b.as_raw_fd()),
-    )
-}
-
-/// `eventfd(0, EFD_CLOEXEC)`.
-pub fn make_eventfd(loud: bool) -> anyhow::Result<OwnedFd> {
-    call(
-        loud,
-        "eventfd(0, EFD_CLOEXEC)".into(),
-        || {
-            // SAFETY: eventfd takes two integers and returns a new descriptor
-            // (or -1), which we own from here on.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                Err(nix::errno::Errno::last())
-            } else {
-                // SAFETY: fd is a fresh descriptor nobody else owns.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
-        },
-        |fd| format!("fd {}", fd.as_raw_fd()),
-    )
+/// `fcntl`'s answer about a pipe's size, in KiB too.
+fn kib(n: &libc::c_int) -> String {
+    format!("{n} ({} KiB)", n / 1024)
 }
 
 fn dup(fd: &OwnedFd) -> anyhow::Result<OwnedFd> {
@@ -222,23 +164,29 @@ fn dup(fd: &OwnedFd) -> anyhow::Result<OwnedFd> {
         .call(format!("fcntl({}, F_DUPFD_CLOEXEC)", fd.as_raw_fd()))
 }
 
-/// Make the descriptors a kernel transport needs, narrated when `loud`.
+/// Make the descriptors a kernel transport needs, narrated when `loud` (the
+/// first time; every run makes fresh ones silently).
 /// `latency`: two directions (ping and pong); otherwise one (parent → child).
 pub fn make_fds(kind: Kind, latency: bool, loud: bool) -> anyhow::Result<Fds> {
+    quietly(!loud, || make_fds_now(kind, latency))
+}
+
+// ANCHOR: make_fds
+fn make_fds_now(kind: Kind, latency: bool) -> anyhow::Result<Fds> {
     Ok(match kind {
         Kind::Pipe | Kind::Pipe1M => {
-            let (child_rx, parent_tx) = make_pipe(loud)?;
+            let (child_rx, parent_tx) = call!(pipe2(OFlag::O_CLOEXEC))?;
             if kind == Kind::Pipe1M {
-                let got = set_pipe_size(&parent_tx, BIG_PIPE, loud)?;
+                let size = FcntlArg::F_SETPIPE_SZ(BIG_PIPE as libc::c_int);
+                let got = call!(fcntl(parent_tx.as_fd(), size) => kib)? as usize;
                 if got < BIG_PIPE {
                     bail!("F_SETPIPE_SZ granted {got} bytes, not {BIG_PIPE}");
                 }
             } else {
-                pipe_size(&parent_tx, loud)?;
+                call!(fcntl(parent_tx.as_fd(), FcntlArg::F_GETPIPE_SZ) => kib)?;
             }
-            // The way back (unused by the throughput test, which only needs
-            // one direction; its own pipe, so no side holds the other's end).
-            let (parent_rx, child_tx) = make_pipe(loud && latency)?;
+            // The way back, its own pipe (the throughput test does not use it).
+            let (parent_rx, child_tx) = quietly(!latency, || call!(pipe2(OFlag::O_CLOEXEC)))?;
             Fds {
                 parent_tx,
                 parent_rx,
@@ -247,7 +195,8 @@ pub fn make_fds(kind: Kind, latency: bool, loud: bool) -> anyhow::Result<Fds> {
             }
         }
         Kind::Unix => {
-            let (a, b) = make_socketpair(loud)?;
+            let (stream, sock, cloexec) = (SockType::Stream, None, SockFlag::SOCK_CLOEXEC);
+            let (a, b) = call!(socketpair(AddressFamily::Unix, stream, sock, cloexec))?;
             Fds {
                 parent_rx: dup(&a)?,
                 parent_tx: a,
@@ -255,9 +204,10 @@ pub fn make_fds(kind: Kind, latency: bool, loud: bool) -> anyhow::Result<Fds> {
                 child_rx: b,
             }
         }
+        // ANCHOR_END: make_fds
         Kind::Eventfd => {
-            let ping = make_eventfd(loud)?;
-            let pong = make_eventfd(loud)?;
+            let ping = call!(eventfd(0, libc::EFD_CLOEXEC => efd_flags))?;
+            let pong = call!(eventfd(0, libc::EFD_CLOEXEC => efd_flags))?;
             Fds {
                 child_rx: dup(&ping)?,
                 parent_tx: ping,

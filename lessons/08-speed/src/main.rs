@@ -22,14 +22,14 @@ use std::time::Duration;
 
 use bench::{Bench, Kind, LATENCY, Placement, THROUGHPUT, one_cpu};
 use common::args::Cli;
-use common::inspect;
-use common::narrate::{self, block, compare, evidence, explain, fact, note, section, step, warn};
+use common::narrate::{self, block, compare, evidence, explain, fact, note, section, warn};
 use common::report::{CallResult, errno_of};
+use common::{call, inspect};
 use nix::errno::Errno;
 use nix::sched::{sched_getaffinity, sched_setaffinity};
-use nix::unistd::{Pid, getpid};
+use nix::unistd::Pid;
 use results::{Group, Series, ratio};
-use ring::{CHUNK, MAP_LEN, Region, SLOTS, SLOTS_OFFSET, Wait};
+use ring::{CHUNK, Region, SLOTS, SLOTS_OFFSET, Wait};
 
 const ABOUT: &str = "Lesson 8: is shared memory really the fastest IPC? Measures throughput \
     (parent to child, 64 KiB chunks) and 8-byte round-trip latency over pipes, a Unix \
@@ -128,10 +128,8 @@ fn lesson() -> anyhow::Result<()> {
             "no 'hypervisor' flag in /proc/cpuinfo"
         },
     );
-    let s = step("sched_getaffinity(0, sizeof(cpu_set_t), &mask)");
-    let mask = s.check(sched_getaffinity(Pid::from_raw(0)))?;
+    let mask = call!(sched_getaffinity(Pid::from_raw(0)))?;
     let usable = machine::cpus_in(&mask);
-    s.ok(format!("0, CPUs {usable:?}"));
     let load = m.load1.map_or("?".to_string(), |l| format!("{l:.2}"));
     evidence(
         "grep -m1 'model name' /proc/cpuinfo; nproc; cut -d' ' -f1 /proc/loadavg",
@@ -159,15 +157,8 @@ fn lesson() -> anyhow::Result<()> {
 
     // ANCHOR: region
     section("2. The shared-memory ring: one mapping made before fork");
-    let s = step(format!(
-        "mmap(NULL, {MAP_LEN}, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
-    ));
-    let region = s.check(Region::map())?;
-    s.ok(format!("{:#x}", region.addr()));
-    evidence(
-        &format!("grep {:x} /proc/{}/maps", region.addr(), getpid()),
-        inspect::maps_line_for(region.addr()),
-    );
+    let region = Region::map()?; // mmap(NULL, len, .., MAP_SHARED|MAP_ANONYMOUS, -1, 0)
+    inspect::show_maps(&format!("{:x}", region.addr()), region.addr() as *const _);
     block(format!(
         "offset  what\n\
          0       head: count of chunks written  (+ 'reader sleeps' flag, 8-byte message)\n\
@@ -225,35 +216,9 @@ fn lesson() -> anyhow::Result<()> {
 
     // ANCHOR: placement
     section("4. Placement: sched_setaffinity");
-    let (main_place, same_place) = match usable.as_slice() {
-        [a, b, ..] => (
-            Placement {
-                parent_cpu: *a,
-                child_cpu: *b,
-            },
-            Placement {
-                parent_cpu: *a,
-                child_cpu: *a,
-            },
-        ),
-        [a] => {
-            let p = Placement {
-                parent_cpu: *a,
-                child_cpu: *a,
-            };
-            (p, p)
-        }
-        [] => anyhow::bail!("sched_getaffinity returned no CPU"),
-    };
-    let s = step(format!(
-        "sched_setaffinity(0, {{CPU {}}})",
-        main_place.parent_cpu
-    ));
-    s.check(sched_setaffinity(
-        Pid::from_raw(0),
-        &one_cpu(main_place.parent_cpu)?,
-    ))?;
-    s.ok(0);
+    let (main_place, same_place) = placements(&usable)?;
+    let cpu = one_cpu(main_place.parent_cpu)?;
+    call!(sched_setaffinity(Pid::from_raw(0), &cpu))?;
     explain(format!(
         "The parent (writer, pinger) runs on CPU {}. Each forked child pins itself with \
          sched_setaffinity(0, {{CPU {}}}) before it says it is ready; the headline figures \
@@ -422,13 +387,9 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR_END: conclude
 
     section("9. Clean up");
-    let s = step("sched_setaffinity(0, <the mask we started with>)");
-    s.check(sched_setaffinity(Pid::from_raw(0), &mask))?;
-    s.ok(0);
-    let s = step(format!("munmap({:#x}, {MAP_LEN})", region.addr()));
+    call!(sched_setaffinity(Pid::from_raw(0), &mask))?; // the mask we started with
     drop(bench);
-    drop(region); // Region's Drop calls munmap
-    s.ok(0);
+    region.unmap()?;
     narrate::conclude(
         "lesson-8 done: every transport's checksum and every reply were checked; the numbers \
          above are this machine's.",
@@ -451,6 +412,20 @@ fn lesson() -> anyhow::Result<()> {
         anyhow::bail!("a checksum or a reply did not match (see the tables)");
     }
     Ok(())
+}
+
+/// The two placements: the parent and the child on the first two usable
+/// CPUs, then both on the first (one placement if only one CPU is usable).
+fn placements(usable: &[usize]) -> anyhow::Result<(Placement, Placement)> {
+    let place = |parent_cpu, child_cpu| Placement {
+        parent_cpu,
+        child_cpu,
+    };
+    match usable {
+        [a, b, ..] => Ok((place(*a, *b), place(*a, *a))),
+        [a] => Ok((place(*a, *a), place(*a, *a))),
+        [] => anyhow::bail!("sched_getaffinity returned no CPU"),
+    }
 }
 
 /// Every transport, `plan.runs` times, in one placement.

@@ -16,8 +16,9 @@
 //! writing ("false sharing").
 //!
 //! The slots are written by another process, so they are never seen through a
-//! Rust reference: only raw pointers and copies (see FACTS: `&[u8]` over memory
-//! another process writes is undefined behaviour).
+//! Rust reference: only raw pointers and copies, ordered by the Acquire and
+//! Release counters (a `&[u8]` over memory another process writes is undefined
+//! behaviour: see "Why not `&mut u64`?" in chapter 6, docs/src/06-sync.md).
 //!
 //! The futex calls are `common::futex::wait` and `wake` (shared with
 //! lesson-6): one raw `futex(2)` system call each, async-signal-safe.
@@ -28,14 +29,16 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::futex;
+use common::{call, futex};
+use nix::sched::sched_yield;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
 /// Bytes moved per message in the throughput test.
 pub const CHUNK: usize = 64 * 1024;
 /// Slots in the ring (at least 16).
 pub const SLOTS: usize = 16;
-/// Where the slots start: one page after the header.
+/// Where the slots start: 4096 bytes in, after the header (one page with
+/// 4 KiB pages; c/ring.c uses the same layout).
 pub const SLOTS_OFFSET: usize = 4096;
 /// The whole mapping.
 pub const MAP_LEN: usize = SLOTS_OFFSET + SLOTS * CHUNK;
@@ -98,27 +101,33 @@ pub struct Region {
 }
 
 impl Region {
-    /// `mmap(NULL, MAP_LEN, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)`.
-    pub fn map() -> nix::Result<Region> {
+    /// `mmap(NULL, MAP_LEN, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)`
+    /// (nix's `mmap_anonymous`), narrated.
+    // ANCHOR: map
+    pub fn map() -> anyhow::Result<Region> {
         let len = NonZeroUsize::new(MAP_LEN).expect("MAP_LEN > 0");
+        let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
         // SAFETY: a fresh anonymous mapping chosen by the kernel overlaps no
         // Rust object; it is zero-filled, a valid state for every atomic.
-        let base = unsafe {
-            mmap_anonymous(
-                None,
-                len,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_SHARED,
-            )?
-        };
+        let base = unsafe { call!(mmap_anonymous(None, len, prot, MapFlags::MAP_SHARED)) }?;
         let region = Region { base };
         // Touch every page now so page faults are not timed.
-        for off in (SLOTS_OFFSET..MAP_LEN).step_by(4096) {
+        for off in (SLOTS_OFFSET..MAP_LEN).step_by(common::inspect::page_size()) {
             // SAFETY: off < MAP_LEN, inside the mapping; no other process
             // exists yet.
             unsafe { region.byte(off).write_volatile(0) };
         }
         Ok(region)
+    }
+    // ANCHOR_END: map
+
+    /// `munmap(base, MAP_LEN)`, narrated (dropping a Region unmaps silently).
+    pub fn unmap(self) -> anyhow::Result<()> {
+        let base = self.base;
+        std::mem::forget(self);
+        // SAFETY: base/MAP_LEN are exactly the mapping made in map(); self
+        // is gone, so no reference into it remains.
+        unsafe { call!(munmap(base, MAP_LEN)) }
     }
 
     pub fn addr(&self) -> usize {
@@ -165,10 +174,10 @@ impl Region {
         self.header().ctl.abort.load(Ordering::Relaxed) != 0
     }
 
-    // ANCHOR: wait
     /// Wait until `ready(counter)` holds; returns the counter's value.
     /// Async-signal-safe (atomics, PAUSE, sched_yield, futex): the child
     /// calls it too.
+    // ANCHOR: wait
     pub fn wait_for(
         &self,
         c: &Counter,
@@ -186,25 +195,21 @@ impl Region {
                 Wait::Spin => spin_loop(),
                 Wait::Yield if spins < SPIN_BEFORE_YIELD => spin_loop(),
                 Wait::Yield => {
-                    // SAFETY: sched_yield takes no arguments.
-                    unsafe { libc::sched_yield() };
+                    let _ = sched_yield(); // async-signal-safe: a bare system call
                 }
                 Wait::Futex if spins < SPIN_BEFORE_FUTEX => spin_loop(),
                 Wait::Futex => {
-                    // Tell the publisher we are about to sleep, then look once
-                    // more: if it published between our load and this store,
-                    // we must not sleep (it may not have seen the flag).
+                    // Say we sleep, then look once more: a publish between our
+                    // load and this store may not have seen the flag.
                     c.sleeping.store(1, Ordering::SeqCst);
                     let v = c.value.load(Ordering::SeqCst);
                     if ready(v) {
                         return Ok(v);
                     }
-                    // Sleeps only if the counter still equals v; bounded, so
-                    // an abort is noticed within 50 ms.
                     self.header().ctl.sleeps.fetch_add(1, Ordering::Relaxed);
-                    // Shared, not private (the last argument): the other side is
-                    // another process. The result does not matter: woken,
-                    // timed out or EAGAIN, we look at the counter again.
+                    // Sleeps only while the counter is v; shared (false: the
+                    // other side is another process); 50 ms, to notice an
+                    // abort. Woken, timed out or EAGAIN: we look again.
                     let _ = futex::wait(&c.value, v, Duration::from_millis(50), false);
                 }
             }
@@ -213,9 +218,11 @@ impl Region {
             }
         }
     }
+    // ANCHOR_END: wait
 
     /// Publish a new counter value; with futex waits, wake the other side if
     /// it said it sleeps.
+    // ANCHOR: publish
     pub fn publish(&self, c: &Counter, v: u32, wait: Wait) {
         if wait == Wait::Futex {
             c.value.store(v, Ordering::SeqCst);
@@ -226,7 +233,7 @@ impl Region {
             c.value.store(v, Ordering::Release);
         }
     }
-    // ANCHOR_END: wait
+    // ANCHOR_END: publish
 }
 
 impl Drop for Region {

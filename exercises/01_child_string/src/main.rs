@@ -1,0 +1,67 @@
+//! Exercise 01_child_string (lesson 1): the child writes a string, the parent
+//! reads it.
+//!
+//! Lesson 1's child stores one number, 0xdeadbeef. Here the child must store
+//! the text `hello from the child`, followed by one 0 byte, at the start of
+//! the shared page; the parent reads bytes up to the 0 and reports them.
+//!
+//! Edit the TODO, then: `cargo run -p exercises -- check 01_child_string`
+//! (run it by hand: `cargo run -p ex01_child_string`).
+
+use std::num::NonZeroUsize;
+
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
+use nix::sys::stat::Mode;
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, SysconfVar, fork, ftruncate, sysconf};
+
+const MESSAGE: &[u8] = b"hello from the child";
+
+fn main() {
+    let name = kit::name();
+    let page = sysconf(SysconfVar::PAGE_SIZE).unwrap().unwrap() as usize;
+
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let fd = shm_open(name.as_str(), flags, Mode::from_bits_truncate(0o600)).expect("shm_open");
+    ftruncate(&fd, page as libc::off_t).expect("ftruncate");
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let len = NonZeroUsize::new(page).unwrap();
+    // SAFETY: a fresh mapping chosen by the kernel; only raw volatile accesses.
+    let ptr = unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) }.expect("mmap");
+    drop(fd); // the mapping keeps the object
+
+    // SAFETY: the child only stores into the page and calls _exit, both
+    // async-signal-safe (no allocation, no println!).
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let p = ptr.as_ptr().cast::<u8>();
+            // TODO: store each byte of MESSAGE at p, p+1, ..., then one 0
+            // byte after the last. Use write_volatile on the raw pointer.
+            let _ = (p, MESSAGE);
+            // SAFETY: _exit ends the child without running the parent's
+            // destructors or flushing its copied stdio buffers.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            waitpid(child, None).expect("waitpid");
+        }
+    }
+
+    // The child has exited (waitpid): nothing writes the page any more.
+    let p = ptr.as_ptr().cast::<u8>();
+    let mut got = Vec::new();
+    for i in 0..page {
+        // SAFETY: i < page, inside the mapping; the writer is gone.
+        let b = unsafe { p.add(i).read_volatile() };
+        if b == 0 {
+            break;
+        }
+        got.push(b);
+    }
+    kit::report(&got);
+
+    // SAFETY: exactly the mapping made above; p is not used afterwards.
+    unsafe { munmap(ptr, page) }.expect("munmap");
+    shm_unlink(name.as_str()).expect("shm_unlink");
+}
