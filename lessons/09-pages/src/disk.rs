@@ -1,18 +1,19 @@
 //! Part 3: a disk file mapped `MAP_SHARED` against a shm object.
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use common::narrate::{self, evidence, explain, fact, section, step, subsection, warn};
+use common::call;
+use common::narrate::{evidence, explain, fact, section, subsection, warn};
 use common::pages;
 use common::{cleanup, inspect, names, shm};
+use nix::fcntl::{OFlag, open};
 use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_unlink};
-use nix::unistd::{ForkResult, fork, fsync, ftruncate, getpid};
+use nix::sys::stat::Mode;
+use nix::unistd::{ForkResult, fork, fsync, ftruncate, getpid, unlink};
 
 use crate::util::{self, Report, word};
 
@@ -69,20 +70,6 @@ fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, Duratio
     Ok((v, t.elapsed()))
 }
 
-fn map_shared(fd: &OwnedFd, what: &str) -> anyhow::Result<NonNull<libc::c_void>> {
-    let s = step(format!(
-        "mmap(NULL, {SIZE}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)   # {what}",
-        fd.as_raw_fd()
-    ));
-    let len = NonZeroUsize::new(SIZE).context("size 0")?;
-    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    // SAFETY: a new mapping at an address the kernel picks overlaps nothing
-    // of Rust's; it is only accessed through util::word.
-    let p = s.check(unsafe { mmap(None, len, rw, MapFlags::MAP_SHARED, fd, 0) })?;
-    s.ok(format!("{:p}", p.as_ptr()));
-    Ok(p)
-}
-
 pub fn part3(page: usize) -> anyhow::Result<()> {
     section("3. A disk file mapped MAP_SHARED, against a shm object");
     let Some((dir, fstype)) = inspect::disk_dir() else {
@@ -94,31 +81,24 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     };
     // ANCHOR: open_both
     let path = dir.join(format!("{}9-{}-disk", names::PREFIX, getpid()));
-    let s = step(format!(
-        "open({:?}, O_CREAT|O_EXCL|O_RDWR, 0600)",
-        path.display().to_string()
-    ));
-    let file: OwnedFd = s
-        .check(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path),
-        )?
-        .into();
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let file = call!(open(path.as_path(), flags, Mode::from_bits_truncate(0o600)))?;
     let file_guard = cleanup::path(&path); // removed on every path
-    s.ok(format!("fd {}   # on {fstype}", file.as_raw_fd()));
+    fact("it is on", fstype);
     let name = names::unique_name(9, "mem");
     let (obj, object) = shm::create(&name)?;
     for fd in [&file, &obj] {
-        let s = step(format!("ftruncate({}, {SIZE})", fd.as_raw_fd()));
-        s.check(ftruncate(fd, SIZE as libc::off_t))?;
-        s.ok(0);
+        call!(ftruncate(fd, SIZE as libc::off_t))?;
     }
-    let on_disk = map_shared(&file, "the disk file")?;
-    let in_mem = map_shared(&obj, "the shm object")?;
+    let (len, rw) = (
+        NonZeroUsize::new(SIZE).context("size 0")?,
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+    );
+    // SAFETY: new mappings at addresses the kernel picks overlap nothing of
+    // Rust's; they are only accessed through util::word.
+    let on_disk = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_SHARED, &file, 0)) }?;
+    // SAFETY: as above.
+    let in_mem = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_SHARED, &obj, 0)) }?;
     // ANCHOR_END: open_both
 
     // ANCHOR: fill
@@ -137,9 +117,8 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     show_meminfo("before -> after the writes", &before, &meminfo());
     let last = SIZE - page;
     let report = Report::new()?;
-    let s = step("fork()");
     // SAFETY: the child does atomic loads, write(2) and _exit.
-    let child = match s.check(unsafe { fork() })? {
+    let child = match unsafe { call!(fork()) }? {
         ForkResult::Child => {
             // SAFETY: inside both live mappings, inherited across fork.
             let seen = unsafe {
@@ -155,7 +134,6 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
         ForkResult::Parent { child } => child,
     };
     let guard = cleanup::child(child);
-    s.ok(child);
     let seen = report.receive(2)?;
     util::reap_ok(child, guard)?;
     fact(
@@ -182,14 +160,13 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     subsection("msync(MS_SYNC) on each, timed");
     let before = meminfo();
     let mut took = Vec::new();
-    for (p, what) in [(on_disk, "file"), (in_mem, "shm")] {
-        let s = step(format!(
-            "msync({:p}, {SIZE}, MS_SYNC)   # {what}",
-            p.as_ptr()
-        ));
+    for (p, what) in [(on_disk, "the file"), (in_mem, "the shm object")] {
         // SAFETY: p and SIZE are exactly a live mapping made above.
-        let ((), t) = timed(|| s.check(unsafe { msync(p, SIZE, MsFlags::MS_SYNC) }))?;
-        s.ok(format!("0 in {:.3} ms", t.as_secs_f64() * 1e3));
+        let ((), t) = timed(|| unsafe { call!(msync(p, SIZE, MsFlags::MS_SYNC)) })?;
+        fact(
+            &format!("msync of {what} took"),
+            format!("{:.3} ms", t.as_secs_f64() * 1e3),
+        );
         took.push(t);
     }
     show_meminfo("before -> after msync", &before, &meminfo());
@@ -204,9 +181,11 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
         unsafe { word(on_disk, off).store(off as u64 + 2, Ordering::Relaxed) };
     }
     let redirtied = show_dirty("file", on_disk);
-    let s = step(format!("fsync({})", file.as_raw_fd()));
-    let ((), fsync_took) = timed(|| s.check(fsync(&file)))?;
-    s.ok(format!("0 in {:.3} ms", fsync_took.as_secs_f64() * 1e3));
+    let ((), fsync_took) = timed(|| call!(fsync(&file)))?;
+    fact(
+        "fsync took",
+        format!("{:.3} ms", fsync_took.as_secs_f64() * 1e3),
+    );
     let after_fsync = show_dirty("file", on_disk);
     // ANCHOR_END: fsync
     conclude(
@@ -223,23 +202,16 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
         fsync_took,
     );
 
-    for (p, what) in [(on_disk, "file"), (in_mem, "shm")] {
-        let s = step(format!("munmap({:p}, {SIZE})   # {what}", p.as_ptr()));
+    for p in [on_disk, in_mem] {
         // SAFETY: exactly a mapping made above; nothing points into it later.
-        s.check(unsafe { munmap(p, SIZE) })?;
-        s.ok(0);
+        unsafe { call!(munmap(p, SIZE)) }?;
     }
     drop(file);
-    let s = step(format!("unlink({:?})", path.display().to_string()));
-    s.check(std::fs::remove_file(&path))?;
-    file_guard.disarm();
-    s.ok(0);
+    call!(unlink(path.as_path()))?;
+    file_guard.disarm(); // removed by the lesson itself
     drop(obj);
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name.as_str()))?;
+    call!(shm_unlink(name.as_str()))?;
     object.disarm();
-    s.ok(0);
-    narrate::end_pending();
     Ok(())
 }
 

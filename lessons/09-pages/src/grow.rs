@@ -1,13 +1,14 @@
 //! Part 6: growing a segment while a peer maps it.
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
+use common::call;
 use common::fault::{self, FaultReport};
-use common::narrate::{self, evidence, explain, fact, section, step, subsection, warn};
+use common::narrate::{evidence, explain, fact, section, step, subsection, warn};
 use common::report::CallResult;
 use common::{cleanup, inspect, names, shm};
 use nix::sys::mman::{
@@ -35,13 +36,11 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
     // ANCHOR: owner
     let name = names::unique_name(9, "grow");
     let (fd, object) = shm::create(&name)?;
-    let s = step(format!(
-        "ftruncate({}, {old})   # a header page and a data page",
-        fd.as_raw_fd()
-    ));
-    s.check(ftruncate(&fd, old as libc::off_t))?;
-    s.ok(0);
-    let owner = map(&fd, None, old, MapFlags::MAP_SHARED)?;
+    call!(ftruncate(&fd, old as libc::off_t))?;
+    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY: a new mapping where the kernel picks overlaps nothing of
+    // Rust's; only util::word touches it.
+    let owner = unsafe { call!(mmap(None, len(old)?, rw, MapFlags::MAP_SHARED, &fd, 0)) }?;
     // SAFETY: the header and first data page lie in the live owner mapping.
     unsafe {
         word(owner, page).store(OLD_DATA, Ordering::Relaxed);
@@ -60,29 +59,20 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
          of a range we reserved and then released, so that nothing else is mapped right \
          after it: otherwise a touch past its end could land in another mapping, silently.)",
     );
-    let s = step(format!(
-        "mmap(NULL, {new}, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)   # reserve"
-    ));
-    let len = NonZeroUsize::new(new).context("size 0")?;
+    let (none, private) = (
+        ProtFlags::PROT_NONE,
+        MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS,
+    );
     // SAFETY: a new PROT_NONE mapping overlaps nothing of Rust's.
-    let reserve =
-        s.check(unsafe { mmap_anonymous(None, len, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE) })?;
-    s.ok(format!("{:p}", reserve.as_ptr()));
-    let peer = map(
-        &fd,
-        Some(reserve),
-        old,
-        MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
-    )?;
+    let reserve = unsafe { call!(mmap_anonymous(None, len(new)?, none, private)) }?;
+    let at = NonZeroUsize::new(reserve.as_ptr() as usize);
+    let fixed = MapFlags::MAP_SHARED | MapFlags::MAP_FIXED;
+    // SAFETY: MAP_FIXED over our own PROT_NONE reservation, where no Rust
+    // object lives; only util::word touches it.
+    let peer = unsafe { call!(mmap(at => address, len(old)?, rw, fixed, &fd, 0)) }?;
     let tail = NonNull::new(peer.as_ptr().cast::<u8>().wrapping_add(old).cast()).context("null")?;
-    let s = step(format!(
-        "munmap({:p}, {})   # release the rest",
-        tail.as_ptr(),
-        new - old
-    ));
     // SAFETY: the tail of our own reservation; nothing points into it.
-    s.check(unsafe { munmap(tail, new - old) })?;
-    s.ok(0);
+    unsafe { call!(munmap(tail, new - old)) }?;
     evidence(
         &format!(
             "grep -A1 {:x} /proc/self/maps   # the peer's mapping, and what follows",
@@ -101,17 +91,10 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
 
     // ANCHOR: grow
     subsection("the owner grows the object to four pages");
-    let s = step(format!("ftruncate({}, {new})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, new as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!(
-        "mremap({:p}, {old}, {new}, MREMAP_MAYMOVE)",
-        owner.as_ptr()
-    ));
+    call!(ftruncate(&fd, new as libc::off_t))?;
     // SAFETY: owner/old is exactly our mapping; after this only the new
     // address is used.
-    let owner = s.check(unsafe { mremap(owner, old, new, MRemapFlags::MREMAP_MAYMOVE, None) })?;
-    s.ok(format!("{:p}", owner.as_ptr()));
+    let owner = unsafe { call!(mremap(owner, old, new, MRemapFlags::MREMAP_MAYMOVE, None)) }?;
     // SAFETY: offsets inside the live, grown owner mapping.
     unsafe {
         word(owner, old).store(NEW_DATA, Ordering::Relaxed); // data past the old end
@@ -168,42 +151,24 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
         warn("the remapping peer did not read the new data");
     }
 
-    for (p, l, what) in [(owner, new, "owner"), (peer, old, "peer")] {
-        let s = step(format!("munmap({:p}, {l})   # {what}", p.as_ptr()));
+    for (p, l) in [(owner, new), (peer, old)] {
         // SAFETY: exactly mappings made above; nothing points into them later.
-        s.check(unsafe { munmap(p, l) })?;
-        s.ok(0);
+        unsafe { call!(munmap(p, l)) }?;
     }
     drop(fd);
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name.as_str()))?;
+    call!(shm_unlink(name.as_str()))?;
     object.disarm(); // removed by the lesson itself
-    s.ok(0);
-    narrate::end_pending();
     Ok(())
 }
 
-/// `mmap(addr, len, PROT_READ|PROT_WRITE, flags, fd, 0)`, narrated.
-fn map(
-    fd: &OwnedFd,
-    at: Option<NonNull<libc::c_void>>,
-    len: usize,
-    flags: MapFlags,
-) -> anyhow::Result<NonNull<libc::c_void>> {
-    let addr = at.map_or("NULL".to_string(), |a| format!("{:p}", a.as_ptr()));
-    let s = step(format!(
-        "mmap({addr}, {len}, PROT_READ|PROT_WRITE, {}, {}, 0)",
-        narrate::flags(flags),
-        fd.as_raw_fd()
-    ));
-    let length = NonZeroUsize::new(len).context("length 0")?;
-    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let addr = at.and_then(|a| NonZeroUsize::new(a.as_ptr() as usize));
-    // SAFETY: either a new mapping where the kernel picks, or MAP_FIXED over
-    // our own PROT_NONE reservation, which no Rust object lives in.
-    let p = s.check(unsafe { mmap(addr, length, rw, flags, fd, 0) })?;
-    s.ok(format!("{:p}", p.as_ptr()));
-    Ok(p)
+/// A mapping length: never 0.
+fn len(n: usize) -> anyhow::Result<NonZeroUsize> {
+    NonZeroUsize::new(n).context("a mapping of 0 bytes")
+}
+
+/// An address argument as C writes it: `NULL` or `0x7f…`.
+fn address(a: &Option<NonZeroUsize>) -> String {
+    a.map_or("NULL".into(), |a| format!("{:#x}", a.get()))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -241,11 +206,10 @@ impl Peer {
         // (before the fork: the child may first run after the growth).
         // SAFETY: the header is in the peer's live mapping.
         let mapped_at = unsafe { word(peer, GENERATION) }.load(Ordering::Acquire);
-        let s = step("fork()");
         // ANCHOR: peer
         // SAFETY: the child does sigaction, atomic loads and stores, read(2),
         // write(2), mremap(2) and _exit: all async-signal-safe system calls.
-        match s.check(unsafe { fork() })? {
+        match unsafe { call!(fork()) }? {
             ForkResult::Child => {
                 common::children::die_with_parent();
                 util::wait_for_go(&go_read); // the owner grows the object meanwhile
@@ -291,7 +255,7 @@ impl Peer {
                     Strategy::Touch => format!("will touch offset {old} as it is"),
                     Strategy::CheckGeneration => "will check the generation first".into(),
                 };
-                s.ok(format!("{child}   # a peer that {plan}"));
+                fact(&format!("peer {child}"), plan);
                 Ok(Peer {
                     pid: child,
                     guard,

@@ -4,8 +4,6 @@
 //! `--internal-thp DIR`).
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::ExitCode;
 use std::ptr::NonNull;
@@ -14,15 +12,18 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::children::{Waited, wait_deadline};
-use common::narrate::{self, evidence, explain, fact, section, step, subsection, warn};
+use common::narrate::{self, evidence, explain, fact, section, subsection, warn};
 use common::pages::{self, THP_DIR, minor_faults};
+use common::{attempt, call};
 use common::{cleanup, fault, inspect, names, ns};
 use nix::errno::Errno;
+use nix::fcntl::{OFlag, open};
 use nix::mount::{MsFlags, mount};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap};
+use nix::sys::stat::Mode;
 use nix::sys::wait::WaitStatus;
-use nix::unistd::{Pid, ftruncate, getpid};
+use nix::unistd::{Pid, close, ftruncate, getpid, mkdir, unlink};
 
 use crate::util::word;
 
@@ -67,32 +68,16 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
     );
     let len = NonZeroUsize::new(huge).context("no Hugepagesize in /proc/meminfo")?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {huge}, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, -1, 0)"
-    ));
+    let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_HUGETLB;
     // SAFETY: a new anonymous mapping overlaps nothing of Rust's.
-    let anon = s.outcome(
-        unsafe { mmap_anonymous(None, len, rw, MapFlags::MAP_PRIVATE | MapFlags::MAP_HUGETLB) },
-        |p| format!("{:p}", p.as_ptr()),
-    );
-    let s = step("memfd_create(\"shm-lessons-9-huge\", MFD_CLOEXEC|MFD_HUGETLB)");
-    let fd = s.check(memfd_create(
+    let anon = unsafe { attempt!(mmap_anonymous(None, len, rw, flags)) };
+    let fd = call!(memfd_create(
         "shm-lessons-9-huge",
         MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_HUGETLB,
     ))?;
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    let s = step(format!("ftruncate({}, {huge})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, huge as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!(
-        "mmap(NULL, {huge}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
-        fd.as_raw_fd()
-    ));
+    call!(ftruncate(&fd, huge as libc::off_t))?;
     // SAFETY: as above.
-    let shared = s.outcome(
-        unsafe { mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0) },
-        |p| format!("{:p}", p.as_ptr()),
-    );
+    let shared = unsafe { attempt!(mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0)) };
     match (anon, shared) {
         (Ok(a), Ok(m)) => use_huge_pages(a, m, huge, page, free)?,
         (Err(Errno::ENOMEM), Err(Errno::ENOMEM)) => explain(format!(
@@ -146,10 +131,8 @@ fn use_huge_pages(
         format!("{} kB (a normal page: {} kB)", kps.unwrap_or(0), page >> 10),
     );
     for p in [a, m] {
-        let s = step(format!("munmap({:p}, {huge})", p.as_ptr()));
         // SAFETY: a mapping made in hugetlb(); nothing points into it later.
-        s.check(unsafe { munmap(p, huge) })?;
-        s.ok(0);
+        unsafe { call!(munmap(p, huge)) }?;
     }
     Ok(())
 }
@@ -193,10 +176,8 @@ fn transparent(page: usize) -> anyhow::Result<bool> {
     ));
     let before = ns::mount_table();
     let dir = std::env::temp_dir().join(format!("{}9-{}-thp", names::PREFIX, getpid()));
-    let s = step(format!("mkdir({:?}, 0700)", dir.display().to_string()));
-    s.check(std::fs::DirBuilder::new().mode(0o700).create(&dir))?;
+    call!(mkdir(dir.as_path(), Mode::from_bits_truncate(0o700)))?;
     let dir_guard = cleanup::path(&dir); // removed on every path
-    s.ok(0);
     let child = ns::spawn_self(&[INTERNAL.to_string(), dir.display().to_string()])
         .context("starting the THP child")?;
     let pid = Pid::from_raw(child.id() as i32);
@@ -214,10 +195,8 @@ fn transparent(page: usize) -> anyhow::Result<bool> {
         "back in the host",
         "the mount table and the THP settings are unchanged",
     );
-    let s = step(format!("rmdir({:?})", dir.display().to_string()));
-    s.check(std::fs::remove_dir(&dir))?;
-    dir_guard.disarm();
-    s.ok(0);
+    call!(rmdir(dir.as_path()))?;
+    dir_guard.disarm(); // removed by the lesson itself
     match waited {
         Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(true),
         Waited::Ended(WaitStatus::Exited(_, c)) if c == i32::from(SKIPPED) => Ok(false),
@@ -255,18 +234,13 @@ fn measure_both(dir: &Path) -> anyhow::Result<()> {
     let mut faults = Vec::new();
     for huge in ["never", "always"] {
         let options = format!("size={}M,huge={huge},mode=0700", (THP_SIZE >> 20) + 4);
-        let at = dir.display().to_string();
-        let s = step(format!(
-            "mount(\"tmpfs\", {at:?}, \"tmpfs\", 0, {options:?})"
-        ));
-        s.check(mount(
+        call!(mount(
             Some("tmpfs"),
             dir,
             Some("tmpfs"),
             MsFlags::empty(),
             Some(options.as_str()),
         ))?;
-        s.ok(0);
         let (n, smaps) = touch_file(&dir.join("f"), page)?;
         let kib = |f: &str| smaps.as_ref().and_then(|s| s.kib(f)).unwrap_or(0);
         fact(
@@ -298,42 +272,16 @@ fn measure_both(dir: &Path) -> anyhow::Result<()> {
 /// Create `path`, size it, map it, write a word in every page; the faults
 /// that took and the mapping's smaps.
 fn touch_file(path: &Path, page: usize) -> anyhow::Result<(i64, Option<pages::Smaps>)> {
-    let s = step(format!(
-        "open({:?}, O_CREAT|O_EXCL|O_RDWR, 0600)",
-        path.display().to_string()
-    ));
-    let fd: OwnedFd = s
-        .check(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path),
-        )?
-        .into();
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    let s = step(format!("ftruncate({}, {THP_SIZE})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, THP_SIZE as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!(
-        "mmap(NULL, {THP_SIZE}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
-        fd.as_raw_fd()
-    ));
-    let len = NonZeroUsize::new(THP_SIZE).context("size 0")?;
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
+    let fd = call!(open(path, flags, Mode::from_bits_truncate(0o600)))?;
+    call!(ftruncate(&fd, THP_SIZE as libc::off_t))?;
+    let (len, rw) = (
+        NonZeroUsize::new(THP_SIZE).context("size 0")?,
+        ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+    );
     // SAFETY: a new mapping at an address the kernel picks overlaps nothing
     // of Rust's; only util::word touches it.
-    let p = s.check(unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-            MapFlags::MAP_SHARED,
-            &fd,
-            0,
-        )
-    })?;
-    s.ok(format!("{:p}", p.as_ptr()));
+    let p = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0)) }?;
     let before = minor_faults();
     for off in (0..THP_SIZE).step_by(page) {
         // SAFETY: off < THP_SIZE: inside the live mapping, aligned.
@@ -341,14 +289,14 @@ fn touch_file(path: &Path, page: usize) -> anyhow::Result<(i64, Option<pages::Sm
     }
     let n = minor_faults() - before;
     let smaps = pages::smaps_of("self", p.as_ptr() as usize);
-    let s = step(format!(
-        "munmap({:p}, {THP_SIZE}); close; unlink",
-        p.as_ptr()
-    ));
     // SAFETY: exactly the mapping made above; nothing points into it later.
-    s.check(unsafe { munmap(p, THP_SIZE) })?;
-    drop(fd);
-    s.check(std::fs::remove_file(path))?;
-    s.ok(0);
+    unsafe { call!(munmap(p, THP_SIZE)) }?;
+    call!(close(fd))?;
+    call!(unlink(path))?;
     Ok((n, smaps))
+}
+
+/// `rmdir(2)`, which nix lacks, under its C name for the narration.
+fn rmdir(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir(path)
 }

@@ -23,7 +23,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use common::Exit;
 use common::args::Cli;
-use common::narrate::{self, step};
+use common::call;
+use common::narrate;
 use nix::unistd::{SysconfVar, sysconf};
 
 mod cow;
@@ -88,11 +89,8 @@ fn lesson() -> anyhow::Result<()> {
          cost, with the kernel's own numbers: /proc/PID/smaps, /proc/PID/pagemap and the \
          minor-fault counter of getrusage.",
     );
-    let s = step("sysconf(_SC_PAGE_SIZE)");
-    let page = s
-        .check(sysconf(SysconfVar::PAGE_SIZE))?
+    let page = call!(sysconf(SysconfVar::PAGE_SIZE))?
         .context("sysconf(_SC_PAGE_SIZE) has no value")? as usize;
-    s.ok(page);
 
     if runs(1) {
         shared::part1(page, args.hold())?;

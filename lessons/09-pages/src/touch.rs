@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use common::call;
 use common::cleanup::Guard;
 use common::narrate::{self, block, explain, fact, section, step, subsection, warn};
 use common::pages::minor_faults;
@@ -14,7 +15,7 @@ use common::{names, shm};
 use nix::fcntl::posix_fallocate;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
 use nix::sys::statvfs::statvfs;
-use nix::unistd::ftruncate;
+use nix::unistd::{close, ftruncate};
 
 use crate::util::word;
 
@@ -55,12 +56,12 @@ fn touch(p: NonNull<libc::c_void>, len: usize, page: usize) -> Cost {
 fn object(what: &str, len: usize) -> anyhow::Result<(String, OwnedFd, Guard)> {
     let name = names::unique_name(9, what);
     let (fd, guard) = shm::create(&name)?;
-    let s = step(format!("ftruncate({}, {len})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, len as libc::off_t))?;
-    s.ok(0);
+    call!(ftruncate(&fd, len as libc::off_t))?;
     Ok((name, fd, guard))
 }
 
+/// `mmap`, narrated with the step API rather than `call!`: the cost measured
+/// is the system call's alone, not the narration's printing.
 fn map(fd: &OwnedFd, len: usize, flags: MapFlags) -> anyhow::Result<(NonNull<libc::c_void>, Cost)> {
     let s = step(format!(
         "mmap(NULL, {len}, PROT_READ|PROT_WRITE, {}, {}, 0)",
@@ -89,16 +90,11 @@ fn remove(
     p: NonNull<libc::c_void>,
     len: usize,
 ) -> anyhow::Result<()> {
-    let s = step(format!(
-        "munmap({:p}, {len}); close; shm_unlink({name:?})",
-        p.as_ptr()
-    ));
     // SAFETY: exactly a mapping made above; nothing points into it later.
-    s.check(unsafe { munmap(p, len) })?;
-    drop(fd);
-    s.check(shm_unlink(name))?;
+    unsafe { call!(munmap(p, len)) }?;
+    call!(close(fd))?;
+    call!(shm_unlink(name))?;
     guard.disarm(); // removed by the lesson itself
-    s.ok(0);
     Ok(())
 }
 
