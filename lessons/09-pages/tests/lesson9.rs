@@ -57,10 +57,7 @@ fn part1_only_the_shared_write_reaches_the_object_and_the_parent() {
         line(&text, "the parent reads:"),
         "the parent reads: MAP_SHARED 0xdeadbeef, MAP_PRIVATE 0xdeadbeef"
     );
-    assert!(
-        text.contains("the object holds: 0xdeadbeef\n"),
-        "{text}"
-    );
+    assert!(text.contains("the object holds: 0xdeadbeef\n"), "{text}");
     assert!(text.contains("| 000000 00000000deadbeef\n"), "{text}");
     assert!(!text.contains("--- 2."), "--part 1 ran another part");
 }
