@@ -64,7 +64,9 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
         MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS,
     );
     // SAFETY: a new PROT_NONE mapping overlaps nothing of Rust's.
-    let reserve = unsafe { call!(mmap_anonymous(None, len(new)?, none, private)) }?;
+    let reserve = unsafe {
+        call!(mmap_anonymous(None, len(new)?, none => |_: &ProtFlags| "PROT_NONE".to_string(), private))
+    }?;
     let at = NonZeroUsize::new(reserve.as_ptr() as usize);
     let fixed = MapFlags::MAP_SHARED | MapFlags::MAP_FIXED;
     // SAFETY: MAP_FIXED over our own PROT_NONE reservation, where no Rust
