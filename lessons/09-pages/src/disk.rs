@@ -101,7 +101,6 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     let in_mem = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_SHARED, &obj, 0)) }?;
     // ANCHOR_END: open_both
 
-    // ANCHOR: fill
     subsection(format!(
         "write every page of both ({} MiB each), then a child reads them",
         SIZE >> 20
@@ -145,7 +144,6 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
             last + 1
         ),
     );
-    // ANCHOR_END: fill
     explain(
         "Both kinds of mapping share pages between processes: the child reads what we \
          wrote in each. Both count in Cached. Only the file's pages count in Dirty: \
@@ -174,7 +172,6 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     let shm_still = show_dirty("shm", in_mem);
     // ANCHOR_END: msync
 
-    // ANCHOR: fsync
     subsection("write the file's pages again, then fsync instead of msync");
     for off in (0..SIZE).step_by(page) {
         // SAFETY: inside the live file mapping; no other process maps it now.
@@ -187,7 +184,6 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
         format!("{:.3} ms", fsync_took.as_secs_f64() * 1e3),
     );
     let after_fsync = show_dirty("file", on_disk);
-    // ANCHOR_END: fsync
     conclude(
         [
             file_dirty,

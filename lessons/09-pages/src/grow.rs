@@ -53,7 +53,6 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
     );
     // ANCHOR_END: owner
 
-    // ANCHOR: peer_map
     explain(
         "The peer maps the object as it is now: two pages. (We put its mapping at the start \
          of a range we reserved and then released, so that nothing else is mapped right \
@@ -86,7 +85,6 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
                 .unwrap_or_else(|| format!("{:x}: nothing mapped", tail.as_ptr() as usize)),
         ],
     );
-    // ANCHOR_END: peer_map
 
     let naive = Peer::start(&faults, peer, old, Strategy::Touch)?;
     let careful = Peer::start(&faults, peer, old, Strategy::CheckGeneration)?;
@@ -208,11 +206,11 @@ impl Peer {
         // (before the fork: the child may first run after the growth).
         // SAFETY: the header is in the peer's live mapping.
         let mapped_at = unsafe { word(peer, GENERATION) }.load(Ordering::Acquire);
-        // ANCHOR: peer
         // SAFETY: the child does sigaction, atomic loads and stores, read(2),
         // write(2), mremap(2) and _exit: all async-signal-safe system calls.
         match unsafe { call!(fork()) }? {
             ForkResult::Child => {
+                // ANCHOR: peer
                 common::children::die_with_parent();
                 util::wait_for_go(&go_read); // the owner grows the object meanwhile
                 if how == Strategy::Touch {
@@ -249,8 +247,8 @@ impl Peer {
                 ]);
                 // SAFETY: _exit runs no destructor of the parent's objects.
                 unsafe { libc::_exit(0) }
+                // ANCHOR_END: peer
             }
-            // ANCHOR_END: peer
             ForkResult::Parent { child } => {
                 let guard = cleanup::child(child);
                 let plan = match how {

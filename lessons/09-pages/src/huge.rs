@@ -49,7 +49,6 @@ pub fn part5(page: usize) -> anyhow::Result<bool> {
     transparent(page)
 }
 
-// ANCHOR: hugetlb
 fn hugetlb(page: usize) -> anyhow::Result<()> {
     subsection("MAP_HUGETLB and MFD_HUGETLB: pages from a pool reserved in advance");
     let huge = (meminfo("Hugepagesize") as usize) << 10;
@@ -66,6 +65,7 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
                 .to_string(),
         ],
     );
+    // ANCHOR: hugetlb
     let len = NonZeroUsize::new(huge).context("no Hugepagesize in /proc/meminfo")?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
     let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_HUGETLB;
@@ -78,6 +78,7 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
     call!(ftruncate(&fd, huge as libc::off_t))?;
     // SAFETY: as above.
     let shared = unsafe { attempt!(mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0)) };
+    // ANCHOR_END: hugetlb
     match (anon, shared) {
         (Ok(a), Ok(m)) => use_huge_pages(a, m, huge, page, free)?,
         (Err(Errno::ENOMEM), Err(Errno::ENOMEM)) => explain(format!(
@@ -105,7 +106,6 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
     narrate::end_pending();
     Ok(())
 }
-// ANCHOR_END: hugetlb
 
 /// The pool had pages: touch both mappings and watch HugePages_Free drop.
 fn use_huge_pages(
@@ -152,7 +152,6 @@ pub fn thp_settings() -> Vec<String> {
         .collect()
 }
 
-// ANCHOR: transparent
 fn transparent(page: usize) -> anyhow::Result<bool> {
     subsection("transparent huge pages on a tmpfs of our own");
     let settings = thp_settings();
@@ -204,7 +203,6 @@ fn transparent(page: usize) -> anyhow::Result<bool> {
         Waited::TimedOut(_) => bail!("the THP child did not finish in time"),
     }
 }
-// ANCHOR_END: transparent
 
 /// The THP child: make the namespace while still single-threaded, then
 /// mount and measure.
@@ -227,7 +225,6 @@ pub fn child_main(args: &[String]) -> ExitCode {
     common::run(move || measure_both(&dir))
 }
 
-// ANCHOR: measure
 fn measure_both(dir: &Path) -> anyhow::Result<()> {
     let page = inspect::page_size();
     let pmd = pages::pmd_size().context("no hpage_pmd_size")?;
@@ -267,11 +264,11 @@ fn measure_both(dir: &Path) -> anyhow::Result<()> {
     ));
     Ok(())
 }
-// ANCHOR_END: measure
 
 /// Create `path`, size it, map it, write a word in every page; the faults
 /// that took and the mapping's smaps.
 fn touch_file(path: &Path, page: usize) -> anyhow::Result<(i64, Option<pages::Smaps>)> {
+    // ANCHOR: thp_touch
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
     let fd = call!(open(path, flags, Mode::from_bits_truncate(0o600)))?;
     call!(ftruncate(&fd, THP_SIZE as libc::off_t))?;
@@ -289,6 +286,7 @@ fn touch_file(path: &Path, page: usize) -> anyhow::Result<(i64, Option<pages::Sm
     }
     let n = minor_faults() - before;
     let smaps = pages::smaps_of("self", p.as_ptr() as usize);
+    // ANCHOR_END: thp_touch
     // SAFETY: exactly the mapping made above; nothing points into it later.
     unsafe { call!(munmap(p, THP_SIZE)) }?;
     call!(close(fd))?;

@@ -43,6 +43,7 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
     // munmap calls at the end of this part.
     let (sh, pr) = unsafe { (word(shared, 0), word(private, 0)) };
     sh.store(FIRST, Ordering::SeqCst); // the parent writes through MAP_SHARED
+    // ANCHOR_END: map_both
     fact(
         "the parent stored through MAP_SHARED",
         format!(
@@ -54,7 +55,6 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         "Both mappings show the same object. A MAP_PRIVATE mapping reads the object's page \
          until this process writes to it; only then does it get a copy of its own.",
     );
-    // ANCHOR_END: map_both
 
     // ANCHOR: child_writes
     let report = Report::new()?;
@@ -79,6 +79,7 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         "the child stores {VIA_SHARED:#x} through MAP_SHARED and {VIA_PRIVATE:#x} through \
          MAP_PRIVATE, reports what it reads back through a pipe, and waits."
     ));
+    // ANCHOR_END: child_writes
     let seen = report.receive(2)?;
     fact(
         "the child reads",
@@ -89,7 +90,6 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         "the parent reads",
         format!("MAP_SHARED {our_shared:#x}, MAP_PRIVATE {our_private:#x}"),
     );
-    // ANCHOR_END: child_writes
     let mut buf = [0u8; 8];
     call!(pread(&fd, &mut buf[..], 0))?;
     let in_object = u64::from_ne_bytes(buf);
