@@ -263,7 +263,7 @@ fn lesson() -> anyhow::Result<()> {
         explain(
             "kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed the \
              segment the moment its attach count fell to 0, here at our shmdt, without any \
-             IPC_RMID (proc(5)). On most machines the setting is 0 and the segment would \
+             IPC_RMID (proc(5)). The default is 0 (proc(5)), and then the segment would \
              stay, with its data, until someone removed it.",
         );
         let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));

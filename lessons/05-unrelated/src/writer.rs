@@ -115,7 +115,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
         s.ok(0);
         evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
     }
-    finish(acked, o.keep, o)
+    finish(acked, o.keep, false, o)
 }
 
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
@@ -321,7 +321,7 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
             inspect::sysv_segment(shmid).map(|s| s.line),
         );
     }
-    finish(acked, kept, o)
+    finish(acked, kept, gone, o)
 }
 
 /// The key is taken. Judge the segment: refuse anything foreign or live;
@@ -469,11 +469,14 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 // ANCHOR_END: wait_ack
 
 /// `kept`: the object is still there for inspection (`--keep`, and nothing
-/// destroyed it).
-fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
+/// destroyed it). `gone`: the kernel destroyed it at our `shmdt`
+/// (`kernel.shm_rmid_forced = 1`), so the writer removed nothing.
+fn finish(acked: Option<i32>, kept: bool, gone: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
         let what = if kept {
             "left in place (--keep)"
+        } else if gone {
+            "destroyed by the kernel at our shmdt (kernel.shm_rmid_forced = 1)"
         } else {
             "removed"
         };
@@ -487,6 +490,9 @@ fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
     } else if o.keep {
         "writer done: the reader acknowledged; --keep kept nothing, because the kernel \
          destroyed the segment at its last shmdt (kernel.shm_rmid_forced = 1)."
+    } else if gone {
+        "writer done: the reader acknowledged; the kernel destroyed the segment at its last \
+         shmdt (kernel.shm_rmid_forced = 1), so the writer had nothing to remove."
     } else {
         "writer done: the reader acknowledged, and the writer removed what it created."
     });

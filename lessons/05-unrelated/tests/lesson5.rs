@@ -721,3 +721,35 @@ fn the_demo_stops_at_the_first_failure_with_that_sides_reason() {
     assert!(stdout.contains("), 143)"), "{stdout}");
     assert!(!stdout.contains("within 300 s"), "{stdout}");
 }
+
+/// With kernel.shm_rmid_forced = 1 (a private IPC namespace of the test's own)
+/// the whole demo still exits 0, and the System V writer never claims to have
+/// removed the segment the kernel destroyed at its shmdt.
+#[test]
+fn with_shm_rmid_forced_the_demo_succeeds_and_the_writer_claims_no_removal() {
+    let Some((_, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--timeout", "30"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let flat = text
+        .lines()
+        .map(|l| l.trim_start_matches("    writer |"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(out.status.success(), "{text}");
+    assert!(flat.contains("kernel.shm_rmid_forced: 1"), "{text}");
+    // The System V part: whichever shmdt came last destroyed the segment.
+    let sysv = flat.split("--- System V").nth(1).unwrap();
+    assert!(
+        sysv.contains("so the writer had nothing to remove")
+            || sysv.contains("EINVAL: the reader detached in the meantime"),
+        "{text}"
+    );
+    assert!(
+        !sysv.contains("the writer removed what it created"),
+        "{text}"
+    );
+}
