@@ -174,7 +174,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                     explain(format!(
                         "Both survive. The segment's creator (cpid {child}) is dead and nothing \
                          is attached (nattch 0), yet it stays until someone removes it: the \
-                         kernel frees the memory a dead process mapped, not the names it made."
+                         kernel removes a dead process's mappings, not the names it made, and \
+                         the memory stays with the name."
                     ))
                 }
                 (None, Some(true)) => explain(
