@@ -782,3 +782,16 @@ mod meminfo_tests {
         assert!(pids_using(exe.to_str().unwrap()).contains(&(std::process::id() as i32)));
     }
 }
+
+/// A directory on a disk filesystem (not tmpfs or ramfs), for a file whose
+/// pages the kernel must write back: `/var/tmp` (on a disk by convention: it
+/// survives reboots), else the temporary directory. `None` when both are in
+/// memory.
+pub fn disk_dir() -> Option<(std::path::PathBuf, FsType)> {
+    [std::path::PathBuf::from("/var/tmp"), std::env::temp_dir()]
+        .into_iter()
+        .find_map(|d| {
+            let t = fs_type(&d).ok()?;
+            (t.name != "tmpfs" && t.name != "ramfs").then_some((d, t))
+        })
+}
