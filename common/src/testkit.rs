@@ -103,14 +103,26 @@ pub fn run_as_nobody(bin: &Path, args: &[&str]) -> Option<Output> {
     let copy: PathBuf = dir.join(bin.file_name().unwrap());
     std::fs::copy(bin, &copy).expect("copy the lesson binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&copy)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .current_dir(&dir)
-        .output()
-        .expect("run setpriv");
+    // While std::fs::copy had the copy open for writing, a sibling test
+    // thread may have forked: its child holds that descriptor until it execs,
+    // and exec of a file open for writing fails with ETXTBSY. Try again then.
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&copy)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .current_dir(&dir)
+            .output()
+            .expect("run setpriv");
+        let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
+        tries += 1;
+        if !busy || tries == 50 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let _ = std::fs::remove_dir_all(&dir);
     Some(out)
 }
@@ -124,14 +136,18 @@ pub struct Running {
 
 /// `bin args` with NO_COLOR=1, stdin closed, stdout and stderr piped.
 fn spawn(bin: &Path, args: &[&str]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    spawn_command(cmd).expect("start the lesson")
+}
+
+/// `cmd` with NO_COLOR=1, stdin closed, stdout and stderr piped.
+fn spawn_command(mut cmd: Command) -> std::io::Result<Child> {
+    cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the lesson")
 }
 
 /// Start `bin` with `args` (NO_COLOR=1), stdout piped.
@@ -227,6 +243,17 @@ impl Running {
                 panic!("the lesson did not exit within {timeout:?}");
             }
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// A test that fails between [`start`] and [`Running::finish`] must not
+/// leave the lesson running (holding its objects, perhaps for minutes):
+/// stop it with SIGTERM, so that its own cleanup still runs.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_gently();
         }
     }
 }
@@ -361,16 +388,10 @@ pub fn run_in_ipc_namespace(
         cmd.arg("-r");
     }
     // unshare and sh exec in place: the pid is the lesson's own.
-    let child = cmd
-        .args(["-i", "--", "sh", "-c", &script])
+    cmd.args(["-i", "--", "sh", "-c", &script])
         .arg(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
+        .args(args);
+    let child = spawn_command(cmd).ok()?;
     let pid = child.id();
     let out = child.wait_with_output().expect("wait for the lesson");
     let err = String::from_utf8_lossy(&out.stderr);

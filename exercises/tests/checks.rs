@@ -111,7 +111,17 @@ type Row = (String, Option<i32>, Option<i32>, String);
 fn every_start_fails_and_every_solution_passes() {
     build_all();
     let ids = ids();
-    assert!(ids.len() >= 4);
+    assert!(ids.len() >= 16, "only {} exercises", ids.len());
+    for lesson in 1..=8 {
+        let n = ids
+            .iter()
+            .filter(|id| id.starts_with(&format!("{lesson:02}_")))
+            .count();
+        assert!(
+            n >= 2,
+            "lesson {lesson} has {n} exercises, expected at least 2"
+        );
+    }
     let rows: Mutex<Vec<Row>> = Mutex::new(Vec::new());
     let next = Mutex::new(ids.iter());
     std::thread::scope(|s| {
@@ -124,10 +134,13 @@ fn every_start_fails_and_every_solution_passes() {
                     let (start, left1, text1) = check(id, &[]);
                     let (sol, left2, text2) = check(id, &["--solution"]);
                     let mut notes = String::new();
-                    if start != Some(1) {
+                    // 77: the machine refuses what the check needs (a
+                    // private mount namespace); both sides must agree.
+                    let skipped = start == Some(77) && sol == Some(77);
+                    if start != Some(1) && !skipped {
                         notes += &format!("\nstart:\n{text1}");
                     }
-                    if sol != Some(0) {
+                    if sol != Some(0) && !skipped {
                         notes += &format!("\nsolution:\n{text2}");
                     }
                     if !left1.is_empty() || !left2.is_empty() {
@@ -145,13 +158,14 @@ fn every_start_fails_and_every_solution_passes() {
         let word = |c: &Option<i32>| match c {
             Some(0) => "pass".to_string(),
             Some(1) => "FAIL".to_string(),
+            Some(77) => "skip".to_string(),
             other => format!("{other:?}"),
         };
         println!("| {id} | {} | {} |", word(start), word(sol));
     }
     let bad: Vec<String> = rows
         .iter()
-        .filter(|(_, start, sol, notes)| *start != Some(1) || *sol != Some(0) || !notes.is_empty())
+        .filter(|(_, _, _, notes)| !notes.is_empty())
         .map(|(id, s, t, notes)| format!("{id}: start {s:?}, solution {t:?}{notes}"))
         .collect();
     assert!(bad.is_empty(), "{}", bad.join("\n\n"));

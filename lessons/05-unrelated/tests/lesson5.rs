@@ -685,3 +685,39 @@ fn with_shm_rmid_forced_the_sysv_writer_even_with_keep_leaves_nothing_and_exits_
     let left = wout.split("--- left:").nth(1).unwrap();
     assert_eq!(left.trim(), "(none)", "{wout}");
 }
+
+/// When one side of the demo fails (here the writer: a read-only /dev/shm,
+/// staged on a fresh tmpfs in a private mount namespace, makes its
+/// shm_open(O_CREAT) fail with EROFS), the demo stops the other side at once
+/// instead of letting the reader wait out its --timeout, and its error names
+/// the writer's own failing call.
+#[test]
+fn the_demo_stops_at_the_first_failure_with_that_sides_reason() {
+    if !testkit::is_root() {
+        eprintln!("skipped: staging a read-only /dev/shm needs root");
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o ro,size=64k,mode=1777 tmpfs /dev/shm && exec \"$0\" --timeout 300")
+        .arg(bin())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ERROR the writer did not succeed")
+            && last.contains("ERROR [EROFS Read-only file system] shm_open("),
+        "{stderr}"
+    );
+    // The reader was stopped (SIGTERM: status 143), not left to time out.
+    assert!(stdout.contains("/* reader */) = Exited(Pid("), "{stdout}");
+    assert!(stdout.contains("), 143)"), "{stdout}");
+    assert!(!stdout.contains("within 300 s"), "{stdout}");
+}

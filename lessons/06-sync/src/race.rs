@@ -17,11 +17,6 @@ fn cpu_list(mask: &CpuSet) -> Vec<usize> {
         .collect()
 }
 
-/// `sched_getaffinity`'s result as the lesson prints it.
-fn shown(mask: &CpuSet) -> String {
-    format!("0, CPUs {:?}", cpu_list(mask))
-}
-
 pub fn run(shared: &Shared, n: u64) -> anyhow::Result<()> {
     section("1. The race: load, add one, store");
     explain(format!(
@@ -31,7 +26,7 @@ pub fn run(shared: &Shared, n: u64) -> anyhow::Result<()> {
          would be undefined behaviour. The spin-loop hint between load and store stands in for \
          real work: it widens the window, it does not create it."
     ));
-    let mask = call!(sched_getaffinity(Pid::from_raw(0)) => shown)?; // the workers inherit it
+    let mask = call!(sched_getaffinity(Pid::from_raw(0)))?; // the workers inherit it
     let cpus = cpu_list(&mask).len();
     // ANCHOR: race
     let area: &Contest = shared.area(0, 0);

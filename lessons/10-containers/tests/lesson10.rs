@@ -194,9 +194,15 @@ fn without_namespaces_it_says_why_and_exits_77() {
 
 #[test]
 fn four_runs_at_once_do_not_collide() {
-    for (pid, out) in testkit::run_concurrently(bin(), &["--part", "1"], 4) {
+    // Whole runs: every part, four times at once.
+    for (pid, out) in testkit::run_concurrently(bin(), &[], 4) {
         if ran(&out) {
-            assert_part1(&stdout(&out));
+            let text = stdout(&out);
+            assert_part1(&text);
+            assert!(fact(&text, "result container").ends_with("twice, nattch 2"));
+            assert_eq!(fact(&text, "df /dev/shm"), "67108864 bytes");
+            assert_eq!(fact(&text, "result shmmni"), "ENOSPC after 2 segments");
+            assert_eq!(fact(&text, "result host limits"), "unchanged");
         }
         testkit::assert_nothing_left_by(10, pid);
     }
