@@ -152,8 +152,9 @@ fn lesson() -> anyhow::Result<()> {
          count its attachment while it is alive. Closing the write end lets it go.",
     );
     let s = step("fork()");
-    // SAFETY: the child only does async-signal-safe work: prctl, a volatile
-    // store, close, read and _exit. It touches no lock and no allocator.
+    // SAFETY: the child calls die_with_parent (prctl, getppid: see there),
+    // makes a volatile store, and calls close, read and _exit, which are
+    // async-signal-safe. It touches no lock and no allocator.
     match s.check(unsafe { fork() })? {
         ForkResult::Child => {
             children::die_with_parent();
