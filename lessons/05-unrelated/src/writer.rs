@@ -268,7 +268,7 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
     // remove, and nothing --keep could keep.
     let forced = sysv::rmid_forced() == Some(true);
-    let gone = forced && inspect::sysv_segment(shmid).is_none();
+    let mut gone = forced && inspect::sysv_segment(shmid).is_none();
     if forced {
         fact("kernel.shm_rmid_forced", 1);
     }
@@ -309,10 +309,13 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
         match s.outcome(sysv::shmctl_rmid(shmid), |()| "0".into()) {
             Ok(()) => {}
             // The reader's shmdt, just after our check, took nattch to 0.
-            Err(Errno::EINVAL) if forced => explain(
-                "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
-                 = 1 its shmdt destroyed the segment (proc(5)).",
-            ),
+            Err(Errno::EINVAL) if forced => {
+                gone = true; // by the reader's shmdt, not by us
+                explain(
+                    "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
+                     = 1 its shmdt destroyed the segment (proc(5)).",
+                )
+            }
             Err(e) => return Err(e).call(call),
         }
         segment.disarm();
@@ -469,8 +472,9 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 // ANCHOR_END: wait_ack
 
 /// `kept`: the object is still there for inspection (`--keep`, and nothing
-/// destroyed it). `gone`: the kernel destroyed it at our `shmdt`
-/// (`kernel.shm_rmid_forced = 1`), so the writer removed nothing.
+/// destroyed it). `gone`: the kernel destroyed it at the last `shmdt`, ours
+/// or the reader's (`kernel.shm_rmid_forced = 1`), so the writer removed
+/// nothing.
 fn finish(acked: Option<i32>, kept: bool, gone: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
         let what = if kept {

@@ -741,15 +741,27 @@ fn with_shm_rmid_forced_the_demo_succeeds_and_the_writer_claims_no_removal() {
     let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
     assert!(out.status.success(), "{text}");
     assert!(flat.contains("kernel.shm_rmid_forced: 1"), "{text}");
-    // The System V part: whichever shmdt came last destroyed the segment.
+    // The System V part. The writer's shmdt was the last (nothing left to
+    // remove), or the reader's came between the writer's check and its
+    // IPC_RMID (EINVAL), or the reader was still attached and the writer's
+    // IPC_RMID marked the segment (= 0). Only then did the writer remove it.
     let sysv = flat.split("--- System V").nth(1).unwrap();
+    let marked = sysv.contains("IPC_RMID, NULL) = 0");
     assert!(
-        sysv.contains("so the writer had nothing to remove")
-            || sysv.contains("EINVAL: the reader detached in the meantime"),
+        marked
+            || sysv.contains("EINVAL: the reader detached in the meantime")
+            || sysv.contains("the segment when its attach count fell to 0, here at our shmdt"),
         "{text}"
     );
-    assert!(
-        !sysv.contains("the writer removed what it created"),
+    assert_eq!(
+        sysv.contains("the writer removed what it created"),
+        marked,
         "{text}"
     );
+    if !marked {
+        assert!(
+            sysv.contains("so the writer had nothing to remove"),
+            "{text}"
+        );
+    }
 }
