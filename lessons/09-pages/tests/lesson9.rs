@@ -487,3 +487,38 @@ fn the_whole_lesson_runs_as_nobody() {
     }
     assert!(text.contains("huge=always:") || code == Some(77), "{text}");
 }
+
+/// On a /dev/shm with 256 KiB free (a fresh tmpfs of that size over /dev/shm
+/// in a private mount namespace of the test's own), parts 3 and 4, which
+/// write megabytes there page by page, are skipped with the reason instead
+/// of dying of SIGBUS with their object left behind; the lesson exits 0 and
+/// that tmpfs is empty afterwards.
+#[test]
+fn a_256_kib_dev_shm_skips_parts_3_and_4_instead_of_a_sigbus() {
+    if !testkit::is_root() {
+        eprintln!("skipped: mounting a tmpfs over /dev/shm needs root");
+        return;
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm && \"$0\"; \
+             s=$?; echo \"--- left: $(ls -A /dev/shm)\"; exit $s",
+        )
+        .arg(bin())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("Skipping part 3."), "{text}");
+    assert!(flat.contains("Skipping part 4."), "{text}");
+    assert!(text.trim_end().ends_with("--- left:"), "{text}");
+}
