@@ -9,7 +9,10 @@ object exists and is marked READY, prints the message and the sequence
 number, then acknowledges. It removes nothing: the writer does.
 
 The layout is the one in lessons/05-unrelated/src/layout.rs: a header at
-fixed offsets (never pointers), parsed here with struct.
+fixed offsets (never pointers), parsed here with struct. Its numbers are in
+the machine's own byte order, as the Rust writer and the C reader store and
+read them, so every struct format here starts with "=" (native byte order,
+standard sizes, no padding), never "<" or ">".
 
 It opens the object with multiprocessing.shared_memory.SharedMemory(name=...),
 which shm_opens and mmaps /dev/shm/NAME. One trap: up to Python 3.12 that
@@ -37,7 +40,7 @@ from multiprocessing import resource_tracker, shared_memory
 SIZE = 4096
 MAGIC = b"SHMLSN5\0"
 # magic, version, state, writer pid, reader pid, sequence, writer addr, length
-HEADER = struct.Struct("<8sIIiiQQI4x")  # 48 bytes: the message starts at 48
+HEADER = struct.Struct("=8sIIiiQQI4x")  # 48 bytes: the message starts at 48
 STATE_OFF, READER_PID_OFF = 12, 20
 READY, ACKED = 1, 2
 
@@ -109,7 +112,7 @@ def attach(name):
 def wait_ready(buf, end, nap):
     """Poll the state word until READY or ACKED, or until `end`."""
     while True:
-        (state,) = struct.unpack_from("<I", buf, STATE_OFF)
+        (state,) = struct.unpack_from("=I", buf, STATE_OFF)
         if state in (READY, ACKED) or time.monotonic() >= end:
             return state, nap
         time.sleep(nap)
@@ -153,8 +156,8 @@ def main():
                         print(f"python reader: message: {msg}")
                         print(f"python reader: sequence: {seq}")
                         if m.writable:  # acknowledge: reader pid, then the state word
-                            struct.pack_into("<i", m.buf, READER_PID_OFF, os.getpid())
-                            struct.pack_into("<I", m.buf, STATE_OFF, ACKED)
+                            struct.pack_into("=i", m.buf, READER_PID_OFF, os.getpid())
+                            struct.pack_into("=I", m.buf, STATE_OFF, ACKED)
                             print("python reader: acknowledged")
                         else:
                             print("python reader: read-only, no acknowledgement")

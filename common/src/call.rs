@@ -151,6 +151,19 @@ impl Arg for nix::unistd::Pid {
     }
 }
 
+/// A user or group id as a number: `fchown(3, 1000, 1000)`.
+impl Arg for nix::unistd::Uid {
+    fn arg(&self) -> String {
+        self.as_raw().to_string()
+    }
+}
+
+impl Arg for nix::unistd::Gid {
+    fn arg(&self) -> String {
+        self.as_raw().to_string()
+    }
+}
+
 impl Ret for nix::unistd::Pid {
     fn ret(&self) -> Option<String> {
         Some(self.to_string())

@@ -1,19 +1,30 @@
 //! Thin safe wrappers for `futex(2)` `FUTEX_WAIT` and `FUTEX_WAKE`, which nix
 //! lacks.
 //!
-//! A futex is a 32-bit word in memory. `FUTEX_WAIT` sleeps while the word still
-//! holds the value the caller expects; `FUTEX_WAKE` wakes up to `n` sleepers on
-//! that word. The kernel finds the sleepers by a key made from the word's
-//! address:
+//! A futex is a 32-bit word in memory. `FUTEX_WAIT(&word, expected)` checks
+//! the word once, atomically: if it no longer holds `expected`, the call
+//! returns `EAGAIN` at once; otherwise the caller sleeps until a `FUTEX_WAKE`
+//! on that word wakes it (or its timeout expires, or a signal arrives). The
+//! kernel never watches the word while the caller sleeps: a store to it
+//! wakes nobody, so whoever changes the word must also call `FUTEX_WAKE`
+//! (futex(2)). `FUTEX_WAKE` wakes up to `n` sleepers on that word.
 //!
-//! - **shared** (no flag): the key is the *page* (the inode and offset, or the
-//!   anonymous page), so two processes that map the same page meet;
-//! - **private** (`FUTEX_PRIVATE_FLAG`): the key is this process's address
-//!   space and the virtual address. It is faster, and it never matches a
-//!   sleeper in another process, even on a `MAP_SHARED` page.
+//! The kernel matches a wake-up with its sleepers by a key computed from the
+//! word's address (kernel/futex/core.c, `get_futex_key`):
 //!
-//! Both calls are one raw system call: async-signal-safe, so a forked child
-//! may use them.
+//! - **shared** (no flag): the kernel looks at the memory behind the address.
+//!   For a page of a file or of shmem (a tmpfs file such as `/dev/shm`, a
+//!   `MAP_SHARED|MAP_ANONYMOUS` mapping, a System V segment) the key is the
+//!   inode and the offset in it, so every process that maps that page meets
+//!   there, at whatever address it maps it. For private anonymous memory
+//!   (`MAP_PRIVATE|MAP_ANONYMOUS`, the heap, the stack) the key is (address
+//!   space, virtual address), as for a private futex;
+//! - **private** (`FUTEX_PRIVATE_FLAG`): the key is always (address space,
+//!   virtual address). It is faster, and it never matches a sleeper in
+//!   another process, even on a `MAP_SHARED` page.
+//!
+//! Both calls are one raw system call, with no lock or memory of the C
+//! library involved, so a forked child may use them.
 
 use std::sync::atomic::AtomicU32;
 use std::time::Duration;
@@ -37,11 +48,12 @@ pub fn op_name(base: &str, private: bool) -> String {
     }
 }
 
-/// `futex(word, FUTEX_WAIT[|FUTEX_PRIVATE_FLAG], expected, &timeout)`: sleep
-/// while `*word == expected`, for at most `timeout` (relative, on the
-/// monotonic clock). `Ok(())` when woken (or spuriously); `EAGAIN` when the
-/// word no longer held `expected`; `ETIMEDOUT` when nobody woke us in time;
-/// `EINTR` when a signal arrived.
+/// `futex(word, FUTEX_WAIT[|FUTEX_PRIVATE_FLAG], expected, &timeout)`: if
+/// `*word == expected` (checked once, on entry), sleep until a `FUTEX_WAKE`
+/// on `word`, for at most `timeout` (relative, on the monotonic clock).
+/// `Ok(())` when woken (or spuriously); `EAGAIN` when the word no longer held
+/// `expected` on entry; `ETIMEDOUT` when nobody woke us in time, whatever the
+/// word holds by then; `EINTR` when a signal arrived.
 pub fn wait(
     word: &AtomicU32,
     expected: u32,

@@ -1,5 +1,6 @@
 //! Evidence from the running kernel: what a student could check by hand.
 
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
@@ -13,23 +14,150 @@ pub struct ShmEntry {
     pub uid: u32,
     pub gid: u32,
     pub nlink: u64,
+    /// A regular file (or a FIFO): what `shm_open` can have made.
     pub is_file: bool,
+    /// The file type letter `ls -l` prints: `-` file, `d` directory, `l`
+    /// symbolic link, `p` FIFO, `s` socket, `c`/`b` device (not followed:
+    /// a symlink is shown as itself).
+    pub kind: char,
+    /// The name quoted the way `ls` quotes it for a terminal (GNU's
+    /// shell-escape style): as is when it holds only safe characters, else
+    /// in single quotes, with control characters and invalid bytes as
+    /// `$'\n'`, `$'\377'`, so a name with a newline stays on one line.
+    pub quoted: String,
+    /// For a symbolic link, where it points (quoted the same way).
+    pub target: Option<String>,
 }
 
 impl ShmEntry {
     /// The entry the way `ls -l` prints it (without the date).
     pub fn ls_line(&self) -> String {
-        let kind = if self.is_file { '-' } else { 'd' };
-        format!(
-            "{kind}{} {} {} {} {} {}",
+        let mut line = format!(
+            "{}{} {} {} {} {} {}",
+            self.kind,
             mode_string(self.mode),
             self.nlink,
             user_name(self.uid),
             group_name(self.gid),
             self.size,
-            self.name
-        )
+            self.quoted
+        );
+        if let Some(t) = &self.target {
+            line.push_str(" -> ");
+            line.push_str(t);
+        }
+        line
     }
+}
+
+/// The `ls -l` type letter of a file type (the file itself, not followed).
+pub fn kind_letter(ft: std::fs::FileType) -> char {
+    if ft.is_symlink() {
+        'l'
+    } else if ft.is_dir() {
+        'd'
+    } else if ft.is_fifo() {
+        'p'
+    } else if ft.is_socket() {
+        's'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else {
+        '-'
+    }
+}
+
+/// A file name as GNU `ls` shows it on a terminal (`--quoting-style=
+/// shell-escape`, its default there): unchanged when every character is
+/// safe for a shell; otherwise single-quoted, with each control character or
+/// invalid UTF-8 byte written as `$'\n'`, `$'\t'` or `$'\ooo'` outside the
+/// quotes and a single quote as `\'`. The result, pasted into a shell, is
+/// the name again, and it never spans two lines.
+pub fn ls_quote(name: &[u8]) -> String {
+    let safe = |c: char| c.is_alphanumeric() || "%+,-./:=@_^".contains(c);
+    let text = String::from_utf8_lossy(name);
+    if !name.is_empty()
+        && std::str::from_utf8(name).is_ok()
+        && text.chars().all(|c| safe(c) && !c.is_control())
+    {
+        return text.into_owned();
+    }
+    // GNU ls: a name whose only trouble is a single quote goes in double quotes.
+    if std::str::from_utf8(name).is_ok()
+        && text.contains('\'')
+        && text
+            .chars()
+            .all(|c| !c.is_control() && !"\"$`\\!".contains(c))
+    {
+        return format!("\"{text}\"");
+    }
+    let mut out = String::new();
+    let mut open = false; // inside '...'
+    let mut rest = name;
+    while !rest.is_empty() {
+        let (ch, len) = match utf8_char(rest) {
+            Some((c, n)) => (Some(c), n),
+            None => (None, 1),
+        };
+        match ch {
+            Some(c) if !c.is_control() && c != '\'' => {
+                if !open {
+                    out.push('\'');
+                    open = true;
+                }
+                out.push(c);
+            }
+            Some('\'') => {
+                if open {
+                    out.push('\'');
+                    open = false;
+                }
+                out.push_str("\\'");
+            }
+            _ => {
+                if open {
+                    out.push('\'');
+                    open = false;
+                }
+                let b = rest[0];
+                let esc = match ch {
+                    Some('\n') => "\\n".to_string(),
+                    Some('\t') => "\\t".to_string(),
+                    Some('\r') => "\\r".to_string(),
+                    Some(c) if (c as u32) < 0x80 => format!("\\{:03o}", c as u32),
+                    Some(c) => {
+                        let mut buf = [0u8; 4];
+                        c.encode_utf8(&mut buf)
+                            .bytes()
+                            .map(|b| format!("\\{b:03o}"))
+                            .collect()
+                    }
+                    None => format!("\\{b:03o}"),
+                };
+                out.push_str(&format!("$'{esc}'"));
+            }
+        }
+        rest = &rest[len..];
+    }
+    if open {
+        out.push('\'');
+    }
+    if out.is_empty() {
+        out.push_str("''");
+    }
+    out
+}
+
+/// The first UTF-8 character of `bytes` and its length, or `None` when the
+/// first byte does not start a valid character.
+fn utf8_char(bytes: &[u8]) -> Option<(char, usize)> {
+    (1..=bytes.len().min(4)).find_map(|n| {
+        std::str::from_utf8(&bytes[..n])
+            .ok()
+            .and_then(|s| s.chars().next().map(|c| (c, n)))
+    })
 }
 
 /// `rw-------` for mode 0600.
@@ -57,15 +185,26 @@ pub fn shm_entries_in(dir: &Path) -> Vec<ShmEntry> {
     let mut out: Vec<ShmEntry> = rd
         .filter_map(Result::ok)
         .filter_map(|e| {
+            // DirEntry::metadata does not follow a symlink: lstat.
             let md = e.metadata().ok()?;
+            let raw = e.file_name();
+            let target = md
+                .file_type()
+                .is_symlink()
+                .then(|| std::fs::read_link(e.path()).ok())
+                .flatten()
+                .map(|t| ls_quote(t.as_os_str().as_bytes()));
             Some(ShmEntry {
-                name: e.file_name().to_string_lossy().into_owned(),
+                name: raw.to_string_lossy().into_owned(),
                 size: md.len(),
                 mode: md.mode(),
                 uid: md.uid(),
                 gid: md.gid(),
                 nlink: md.nlink(),
                 is_file: md.file_type().is_file() || md.file_type().is_fifo(),
+                kind: kind_letter(md.file_type()),
+                quoted: ls_quote(raw.as_bytes()),
+                target,
             })
         })
         .collect();
@@ -492,6 +631,42 @@ mod tests {
     }
 
     #[test]
+    fn names_are_quoted_like_gnu_ls() {
+        assert_eq!(ls_quote(b"shm-lessons-1-42"), "shm-lessons-1-42");
+        assert_eq!(ls_quote(b"a b"), "'a b'");
+        // A newline never splits the line: ls prints 'a'$'\n''b'.
+        assert_eq!(ls_quote(b"a\nb"), "'a'$'\\n''b'");
+        assert_eq!(ls_quote(b"it's"), "\"it's\"");
+        assert_eq!(ls_quote(b"it's $x"), "'it'\\''s $x'");
+        assert_eq!(ls_quote(b"x\x01"), "'x'$'\\001'");
+        assert_eq!(ls_quote(b"bad\xff"), "'bad'$'\\377'");
+        assert_eq!(ls_quote("caf\u{e9}".as_bytes()), "caf\u{e9}");
+        assert_eq!(ls_quote(b""), "''");
+    }
+
+    #[test]
+    fn a_symlink_and_a_newline_in_dev_shm_are_listed_like_ls() {
+        let dir = std::env::temp_dir().join(format!("shm-lessons-inspect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _rm = crate::cleanup::path(&dir);
+        std::os::unix::fs::symlink("/nowhere", dir.join("link")).unwrap();
+        std::fs::write(dir.join("two\nlines"), b"x").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        let lines: Vec<String> = shm_entries_in(&dir).iter().map(ShmEntry::ls_line).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("lrwxrwxrwx 1 ") && lines[0].ends_with(" link -> /nowhere"),
+            "{lines:?}"
+        );
+        assert!(lines[1].starts_with("drwx"), "{lines:?}");
+        assert!(
+            lines[2].starts_with("-rw") && lines[2].ends_with(" 1 'two'$'\\n''lines'"),
+            "{lines:?}"
+        );
+        assert!(lines.iter().all(|l| !l.contains('\n')));
+    }
+
+    #[test]
     fn modes_read_like_ls() {
         assert_eq!(mode_string(0o600), "rw-------");
         assert_eq!(mode_string(0o1777), "rwxrwxrwt");
@@ -606,4 +781,17 @@ mod meminfo_tests {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         assert!(pids_using(exe.to_str().unwrap()).contains(&(std::process::id() as i32)));
     }
+}
+
+/// A directory on a disk filesystem (not tmpfs or ramfs), for a file whose
+/// pages the kernel must write back: `/var/tmp` (on a disk by convention: it
+/// survives reboots), else the temporary directory. `None` when both are in
+/// memory.
+pub fn disk_dir() -> Option<(std::path::PathBuf, FsType)> {
+    [std::path::PathBuf::from("/var/tmp"), std::env::temp_dir()]
+        .into_iter()
+        .find_map(|d| {
+            let t = fs_type(&d).ok()?;
+            (t.name != "tmpfs" && t.name != "ramfs").then_some((d, t))
+        })
 }

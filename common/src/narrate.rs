@@ -355,7 +355,10 @@ pub fn flags(f: impl std::fmt::Debug) -> String {
 
 /// A mode the way C source spells it: `0600`.
 pub fn mode(bits: u32) -> String {
-    format!("{:04o}", bits & 0o7777)
+    match bits & 0o7777 {
+        b if b > 0o777 => format!("0{b:o}"), // 01777: sticky, as C writes it
+        b => format!("{b:04o}"),
+    }
 }
 
 #[cfg(test)]

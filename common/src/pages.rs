@@ -5,8 +5,9 @@
 //! - [`pagemap_of`]: the 64-bit `/proc/PID/pagemap` entry of one page: present,
 //!   exclusively mapped, and the physical frame number (zero unless the reader
 //!   has CAP_SYS_ADMIN, since Linux 4.2);
-//! - [`minor_faults`]: this process's `ru_minflt` from `getrusage(2)`, which
-//!   a forked child may call (a plain system call: no lock, no allocation);
+//! - [`minor_faults`]: the calling thread's `ru_minflt` from `getrusage(2)`,
+//!   which a forked child may call (a plain system call: no lock, no
+//!   allocation);
 //! - [`thp_setting`] and [`pmd_size`]: the transparent huge page settings in
 //!   `/sys/kernel/mm/transparent_hugepage`, read only.
 
@@ -135,14 +136,16 @@ pub fn pagemap_of(pid: impl std::fmt::Display, addr: usize) -> std::io::Result<P
     Ok(PagemapEntry(u64::from_ne_bytes(buf)))
 }
 
-/// This process's minor page faults so far (`ru_minflt` of
-/// `getrusage(RUSAGE_SELF)`). Safe to call in a forked child: a plain system
-/// call that takes no lock and allocates nothing.
+/// The calling thread's minor page faults so far (`ru_minflt` of
+/// `getrusage(RUSAGE_THREAD)`): not the process's, so that another thread
+/// (the cleanup thread of [`crate::run`]) faulting meanwhile does not count.
+/// In a forked child, the only thread, it is the process's. Safe to call
+/// there: a plain system call that takes no lock and allocates nothing.
 pub fn minor_faults() -> i64 {
     // SAFETY: getrusage writes one struct rusage, which we own, zeroed.
     unsafe {
         let mut r: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut r);
+        libc::getrusage(libc::RUSAGE_THREAD, &mut r);
         r.ru_minflt
     }
 }

@@ -59,6 +59,15 @@ pub fn shmctl_stat(shmid: libc::c_int) -> Result<libc::shmid_ds, Errno> {
     if r == -1 { Err(Errno::last()) } else { Ok(buf) }
 }
 
+/// `shmctl(shmid, IPC_SET, &buf)`: set the owner's uid and gid and the
+/// permission bits from `buf.shm_perm` (the other fields are ignored).
+pub fn shmctl_set(shmid: libc::c_int, buf: &libc::shmid_ds) -> Result<(), Errno> {
+    let mut copy = *buf;
+    // SAFETY: copy is a valid shmid_ds; IPC_SET only reads it.
+    let r = unsafe { libc::shmctl(shmid, libc::IPC_SET, &mut copy) };
+    if r == -1 { Err(Errno::last()) } else { Ok(()) }
+}
+
 /// `shmctl(shmid, IPC_RMID, NULL)`: mark the segment for destruction. It goes
 /// away after the last detach; its key is released at once.
 pub fn shmctl_rmid(shmid: libc::c_int) -> Result<(), Errno> {

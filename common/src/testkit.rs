@@ -103,14 +103,26 @@ pub fn run_as_nobody(bin: &Path, args: &[&str]) -> Option<Output> {
     let copy: PathBuf = dir.join(bin.file_name().unwrap());
     std::fs::copy(bin, &copy).expect("copy the lesson binary");
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&copy)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .current_dir(&dir)
-        .output()
-        .expect("run setpriv");
+    // While std::fs::copy had the copy open for writing, a sibling test
+    // thread may have forked: its child holds that descriptor until it execs,
+    // and exec of a file open for writing fails with ETXTBSY. Try again then.
+    let mut tries = 0;
+    let out = loop {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&copy)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .current_dir(&dir)
+            .output()
+            .expect("run setpriv");
+        let busy = String::from_utf8_lossy(&out.stderr).contains("Text file busy");
+        tries += 1;
+        if !busy || tries == 50 {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     let _ = std::fs::remove_dir_all(&dir);
     Some(out)
 }
@@ -124,14 +136,18 @@ pub struct Running {
 
 /// `bin args` with NO_COLOR=1, stdin closed, stdout and stderr piped.
 fn spawn(bin: &Path, args: &[&str]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
+    let mut cmd = Command::new(bin);
+    cmd.args(args);
+    spawn_command(cmd).expect("start the lesson")
+}
+
+/// `cmd` with NO_COLOR=1, stdin closed, stdout and stderr piped.
+fn spawn_command(mut cmd: Command) -> std::io::Result<Child> {
+    cmd.env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the lesson")
 }
 
 /// Start `bin` with `args` (NO_COLOR=1), stdout piped.
@@ -231,6 +247,17 @@ impl Running {
     }
 }
 
+/// A test that fails between [`start`] and [`Running::finish`] must not
+/// leave the lesson running (holding its objects, perhaps for minutes):
+/// stop it with SIGTERM, so that its own cleanup still runs.
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop_gently();
+        }
+    }
+}
+
 /// Run `bin` with `args` (NO_COLOR=1, stdin closed) to the end; returns the
 /// lesson's pid (for [`assert_nothing_left_by`]) and its output.
 pub fn run_with_pid(bin: &Path, args: &[&str]) -> (u32, Output) {
@@ -297,6 +324,44 @@ pub fn number_after(text: &str, needle: &str) -> u32 {
         .unwrap_or_else(|_| panic!("no number after {needle:?} in:\n{text}"))
 }
 
+/// Run `bin` with `args` (NO_COLOR=1) to the end on one CPU only, the first
+/// one this test may use: what `taskset -c CPU` does (sched_setaffinity
+/// before exec; the lesson and its children inherit the mask). Returns the
+/// lesson's pid and its output.
+pub fn run_on_one_cpu(bin: &Path, args: &[&str]) -> (u32, Output) {
+    use std::os::unix::process::CommandExt;
+    let me = nix::unistd::Pid::from_raw(0);
+    let mine = nix::sched::sched_getaffinity(me).expect("sched_getaffinity");
+    let cpu = (0..nix::sched::CpuSet::count())
+        .find(|&c| mine.is_set(c).unwrap_or(false))
+        .expect("at least one usable CPU");
+    let mut one = nix::sched::CpuSet::new();
+    one.set(cpu).expect("a CPU number within cpu_set_t");
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: between fork and exec the closure makes one system call
+    // (sched_setaffinity) on a CpuSet built before the fork.
+    unsafe {
+        cmd.pre_exec(move || Ok(nix::sched::sched_setaffinity(me, &one)?));
+    }
+    let child = cmd.spawn().expect("start the lesson");
+    let pid = child.id();
+    (pid, child.wait_with_output().expect("wait for the lesson"))
+}
+
+/// How many CPUs this process may run on (its sched_getaffinity mask).
+pub fn usable_cpus() -> usize {
+    let mask =
+        nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("sched_getaffinity");
+    (0..nix::sched::CpuSet::count())
+        .filter(|&c| mask.is_set(c).unwrap_or(false))
+        .count()
+}
+
 /// Run `bin args` (NO_COLOR=1) to the end in a private IPC namespace of its
 /// own (`unshare -i`, or `unshare -r -i` with a user namespace when not
 /// root), after writing each `(sysctl, value)` into that namespace's
@@ -323,16 +388,10 @@ pub fn run_in_ipc_namespace(
         cmd.arg("-r");
     }
     // unshare and sh exec in place: the pid is the lesson's own.
-    let child = cmd
-        .args(["-i", "--", "sh", "-c", &script])
+    cmd.args(["-i", "--", "sh", "-c", &script])
         .arg(bin)
-        .args(args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .ok()?;
+        .args(args);
+    let child = spawn_command(cmd).ok()?;
     let pid = child.id();
     let out = child.wait_with_output().expect("wait for the lesson");
     let err = String::from_utf8_lossy(&out.stderr);

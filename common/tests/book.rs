@@ -6,6 +6,13 @@
 //!   and an anchor that is opened and closed in it;
 //! - every lesson appears in the README's table and in the book's
 //!   introduction with its `cargo run` command and a link to its chapter.
+//! - every chapter heading over a `section("N. …")` carries the number N,
+//!   chapter titles match SUMMARY.md, and the lessons come before the
+//!   appendices;
+//! - the snippet figures of each chapter (lines included, narration share,
+//!   longest snippet) are printed, and enforced for the chapters in
+//!   `SNIPPET_LIMITS_ENFORCED`;
+//! - the book `mdbook build` writes has no dead local `href` or `src`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -120,6 +127,7 @@ const LINKED_CLAIMS: &[&str] = &[
     "claim-unrelated",
     "claim-lrt",
     "claim-ipc-rmid",
+    "claim-rmdir-hazard",
 ];
 
 /// The Markdown files whose links must resolve: the book and the README.
@@ -629,4 +637,597 @@ fn every_claim_cites_tests_that_exist() {
         }
     }
     assert!(checked > 0);
+}
+
+// ---------------------------------------------------------------------------
+// Titles, section numbers, snippet sizes and the built book (issue 14).
+// ---------------------------------------------------------------------------
+
+/// The lesson chapters, `docs/src/NN-name.md`.
+fn lesson_chapters() -> Vec<PathBuf> {
+    chapters()
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.len() > 3
+                && name[..2].chars().all(|c| c.is_ascii_digit())
+                && name.as_bytes()[2] == b'-'
+        })
+        .collect()
+}
+
+/// `{{#include path:anchor}}` as the chapter shows it.
+struct Snippet {
+    /// The heading the include sits under (the whole `#…` line).
+    heading: String,
+    /// `path` or `path:anchor`, as written.
+    target: String,
+    file: PathBuf,
+    /// The included lines, without blank lines and `ANCHOR` markers.
+    body: Vec<String>,
+    /// The paragraphs just before and just after the fenced block.
+    around: String,
+}
+
+/// The paragraph of `lines` that ends at `end` (exclusive), going back over
+/// blank lines first, and the one that starts at `start` going forward.
+fn paragraph(lines: &[&str], from: usize, forward: bool) -> String {
+    let mut i = from as isize;
+    let step = if forward { 1 } else { -1 };
+    let valid = |i: isize| i >= 0 && (i as usize) < lines.len();
+    while valid(i) && lines[i as usize].trim().is_empty() {
+        i += step;
+    }
+    let mut out = Vec::new();
+    while valid(i) && !lines[i as usize].trim().is_empty() && !lines[i as usize].starts_with('#') {
+        out.push(lines[i as usize]);
+        i += step;
+    }
+    out.join(" ")
+}
+
+/// Every include of a chapter, with the lines it pulls in.
+fn snippets(chapter: &Path) -> Vec<Snippet> {
+    let text = fs::read_to_string(chapter).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut heading = String::new();
+    let mut fenced = false;
+    let mut fence_start = 0;
+    for (n, line) in lines.iter().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            if fenced {
+                fence_start = n;
+            }
+            continue;
+        }
+        if !fenced && line.starts_with('#') {
+            heading = line.to_string();
+        }
+        for directive in ["{{#include ", "{{#rustdoc_include "] {
+            let Some(i) = line.find(directive) else {
+                continue;
+            };
+            let rest = &line[i + directive.len()..];
+            let target = rest[..rest.find("}}").unwrap()].trim().to_string();
+            let (path, anchor) = match target.rsplit_once(':') {
+                Some((p, a)) if !a.chars().all(|c| c.is_ascii_digit()) => (p, Some(a)),
+                _ => (target.as_str(), None),
+            };
+            let file = normalize(&chapter.parent().unwrap().join(path));
+            let source = fs::read_to_string(&file).unwrap_or_default();
+            let all: Vec<&str> = source.lines().collect();
+            let body: &[&str] = match anchor {
+                Some(a) => {
+                    let open = format!("ANCHOR: {a}");
+                    let close = format!("ANCHOR_END: {a}");
+                    let s = all.iter().position(|l| l.trim_end().ends_with(&open));
+                    let e = all.iter().position(|l| l.trim_end().ends_with(&close));
+                    match (s, e) {
+                        (Some(s), Some(e)) if s < e => &all[s + 1..e],
+                        _ => &[],
+                    }
+                }
+                None => &all,
+            };
+            // The closing fence of this block, to find the paragraph after it.
+            let close = (n + 1..lines.len())
+                .find(|&j| lines[j].trim_start().starts_with("```"))
+                .unwrap_or(n);
+            let around = format!(
+                "{} {}",
+                paragraph(&lines, fence_start.saturating_sub(1), false),
+                paragraph(&lines, close + 1, true)
+            );
+            out.push(Snippet {
+                heading: heading.clone(),
+                target: target.clone(),
+                file: file.clone(),
+                body: body
+                    .iter()
+                    .filter(|l| !l.trim().is_empty() && !l.contains("ANCHOR"))
+                    .map(|l| l.to_string())
+                    .collect(),
+                around,
+            });
+        }
+    }
+    out
+}
+
+/// The number a title starts with: `"4. Placement"` → 4.
+fn leading_number(title: &str) -> Option<u32> {
+    let digits: String = title.chars().take_while(|c| c.is_ascii_digit()).collect();
+    if digits.is_empty() || !title[digits.len()..].starts_with('.') {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The number a chapter heading carries: `"4. Placement"` or
+/// `"Part 4: Placement"` → 4.
+fn heading_number(title: &str) -> Option<u32> {
+    let title = title.strip_prefix("Part ").unwrap_or(title);
+    let digits: String = title.chars().take_while(|c| c.is_ascii_digit()).collect();
+    let after = &title[digits.len()..];
+    if digits.is_empty() || !(after.starts_with('.') || after.starts_with(':')) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The numbers of the `section("N. …")` calls in a snippet. A title that
+/// does not start with a number (lesson 5's `"writer 3. …"`, numbered per
+/// process) is not a section number of the chapter.
+fn section_numbers(body: &[String]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for line in body {
+        let l = line.trim_start();
+        let l = l.strip_prefix("narrate::").unwrap_or(l);
+        let Some(rest) = l.strip_prefix("section(") else {
+            continue;
+        };
+        let rest = rest.strip_prefix("format!(").unwrap_or(rest);
+        if let Some(title) = rest.strip_prefix('"') {
+            out.extend(leading_number(title));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_section_number_finder_reads_titles() {
+    let body = [
+        "    section(\"4. Placement: sched_setaffinity\");",
+        "        narrate::section(format!(\"7. Results, {}\", g.placement));",
+        "    section(\"writer 3. Write the header\");",
+        "    section(\"Unmap and unlink\");",
+        "    subsection(\"5. not a section\");",
+    ]
+    .map(String::from);
+    assert_eq!(section_numbers(&body), [4, 7]);
+    assert_eq!(leading_number("12. x"), Some(12));
+    assert_eq!(leading_number("2024 was"), None);
+    assert_eq!(heading_number("Part 2: fork"), Some(2));
+    assert_eq!(heading_number("3. The fix"), Some(3));
+    assert_eq!(heading_number("The helpers"), None);
+}
+
+#[test]
+fn every_chapter_section_carries_the_number_of_the_program_section_it_shows() {
+    let mut checked = 0;
+    let mut wrong = Vec::new();
+    for chapter in lesson_chapters() {
+        let name = chapter.file_name().unwrap().to_string_lossy().into_owned();
+        for s in snippets(&chapter) {
+            let title = s.heading.trim_start_matches('#').trim();
+            for n in section_numbers(&s.body) {
+                checked += 1;
+                if heading_number(title) != Some(n) {
+                    wrong.push(format!(
+                        "{name}: `{}` includes {}, which prints section {n}; \
+                         number the heading `{n}. …` (or `Part {n}: …`) like the program",
+                        s.heading, s.target
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(checked > 0, "no chapter shows a numbered section(...)");
+}
+
+#[test]
+fn every_chapter_title_is_its_summary_entry() {
+    let summary = fs::read_to_string(root().join("docs/src/SUMMARY.md")).unwrap();
+    for chapter in lesson_chapters() {
+        let file = chapter.file_name().unwrap().to_string_lossy().into_owned();
+        let text = fs::read_to_string(&chapter).unwrap();
+        let title = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# "))
+            .unwrap_or_else(|| panic!("{file} has no `# ` title"))
+            .replace('`', "");
+        let entry = summary
+            .lines()
+            .find(|l| l.contains(&format!("]({file})")))
+            .unwrap_or_else(|| panic!("SUMMARY.md does not list {file}"));
+        let entry = &entry[entry.find('[').unwrap() + 1..entry.rfind("](").unwrap()];
+        assert_eq!(
+            entry.replace('`', ""),
+            title,
+            "{file}'s title and its SUMMARY.md entry differ"
+        );
+    }
+}
+
+#[test]
+fn the_lessons_come_before_the_appendices() {
+    let summary = fs::read_to_string(root().join("docs/src/SUMMARY.md")).unwrap();
+    let at = |page: &str| {
+        summary
+            .find(&format!("({page})"))
+            .unwrap_or_else(|| panic!("SUMMARY.md does not list {page}"))
+    };
+    let last_lesson = lessons()
+        .iter()
+        .map(|(folder, _)| at(&format!("{folder}.md")))
+        .max()
+        .unwrap();
+    let first_lesson = lessons()
+        .iter()
+        .map(|(folder, _)| at(&format!("{folder}.md")))
+        .min()
+        .unwrap();
+    assert!(
+        at("README.md") < first_lesson,
+        "the introduction comes first"
+    );
+    for appendix in ["claims.md", "instructor.md"] {
+        assert!(
+            at(appendix) > last_lesson,
+            "SUMMARY.md lists {appendix} before a lesson: appendices come last"
+        );
+    }
+}
+
+/// The longest snippet a chapter shows without saying why.
+const SNIPPET_MAX_LINES: usize = 40;
+
+/// Chapters whose snippets must keep the limits of issue 14, point 2: every
+/// `{{#include}}` at most `SNIPPET_MAX_LINES` lines (unless the paragraph
+/// before or after it says why, with the words "long because"), and at most a
+/// third of the included lines narration only. A chapter joins this list once
+/// its lesson uses the one-line narration of `common::call`; until then its
+/// figures are only printed.
+const SNIPPET_LIMITS_ENFORCED: &[&str] = &[];
+
+/// Whether `line` starts a narration-only statement: a call of one of the
+/// narration functions, possibly bound with `let x =` (the same rule as
+/// `../shared/tools/book-snippets`).
+fn starts_narration(line: &str) -> bool {
+    const CALLS: &[&str] = &[
+        "step",
+        "explain",
+        "evidence",
+        "compare",
+        "note",
+        "section",
+        "subsection",
+        "fact",
+        "block",
+        "title",
+        "warn",
+        "conclude",
+        "hold_point",
+        "s.ok",
+        "s.check",
+        "s.fail",
+    ];
+    let mut l = line.trim_start();
+    if let Some(rest) = l
+        .strip_prefix("let")
+        .filter(|r| r.starts_with(char::is_whitespace))
+    {
+        let rest = rest.trim_start();
+        let ident = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .count();
+        if ident > 0 {
+            if let Some(value) = rest[ident..].trim_start().strip_prefix('=') {
+                l = value.trim_start();
+            }
+        }
+    }
+    let l = l.strip_prefix("narrate::").unwrap_or(l);
+    CALLS.iter().any(|call| {
+        l.strip_prefix(call)
+            .is_some_and(|rest| rest.trim_start().starts_with('('))
+    })
+}
+
+/// How many of `body`'s lines belong to narration-only statements: from a
+/// line that starts one to the line where its parentheses close and it ends
+/// with `;` or `)`.
+fn narration_lines(body: &[String]) -> usize {
+    let mut count = 0;
+    let mut inside = false;
+    let mut depth: i64 = 0;
+    for line in body {
+        if !inside && starts_narration(line) {
+            inside = true;
+            depth = 0;
+        }
+        if inside {
+            count += 1;
+            depth += line.matches('(').count() as i64 - line.matches(')').count() as i64;
+            let end = line.trim_end();
+            if depth <= 0 && (end.ends_with(';') || end.ends_with(')')) {
+                inside = false;
+            }
+        }
+    }
+    count
+}
+
+#[test]
+fn the_narration_counter_counts_whole_statements() {
+    let body = [
+        "let s = step(format!(",
+        "    \"shm_open({name})\",",
+        "));",
+        "let fd = s.check(shm_open(name, flags, mode))?;",
+        "s.ok(fd);",
+        "let fd = call!(shm_open(name.as_str(), flags, mode))?;",
+        "narrate::explain(\"why\");",
+        "let steps = 3;",
+        "letter(\"x\");",
+    ]
+    .map(String::from);
+    // step (3 lines), s.check, s.ok, explain.
+    assert_eq!(narration_lines(&body), 6);
+}
+
+#[test]
+fn snippets_show_the_core_per_chapter_figures() {
+    let mut report = Vec::new();
+    let mut broken = Vec::new();
+    for chapter in lesson_chapters() {
+        let name = chapter.file_name().unwrap().to_string_lossy().into_owned();
+        let (mut total, mut narration, mut longest) = (0, 0, 0);
+        let enforced = SNIPPET_LIMITS_ENFORCED.contains(&name.as_str());
+        for s in snippets(&chapter) {
+            let code = s
+                .file
+                .extension()
+                .is_some_and(|x| x == "rs" || x == "c" || x == "py");
+            if !code {
+                continue;
+            }
+            total += s.body.len();
+            narration += narration_lines(&s.body);
+            longest = longest.max(s.body.len());
+            if enforced
+                && s.body.len() > SNIPPET_MAX_LINES
+                && !s.around.to_lowercase().contains("long because")
+            {
+                broken.push(format!(
+                    "{name}: {} is {} lines (at most {SNIPPET_MAX_LINES}, or say why: \"… long because …\")",
+                    s.target,
+                    s.body.len()
+                ));
+            }
+        }
+        let share = if total > 0 {
+            narration as f64 / total as f64
+        } else {
+            0.0
+        };
+        report.push(format!(
+            "{name:28} included {total:4}  narration {narration:4} ({:3.0}%)  longest snippet {longest:3}{}",
+            share * 100.0,
+            if enforced { "  [enforced]" } else { "" }
+        ));
+        if enforced && narration * 3 > total {
+            broken.push(format!(
+                "{name}: {narration} of {total} included lines are narration only (at most a third)"
+            ));
+        }
+    }
+    let report = report.join("\n");
+    println!("{report}");
+    assert!(
+        broken.is_empty(),
+        "{}\n\nper chapter:\n{report}",
+        broken.join("\n")
+    );
+    for name in SNIPPET_LIMITS_ENFORCED {
+        assert!(
+            root().join("docs/src").join(name).exists(),
+            "SNIPPET_LIMITS_ENFORCED names {name}, which is not a chapter"
+        );
+    }
+}
+
+/// mdbook, if this machine has it: `$MDBOOK`, then `PATH`, then cargo's bin.
+fn mdbook() -> Option<PathBuf> {
+    let works = |p: &Path| {
+        std::process::Command::new(p)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = std::env::var_os("MDBOOK") {
+        candidates.push(p.into());
+    }
+    candidates.push("mdbook".into());
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")));
+    if let Some(home) = cargo_home {
+        candidates.push(home.join("bin/mdbook"));
+    }
+    candidates.into_iter().find(|p| works(p))
+}
+
+/// Every HTML file under `dir`.
+fn html_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            html_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "html") {
+            out.push(p);
+        }
+    }
+}
+
+/// The values of every `href="…"` and `src="…"` attribute in `html`.
+fn html_links(html: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for attr in [" href=\"", " src=\""] {
+        for (i, _) in html.match_indices(attr) {
+            let rest = &html[i + attr.len()..];
+            if let Some(end) = rest.find('"') {
+                out.push(rest[..end].replace("&amp;", "&"));
+            }
+        }
+    }
+    out
+}
+
+/// Dead local links of a built book: a file that does not exist, or a
+/// `#fragment` that names no `id` of its page.
+fn dead_links(book: &Path) -> (usize, Vec<String>) {
+    let mut pages = Vec::new();
+    html_files(book, &mut pages);
+    let mut checked = 0;
+    let mut dead = Vec::new();
+    for page in &pages {
+        let html = fs::read_to_string(page).unwrap();
+        let shown = page.strip_prefix(book).unwrap().display().to_string();
+        for link in html_links(&html) {
+            let scheme = link.split_once(':').is_some_and(|(s, _)| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+.-".contains(c))
+            });
+            if link.is_empty() || scheme || link.starts_with("//") {
+                continue;
+            }
+            let (path, fragment) = match link.split_once('#') {
+                Some((p, f)) => (p, Some(f)),
+                None => (link.as_str(), None),
+            };
+            let path = path.split('?').next().unwrap();
+            let target = if path.is_empty() {
+                page.clone()
+            } else if let Some(from_root) = path.strip_prefix('/') {
+                // 404.html's links, under <base href="/">, start at the book's root.
+                normalize(&book.join(from_root))
+            } else {
+                normalize(&page.parent().unwrap().join(path))
+            };
+            checked += 1;
+            if !target.starts_with(book) || !target.exists() {
+                dead.push(format!("{shown}: {link} (no such file)"));
+                continue;
+            }
+            if let Some(f) = fragment.filter(|f| !f.is_empty()) {
+                let is_page = target.extension().is_some_and(|x| x == "html");
+                let text = if is_page {
+                    fs::read_to_string(&target).unwrap_or_default()
+                } else {
+                    continue;
+                };
+                if !text.contains(&format!("id=\"{f}\"")) {
+                    dead.push(format!("{shown}: {link} (no id=\"{f}\" there)"));
+                }
+            }
+        }
+    }
+    (checked, dead)
+}
+
+#[test]
+fn the_dead_link_finder_finds_dead_links() {
+    let dir = std::env::temp_dir().join(format!("shm-lessons-book-{}", std::process::id()));
+    fs::create_dir_all(dir.join("img")).unwrap();
+    fs::write(dir.join("img/a.svg"), "<svg/>").unwrap();
+    fs::write(
+        dir.join("a.html"),
+        "<h2 id=\"x\">x</h2><a href=\"b.html#y\">ok</a> <img src=\"img/a.svg\"> \
+         <a href=\"https://man7.org/\">out</a> <a href=\"#x\">x</a>",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("b.html"),
+        "<p id=\"y\"></p><a href=\"../../lessons/x.rs\">gone</a> \
+         <a href=\"a.html#nope\">no id</a> <img src=\"img/b.svg\">",
+    )
+    .unwrap();
+    let (checked, mut dead) = dead_links(&dir);
+    dead.sort();
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(checked, 6);
+    assert_eq!(
+        dead,
+        [
+            "b.html: ../../lessons/x.rs (no such file)",
+            "b.html: a.html#nope (no id=\"nope\" there)",
+            "b.html: img/b.svg (no such file)",
+        ]
+    );
+}
+
+/// The built book has no dead local link. It checks `$SHM_LESSONS_BOOK_DIR`
+/// when set (`.ci/run` points it at `docs/book` after `mdbook build`);
+/// otherwise it builds the book into a scratch directory with this machine's
+/// mdbook, and skips, saying so, when there is none.
+#[test]
+fn the_built_book_has_no_dead_local_link() {
+    let (book, scratch) = match std::env::var_os("SHM_LESSONS_BOOK_DIR") {
+        Some(dir) => (PathBuf::from(dir), None),
+        None => {
+            let Some(mdbook) = mdbook() else {
+                println!(
+                    "skipped: mdbook is not installed (set MDBOOK, or run .ci/run, \
+                     which builds docs/book and runs this check on it)"
+                );
+                return;
+            };
+            let dir =
+                std::env::temp_dir().join(format!("shm-lessons-built-book-{}", std::process::id()));
+            let out = std::process::Command::new(&mdbook)
+                .arg("build")
+                .arg(root().join("docs"))
+                .arg("--dest-dir")
+                .arg(&dir)
+                .output()
+                .expect("run mdbook");
+            let log = String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout);
+            if !out.status.success() || log.contains("ERROR") {
+                let _ = fs::remove_dir_all(&dir);
+                panic!("mdbook build failed:\n{log}");
+            }
+            (dir.clone(), Some(dir))
+        }
+    };
+    let book =
+        fs::canonicalize(&book).unwrap_or_else(|_| panic!("no built book at {}", book.display()));
+    let (checked, dead) = dead_links(&book);
+    if let Some(dir) = scratch {
+        fs::remove_dir_all(dir).unwrap();
+    }
+    println!("{checked} local links checked in {}", book.display());
+    assert!(checked > 0, "no local link in {}", book.display());
+    assert!(
+        dead.is_empty(),
+        "dead links in the built book:\n{}",
+        dead.join("\n")
+    );
 }

@@ -227,3 +227,183 @@ fn run_all_runs_a_lesson_and_counts_exit_77_as_a_skip() {
         "{report}"
     );
 }
+
+/// check-env's verdict for a lesson, as run-all would report the run:
+/// `full`/`partly` -> `pass`, `fails` -> `FAIL`, `skipped` -> `skip`.
+fn predicted(report: &str, folder: &str) -> Option<&'static str> {
+    let line = report
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{folder} ")))?;
+    match line.split_whitespace().nth(1)? {
+        "full" | "partly" => Some("pass"),
+        "fails" => Some("FAIL"),
+        "skipped" => Some("skip"),
+        _ => None,
+    }
+}
+
+/// The RESULT column of run-all's summary row for a lesson.
+fn seen(summary: &str, folder: &str) -> Option<String> {
+    summary
+        .lines()
+        .find(|l| l.starts_with("lesson-") && l.split_whitespace().nth(1) == Some(folder))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .map(str::to_string)
+}
+
+/// A machine condition, staged only inside namespaces of the test's own
+/// (never the host's mounts or sysctls): run `prefix sh -c "SETUP exec sh
+/// SCRIPT"`. `{save}` in SETUP is a scratch directory of the test.
+struct Condition {
+    name: &'static str,
+    prefix: &'static [&'static str],
+    setup: &'static str,
+}
+
+const AS_IS: Condition = Condition {
+    name: "as it is here",
+    prefix: &[],
+    setup: "",
+};
+
+/// The conditions that need root (namespaces, another uid).
+const STAGED: [Condition; 6] = [
+    Condition {
+        name: "a fresh IPC namespace",
+        prefix: &["unshare", "-i"],
+        setup: "",
+    },
+    Condition {
+        name: "kernel.shm_rmid_forced=1 (private IPC namespace)",
+        prefix: &["unshare", "-i"],
+        setup: "echo 1 > /proc/sys/kernel/shm_rmid_forced &&",
+    },
+    Condition {
+        name: "a 64 MiB /dev/shm (private mount namespace)",
+        prefix: &["unshare", "-m", "--propagation", "private"],
+        setup: "mount -t tmpfs -o size=64m,mode=1777 tmpfs /dev/shm &&",
+    },
+    Condition {
+        name: "a 256 KiB /dev/shm (private mount namespace)",
+        prefix: &["unshare", "-m", "--propagation", "private"],
+        setup: "mount -t tmpfs -o size=256k,mode=1777 tmpfs /dev/shm &&",
+    },
+    // A fresh /dev with only the device nodes a shell needs, bound from the
+    // real /dev: no shm directory, and a private IPC namespace.
+    Condition {
+        name: "no /dev/shm, own IPC namespace (docker --ipc=none)",
+        prefix: &["unshare", "-i", "-m", "--propagation", "private"],
+        setup: "mount --bind /dev '{save}' && mount -t tmpfs -o size=64k,mode=755 tmpfs /dev && \
+                for f in null zero full random urandom tty; do \
+                touch /dev/$f && mount --bind '{save}'/$f /dev/$f || exit 1; done &&",
+    },
+    Condition {
+        name: "an unprivileged user (uid 65534)",
+        prefix: &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        setup: "",
+    },
+];
+
+/// Item 22 of issue 13: for lessons 1-8, check-env's verdict is exactly what
+/// run-all then sees, under the same conditions: as they are here, in a
+/// fresh IPC namespace, with kernel.shm_rmid_forced=1 in a private IPC
+/// namespace, with a 64 MiB and a 256 KiB /dev/shm (a fresh tmpfs mounted
+/// over /dev/shm in a private mount namespace), with no /dev/shm at all
+/// (docker --ipc=none: a private IPC namespace and a /dev without shm), and
+/// as an unprivileged user. run-all runs prebuilt binaries
+/// (SHM_LESSONS_BIN_DIR), lesson-8 with --quick.
+#[test]
+fn check_env_predicts_what_run_all_sees_in_every_condition() {
+    let lessons: Vec<(String, String)> = lessons()
+        .into_iter()
+        .filter(|(f, _)| f.as_str() < "09")
+        .collect();
+    // Build lessons 1-8 and copy them where any user can run them.
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(root()).args(["build", "-q"]);
+    for (_, p) in &lessons {
+        build.args(["-p", p]);
+    }
+    assert!(build.status().unwrap().success(), "cargo build failed");
+    let target = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("debug");
+    let dir = std::env::temp_dir().join(format!("shm-lessons-conditions-{}", std::process::id()));
+    let bin = dir.join("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let _rm = common::cleanup::path(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    for d in [&dir, &bin] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (_, p) in &lessons {
+        fs::copy(target.join(p), bin.join(p)).unwrap();
+    }
+    let numbers: Vec<String> = lessons
+        .iter()
+        .map(|(_, p)| p.trim_start_matches("lesson-").to_string())
+        .collect();
+    let script = dir.join("both.sh");
+    fs::write(
+        &script,
+        format!(
+            "cd '{}' || exit 1\nscripts/check-env\necho '=== RUN-ALL'\n\
+             SHM_LESSONS_BIN_DIR='{}' scripts/run-all {}\n",
+            root().display(),
+            bin.display(),
+            numbers.join(" ")
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = script.display().to_string();
+    let devsave = dir.join("dev");
+    fs::create_dir_all(&devsave).unwrap();
+    let devsave = devsave.display().to_string();
+
+    let mut conditions = vec![&AS_IS];
+    if nix::unistd::geteuid().is_root() {
+        conditions.extend(STAGED.iter());
+    } else {
+        eprintln!("not root: only the machine as it is (the other conditions need namespaces)");
+    }
+
+    let mut table = String::new();
+    let mut wrong = Vec::new();
+    for c in &conditions {
+        let shell = format!("{} exec sh '{script}'", c.setup.replace("{save}", &devsave));
+        let mut argv: Vec<&str> = c.prefix.to_vec();
+        argv.extend(["sh", "-c", &shell]);
+        let out = Command::new(argv[0])
+            .args(&argv[1..])
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let all = text(&out);
+        let (report, summary) = all
+            .split_once("=== RUN-ALL")
+            .unwrap_or_else(|| panic!("{}: no run-all:\n{all}\n{out:?}", c.name));
+        table.push_str(&format!("{}:\n", c.name));
+        for (folder, _) in &lessons {
+            let want = predicted(report, folder);
+            let got = seen(summary, folder);
+            table.push_str(&format!(
+                "  {folder:<16} check-env {:<5} run-all {}\n",
+                want.unwrap_or("?"),
+                got.as_deref().unwrap_or("?")
+            ));
+            if want.is_none() || want != got.as_deref() {
+                wrong.push(format!("{}: {folder}: {want:?} vs {got:?}\n{all}", c.name));
+            }
+        }
+    }
+    eprintln!("{table}");
+    assert!(wrong.is_empty(), "{table}\n{}", wrong.join("\n"));
+}

@@ -82,9 +82,13 @@ pub struct Run {
     guard: Option<cleanup::Guard>,
     /// Extra environment for the next start.
     env: Vec<(String, String)>,
+    /// Run the program through one of the checker's sandboxes (see
+    /// `sandbox.rs`): `(sandbox::TMPFS, pages)` or `(sandbox::IPC, shmmax)`.
+    pub sandbox: Option<(&'static str, String)>,
+    /// The pid of the program last started.
+    pub last_pid: Option<Pid>,
 }
 
-#[allow(dead_code)] // step 1: the next exercises use the rest
 impl Run {
     pub fn new(bin: PathBuf, timeout: Duration) -> anyhow::Result<Run> {
         let pid = getpid();
@@ -137,12 +141,9 @@ impl Run {
             pgid,
             guard: Some(guard),
             env: Vec::new(),
+            sandbox: None,
+            last_pid: None,
         })
-    }
-
-    /// A second POSIX name for this check (`/shm-lessons-ex-<pid>-<what>`).
-    pub fn extra_name(&self, what: &str) -> String {
-        format!("{}{what}", self.prefix)
     }
 
     pub fn set_env(&mut self, k: &str, v: impl Into<String>) {
@@ -152,7 +153,14 @@ impl Run {
     /// Start the program in a process group of its own.
     pub fn start(&mut self, args: &[&str]) -> anyhow::Result<Started> {
         self.clear_report();
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = match &self.sandbox {
+            Some((kind, param)) => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.arg(kind).arg(param).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.args(args)
             .env(kit::ENV_NAME, &self.name)
             .env(kit::ENV_KEY, self.key.to_string())
@@ -162,10 +170,30 @@ impl Run {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // SAFETY: runs in the forked child before exec; sigemptyset,
+        // sigprocmask and signal are async-signal-safe and touch only the
+        // local set.
+        unsafe {
+            cmd.pre_exec(|| {
+                // The checker blocks SIGINT/SIGTERM/SIGHUP for its cleanup
+                // thread, and exec keeps both the blocked mask and "ignored"
+                // dispositions (a shell's background job starts with SIGINT
+                // ignored). Give the program what a terminal's Ctrl-C
+                // expects: nothing blocked, default actions.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+                for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         self.pgid.store(child.id() as i32, Ordering::SeqCst);
+        self.last_pid = Some(Pid::from_raw(child.id() as i32));
         Ok(Started {
             child,
             since: Instant::now(),
@@ -239,6 +267,16 @@ impl Run {
         }
     }
 
+    /// The reported numbers (`kit::report_u64s`), if the program reported any.
+    pub fn report_u64s(&self) -> Option<Vec<u64>> {
+        let r = self.report()?;
+        Some(
+            r.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+
     /// The reported number, if the program reported one.
     pub fn report_u64(&self) -> Option<u64> {
         let r = self.report()?;
@@ -260,11 +298,6 @@ impl Run {
         inspect::sysv_segments()
             .into_iter()
             .find(|s| s.key == self.key)
-    }
-
-    /// Remove everything of this check now (between two runs of one check).
-    pub fn remove_objects(&self) {
-        remove_all_but(&self.prefix, self.key, Some(&self.report_name));
     }
 }
 
@@ -291,7 +324,6 @@ pub struct Started {
     since: Instant,
 }
 
-#[allow(dead_code)]
 impl Started {
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
@@ -327,18 +359,21 @@ fn stop_group(pgid: i32) {
     }
 }
 
+/// Unlink every `/dev/shm/<prefix>*` (and `/tmp/<prefix>*`) and remove
+/// every segment with `key`.
 fn remove_all(prefix: &str, key: i32) {
-    remove_all_but(prefix, key, None);
-}
-
-/// Unlink every `/dev/shm/<prefix>*` (but `keep`) and remove every segment
-/// with `key`.
-fn remove_all_but(prefix: &str, key: i32, keep: Option<&str>) {
     let file_prefix = names::file_name(prefix);
     for e in inspect::dev_shm_entries() {
-        let name = format!("/{}", e.name);
-        if e.name.starts_with(file_prefix) && Some(name.as_str()) != keep {
-            let _ = shm_unlink(name.as_str());
+        if e.name.starts_with(file_prefix) {
+            let _ = shm_unlink(format!("/{}", e.name).as_str());
+        }
+    }
+    // Files a program made outside /dev/shm by mistake (04_devshm_file).
+    if let Ok(dir) = std::fs::read_dir("/tmp") {
+        for e in dir.flatten() {
+            if e.file_name().to_string_lossy().starts_with(file_prefix) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
     for s in inspect::sysv_segments() {
@@ -364,8 +399,31 @@ pub struct Shared {
     len: usize,
 }
 
-#[allow(dead_code)]
 impl Shared {
+    /// Map an object the program created, once it is `len` bytes long
+    /// (never earlier: touching a mapping beyond its end would kill the
+    /// checker with SIGBUS).
+    pub fn open_sized(name: &str, len: usize) -> Option<Shared> {
+        let fd = shm_open(name, OFlag::O_RDWR, Mode::empty()).ok()?;
+        if nix::sys::stat::fstat(&fd).ok()?.st_size < len as libc::off_t {
+            return None;
+        }
+        // SAFETY: a fresh shared mapping of `len` bytes of an object that
+        // is at least that long; only atomics and volatile accesses.
+        let ptr = unsafe {
+            mmap(
+                None,
+                NonZeroUsize::new(len)?,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                &fd,
+                0,
+            )
+        }
+        .ok()?;
+        Some(Shared { ptr, len })
+    }
+
     pub fn create(name: &str, len: usize) -> anyhow::Result<Shared> {
         let fd = shm_open(
             name,

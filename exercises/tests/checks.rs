@@ -111,7 +111,20 @@ type Row = (String, Option<i32>, Option<i32>, String);
 fn every_start_fails_and_every_solution_passes() {
     build_all();
     let ids = ids();
-    assert!(ids.len() >= 4);
+    assert!(ids.len() >= 16, "only {} exercises", ids.len());
+    // At least two for every lesson folder (lessons/NN-name).
+    for e in std::fs::read_dir(root().join("lessons")).unwrap() {
+        let folder = e.unwrap().file_name().to_string_lossy().into_owned();
+        let number = &folder[..2];
+        let n = ids
+            .iter()
+            .filter(|id| id.starts_with(&format!("{number}_")))
+            .count();
+        assert!(
+            n >= 2,
+            "{folder} has {n} checked exercises, expected at least 2"
+        );
+    }
     let rows: Mutex<Vec<Row>> = Mutex::new(Vec::new());
     let next = Mutex::new(ids.iter());
     std::thread::scope(|s| {
@@ -124,10 +137,13 @@ fn every_start_fails_and_every_solution_passes() {
                     let (start, left1, text1) = check(id, &[]);
                     let (sol, left2, text2) = check(id, &["--solution"]);
                     let mut notes = String::new();
-                    if start != Some(1) {
+                    // 77: the machine refuses what the check needs (a
+                    // private mount namespace); both sides must agree.
+                    let skipped = start == Some(77) && sol == Some(77);
+                    if start != Some(1) && !skipped {
                         notes += &format!("\nstart:\n{text1}");
                     }
-                    if sol != Some(0) {
+                    if sol != Some(0) && !skipped {
                         notes += &format!("\nsolution:\n{text2}");
                     }
                     if !left1.is_empty() || !left2.is_empty() {
@@ -145,13 +161,14 @@ fn every_start_fails_and_every_solution_passes() {
         let word = |c: &Option<i32>| match c {
             Some(0) => "pass".to_string(),
             Some(1) => "FAIL".to_string(),
+            Some(77) => "skip".to_string(),
             other => format!("{other:?}"),
         };
         println!("| {id} | {} | {} |", word(start), word(sol));
     }
     let bad: Vec<String> = rows
         .iter()
-        .filter(|(_, start, sol, notes)| *start != Some(1) || *sol != Some(0) || !notes.is_empty())
+        .filter(|(_, _, _, notes)| !notes.is_empty())
         .map(|(id, s, t, notes)| format!("{id}: start {s:?}, solution {t:?}{notes}"))
         .collect();
     assert!(bad.is_empty(), "{}", bad.join("\n\n"));
@@ -252,4 +269,31 @@ fn usage_errors_exit_2() {
         let out = checker().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
+}
+
+#[test]
+fn hints_come_one_at_a_time_and_are_kept_outside_the_repository() {
+    let state = std::env::temp_dir().join(format!("shm-ex-hints-{}", std::process::id()));
+    let hint = || {
+        let out = checker()
+            .env("XDG_STATE_HOME", &state)
+            .args(["hint", "03_ftruncate"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = hint();
+    assert!(
+        first.contains("hint 1 of 3") && !first.contains("hint 2 of 3"),
+        "{first}"
+    );
+    let second = hint();
+    assert!(
+        second.contains("hint 2 of 3") && !second.contains("hint 3 of 3"),
+        "{second}"
+    );
+    let kept = std::fs::read_to_string(state.join("shm-lessons-exercises/03_ftruncate.hints"));
+    assert_eq!(kept.unwrap().trim(), "2");
+    let _ = std::fs::remove_dir_all(&state);
 }

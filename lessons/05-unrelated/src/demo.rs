@@ -216,25 +216,68 @@ fn pair(
     }
     let (pid2, guard2) = spawn(exe, second, args, &tx)?;
     drop(tx);
-    // Every sender is gone once both children closed stdout and stderr.
-    while let Ok((role, l)) = rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-        print_line(role, &l);
-        seen.push((role, l));
-    }
-    for (pid, guard, role) in [(pid1, guard1, first), (pid2, guard2, second)] {
-        let s = step(format!("waitpid({pid} /* {role} */)"));
-        let waited = s.check(children::wait_deadline(
-            pid,
-            end.saturating_duration_since(Instant::now()),
-        ))?;
-        guard.disarm(); // reaped: the pid is no longer ours
-        match waited {
-            Waited::Ended(WaitStatus::Exited(_, 0)) => s.ok("exited with status 0"),
-            other => {
-                s.ok(format!("{:?}", other.status()));
-                bail!("the {role} did not succeed: {other:?}");
+    // Every sender is gone once both children closed stdout and stderr. If
+    // one child fails meanwhile (the writer can't create the object, say),
+    // the other is stopped at once instead of waiting out its --timeout.
+    let pids = [(pid1, first), (pid2, second)];
+    let mut ended: [Option<WaitStatus>; 2] = [None, None];
+    let mut failed_first = None; // the child that failed on its own
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((role, l)) => {
+                print_line(role, &l);
+                seen.push((role, l));
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() >= end => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        for (i, (pid, _)) in pids.iter().enumerate() {
+            if ended[i].is_none()
+                && let Ok(st @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) =
+                    nix::sys::wait::waitpid(*pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG))
+            {
+                ended[i] = Some(st);
+                if st != WaitStatus::Exited(*pid, 0) && failed_first.is_none() {
+                    failed_first = Some(i);
+                    let (other, _) = pids[1 - i];
+                    let _ = kill(other, Signal::SIGTERM); // ours: started above
+                }
             }
         }
+    }
+    let mut statuses = Vec::new();
+    for (i, ((pid, role), guard)) in pids.into_iter().zip([guard1, guard2]).enumerate() {
+        let s = step(format!("waitpid({pid} /* {role} */)"));
+        let waited = match ended[i] {
+            Some(st) => Waited::Ended(st),
+            None => s.check(children::wait_deadline(
+                pid,
+                end.saturating_duration_since(Instant::now()),
+            ))?,
+        };
+        guard.disarm(); // reaped: the pid is no longer ours
+        let ok = matches!(waited, Waited::Ended(WaitStatus::Exited(_, 0)));
+        if ok {
+            s.ok("exited with status 0");
+        } else {
+            s.ok(format!("{:?}", waited.status()));
+        }
+        statuses.push((role, ok, waited));
+    }
+    // Report the child that failed by itself (the other may have been
+    // stopped because of it), with its own one-line reason.
+    let culprit = failed_first.or_else(|| statuses.iter().position(|(_, ok, _)| !ok));
+    if let Some(i) = culprit {
+        let (role, _, waited) = &statuses[i];
+        let said = seen
+            .iter()
+            .rev()
+            .find(|(r, l)| r == role && l.starts_with("ERROR "))
+            .map(|(_, l)| format!(": {l}"))
+            .unwrap_or_default();
+        bail!("the {role} did not succeed ({:?}){said}", waited.status());
     }
     Ok(seen)
 }

@@ -7,12 +7,14 @@
 //! mean nothing (or something else) in the other. The C reader
 //! (`scripts/lesson5_reader.c`) and the Python reader
 //! (`scripts/lesson5_reader.py`) use the same offsets. Byte order is the
-//! machine's own (little-endian on x86-64 and arm64).
+//! machine's own (little-endian on x86-64 and arm64): Rust's plain loads and
+//! stores, C's struct fields and Python's `struct` format `"="` all use it,
+//! so the three agree on any machine (writer and readers share one machine).
 
 use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
 use anyhow::Context;
 use common::inspect;
@@ -82,10 +84,22 @@ pub fn table() -> String {
     out
 }
 
-/// The segment as this process mapped it. Every access goes through an
-/// atomic or a volatile raw access at a fixed offset: another process may be
-/// writing the same bytes, so no `&`/`&mut` to plain data is ever formed.
-#[derive(Clone, Copy)]
+/// The segment as this process mapped it, and the owner of that mapping.
+///
+/// Every access is an atomic load or store at a fixed offset: another
+/// process may write the same bytes at any moment, and a plain or volatile
+/// access that races with a write is a data race, undefined behaviour
+/// (`std::ptr::read_volatile`: volatile has no bearing on concurrency). Atomic
+/// accesses never race. The fields are `Relaxed`; what makes the values
+/// *meaningful* is the protocol on `state`: the writer fills in every field,
+/// then stores READY with `Release`; a reader that loads READY with
+/// acquire ordering ([`load_state`]) sees all of them. The reader sets `reader_pid`, then stores
+/// ACKED with `Release`; the writer reads `reader_pid` after its acquire
+/// load saw ACKED. No `&`/`&mut` to plain data is ever formed.
+///
+/// Not `Copy` or `Clone`: references it hands out (`state()`) borrow it, and
+/// unmapping needs [`Segment::into_ptr`], which consumes it, so the compiler
+/// rejects any use of the segment after `munmap`/`shmdt`.
 pub struct Segment {
     base: NonNull<u8>,
     len: usize,
@@ -94,11 +108,21 @@ pub struct Segment {
 impl Segment {
     /// # Safety
     /// `base` must be the start of a live shared mapping of at least `len`
-    /// bytes (`len >= OFF_MSG`), page-aligned, that stays mapped while the
-    /// `Segment` is used.
-    pub unsafe fn new(base: NonNull<u8>, len: usize) -> Segment {
+    /// bytes (`len >= OFF_MSG`), page-aligned, that stays mapped until
+    /// [`Segment::into_ptr`] hands it back for `munmap`/`shmdt`. The mapping
+    /// must be writable if any `set_*` or `store` is used.
+    pub unsafe fn new(base: NonNull<libc::c_void>, len: usize) -> Segment {
         assert!(len >= OFF_MSG, "the mapping is smaller than the header");
-        Segment { base, len }
+        Segment {
+            base: base.cast(),
+            len,
+        }
+    }
+
+    /// Give the mapping's address back, for `munmap` or `shmdt`. Consumes
+    /// the segment: nothing borrowed from it can still be alive.
+    pub fn into_ptr(self) -> NonNull<libc::c_void> {
+        self.base.cast()
     }
 
     pub fn addr(&self) -> usize {
@@ -112,52 +136,64 @@ impl Segment {
         unsafe { self.base.as_ptr().add(off).cast::<T>() }
     }
 
-    /// The state word, as an atomic.
+    /// The state word, as an atomic; borrowed from (so outlived by) `self`.
     pub fn state(&self) -> &AtomicU32 {
-        // SAFETY: the mapping is live, OFF_STATE is 4-aligned inside it, and
-        // AtomicU32 has the layout of u32; atomics may be modified by others
-        // (another process) while shared references to them exist.
-        unsafe { AtomicU32::from_ptr(self.at::<u32>(OFF_STATE)) }
+        self.atomic_u32(OFF_STATE)
     }
 
+    fn atomic_u32(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: the mapping is live while `self` is (see `new`), `off` is
+        // 4-aligned inside it (checked in `at`), and AtomicU32 has the layout
+        // of u32. Other processes only ever access these bytes atomically
+        // too (the C reader with __atomic, the writer and reader here), and
+        // atomics may be modified while shared references to them exist.
+        unsafe { AtomicU32::from_ptr(self.at::<u32>(off)) }
+    }
+
+    fn atomic_u64(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: as in atomic_u32, with 8-byte alignment (checked in `at`;
+        // the mapping is page-aligned).
+        unsafe { AtomicU64::from_ptr(self.at::<u64>(off)) }
+    }
+
+    fn atomic_u8(&self, off: usize) -> &AtomicU8 {
+        // SAFETY: as in atomic_u32; any offset is aligned for a byte.
+        unsafe { AtomicU8::from_ptr(self.at::<u8>(off)) }
+    }
+
+    /// A field, with a `Relaxed` load: race-free, and ordered by an earlier
+    /// acquire load of `state` ([`load_state`]; see the type's documentation).
     pub fn get_u32(&self, off: usize) -> u32 {
-        // SAFETY: in bounds and aligned (checked in `at`); volatile, because
-        // another process may write it.
-        unsafe { self.at::<u32>(off).read_volatile() }
+        self.atomic_u32(off).load(Ordering::Relaxed)
     }
 
+    /// A field, with a `Relaxed` store, published by a later `Release` store
+    /// of `state`.
     pub fn set_u32(&self, off: usize, v: u32) {
-        // SAFETY: as in get_u32; the mapping is writable when we set fields.
-        unsafe { self.at::<u32>(off).write_volatile(v) }
+        self.atomic_u32(off).store(v, Ordering::Relaxed)
     }
 
     pub fn get_u64(&self, off: usize) -> u64 {
-        // SAFETY: as in get_u32.
-        unsafe { self.at::<u64>(off).read_volatile() }
+        self.atomic_u64(off).load(Ordering::Relaxed)
     }
 
     pub fn set_u64(&self, off: usize, v: u64) {
-        // SAFETY: as in set_u32.
-        unsafe { self.at::<u64>(off).write_volatile(v) }
+        self.atomic_u64(off).store(v, Ordering::Relaxed)
     }
 
-    /// Copy `n` bytes from offset `off`, one volatile load each.
+    /// Copy `n` bytes from offset `off`, one `Relaxed` atomic load each.
     pub fn get_bytes(&self, off: usize, n: usize) -> Vec<u8> {
-        let p = self.at::<[u8; 0]>(off).cast::<u8>();
         assert!(off + n <= self.len);
-        // SAFETY: off..off+n is inside the mapping (checked above).
-        (0..n)
-            .map(|i| unsafe { p.add(i).read_volatile() })
+        (off..off + n)
+            .map(|i| self.atomic_u8(i).load(Ordering::Relaxed))
             .collect()
     }
 
-    /// Store `bytes` at offset `off`, one volatile store each.
+    /// Store `bytes` at offset `off`, one `Relaxed` atomic store each.
     pub fn set_bytes(&self, off: usize, bytes: &[u8]) {
-        let p = self.at::<[u8; 0]>(off).cast::<u8>();
         assert!(off + bytes.len() <= self.len);
         for (i, b) in bytes.iter().enumerate() {
-            // SAFETY: off..off+len is inside the writable mapping (checked above).
-            unsafe { p.add(i).write_volatile(*b) }
+            self.atomic_u8(off + i).store(*b, Ordering::Relaxed);
         }
     }
 
@@ -224,20 +260,23 @@ pub fn state_name(s: u32) -> &'static str {
     }
 }
 
-/// Load the state with acquire ordering.
+/// Load the state with acquire ordering: a `Relaxed` load, then an `Acquire`
+/// fence, which together synchronise with the other side's `Release` store
+/// just as an `Acquire` load would. Written this way because a reader may
+/// have mapped the segment read-only, and on read-only memory only small
+/// `Relaxed` atomic loads are allowed (`core::sync::atomic`, "Atomic accesses
+/// to read-only memory").
 pub fn load_state(seg: &Segment) -> u32 {
-    seg.state().load(Ordering::Acquire)
+    let state = seg.state().load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    state
 }
 
 // ANCHOR: map
 /// Both roles map the POSIX object the same way: `mmap(NULL, SIZE, prot,
 /// MAP_SHARED, fd, 0)`, read-write unless `writable` is false (a reader that
 /// may only read), then `close(fd)`: the mapping keeps the object open.
-pub fn map_posix(
-    fd: OwnedFd,
-    writable: bool,
-    who: &str,
-) -> anyhow::Result<(NonNull<libc::c_void>, Segment)> {
+pub fn map_posix(fd: OwnedFd, writable: bool, who: &str) -> anyhow::Result<Segment> {
     let len = NonZeroUsize::new(SIZE).context("SIZE is 0")?;
     let prot = if writable {
         ProtFlags::PROT_READ | ProtFlags::PROT_WRITE
@@ -250,18 +289,18 @@ pub fn map_posix(
         fd.as_raw_fd()
     ));
     // SAFETY: a fresh mapping at an address the kernel chooses overlaps no
-    // Rust object; it is used only through `Segment` (atomics and volatile).
+    // Rust object; it is used only through `Segment` (atomics only).
     let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
     s.ok(format!("{:p}", ptr.as_ptr()));
     let raw = fd.as_raw_fd();
     let s = step(format!("close({raw})"));
     s.check(close(fd))?;
     s.ok(0);
-    // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes until the
-    // caller's munmap, after which `Segment` is no longer used.
-    let seg = unsafe { Segment::new(ptr.cast(), SIZE) };
+    // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes, writable when
+    // `writable`; the caller unmaps it only through `Segment::into_ptr`.
+    let seg = unsafe { Segment::new(ptr, SIZE) };
     show_address(who, &seg);
-    Ok((ptr, seg))
+    Ok(seg)
 }
 // ANCHOR_END: map
 

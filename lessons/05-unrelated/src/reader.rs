@@ -143,12 +143,13 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         // ANCHOR_END: posix_open
 
         section("reader 2. Map it");
-        let (ptr, seg) = layout::map_posix(fd, writable, "reader")?;
+        let seg = layout::map_posix(fd, writable, "reader")?;
 
         let outcome = consume(&seg, writable, deadline, o);
-        let s = step(format!("munmap({:p}, {})", ptr.as_ptr(), layout::SIZE));
-        // SAFETY: the mapping made above; `seg` is not used after this.
-        s.check(unsafe { munmap(ptr, layout::SIZE) })?;
+        let s = step(format!("munmap({:#x}, {})", seg.addr(), layout::SIZE));
+        // SAFETY: the mapping made above, handed back by into_ptr, which
+        // consumes `seg`: nothing borrowed from it is still alive.
+        s.check(unsafe { munmap(seg.into_ptr(), layout::SIZE) })?;
         s.ok(0);
         match outcome? {
             Consumed::Done => return Ok(()),
@@ -266,14 +267,16 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
             Err(e) => return Err(e).call(format!("shmat({shmid}, NULL, 0)")),
         };
         // ANCHOR_END: sysv_open
-        // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
-        let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
+        // SAFETY: ptr is a live attachment of SIZE bytes (writable when
+        // `writable`), detached below only through into_ptr.
+        let seg = unsafe { Segment::new(ptr, layout::SIZE) };
         layout::show_address("reader", &seg);
 
         let outcome = consume(&seg, writable, deadline, o);
-        let s = step(format!("shmdt({:p})", ptr.as_ptr()));
-        // SAFETY: ptr came from shmat; `seg` is not used after this.
-        s.check(unsafe { sysv::shmdt(ptr) })?;
+        let s = step(format!("shmdt({:#x})", seg.addr()));
+        // SAFETY: the address shmat returned, handed back by into_ptr, which
+        // consumes `seg`: nothing borrowed from it is still alive.
+        s.check(unsafe { sysv::shmdt(seg.into_ptr()) })?;
         s.ok(0);
         match outcome? {
             Consumed::Done => return Ok(()),
@@ -292,7 +295,7 @@ enum Consumed {
 /// Wait for READY (acquire), check the header, read the message, acknowledge.
 fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow::Result<Consumed> {
     section("reader 3. Wait until the writer marks it ready (acquire load)");
-    let s = step("state.load(Ordering::Acquire) until READY");
+    let s = step("state.load(Relaxed) + fence(Acquire), until READY");
     let state = children::poll_until(left(deadline), || {
         let st = layout::load_state(seg);
         // 0 is "being written": wait. Anything above ACKED was never stored

@@ -87,15 +87,16 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
     evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
 
     section("writer 2. Map it");
-    let (ptr, seg) = layout::map_posix(fd, true, "writer")?;
+    let seg = layout::map_posix(fd, true, "writer")?;
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, None));
 
     section("writer 5. Unmap, then remove the name (the writer's job)");
-    let s = step(format!("munmap({:p}, {})", ptr.as_ptr(), layout::SIZE));
-    // SAFETY: the mapping made above; `seg` is not used after this.
-    s.check(unsafe { munmap(ptr, layout::SIZE) })?;
+    let s = step(format!("munmap({:#x}, {})", seg.addr(), layout::SIZE));
+    // SAFETY: the mapping made above, handed back by into_ptr, which consumes
+    // `seg`: nothing borrowed from it is still alive.
+    s.check(unsafe { munmap(seg.into_ptr(), layout::SIZE) })?;
     s.ok(0);
     if o.keep {
         object.disarm();
@@ -114,7 +115,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
         s.ok(0);
         evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
     }
-    finish(acked, o)
+    finish(acked, o.keep, o)
 }
 
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
@@ -167,7 +168,7 @@ fn posix_existing(name: &str) -> anyhow::Result<u64> {
                 fd.as_raw_fd()
             ));
             // SAFETY: a fresh read-only mapping chosen by the kernel; read
-            // only through `Segment`'s volatile loads.
+            // only through `Segment`'s atomic loads.
             let p = s.check(unsafe {
                 mmap(
                     None,
@@ -179,10 +180,12 @@ fn posix_existing(name: &str) -> anyhow::Result<u64> {
                 )
             })?;
             s.ok(format!("{:p}", p.as_ptr()));
-            // SAFETY: p is a live mapping of SIZE bytes until the munmap below.
-            let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
-            // SAFETY: the mapping made just above, no longer used.
-            unsafe { munmap(p, layout::SIZE) }.call("munmap")?;
+            // SAFETY: p is a live read-only mapping of SIZE bytes, unmapped
+            // below only through into_ptr; judge only reads.
+            let old = unsafe { Segment::new(p, layout::SIZE) };
+            let found = layout::judge(size, Some(&old));
+            // SAFETY: the mapping made just above; into_ptr consumed `old`.
+            unsafe { munmap(old.into_ptr(), layout::SIZE) }.call("munmap")?;
             found
         }
         None => layout::judge(size, None),
@@ -247,36 +250,78 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     let s = step(format!("shmat({shmid}, NULL, 0)"));
     let ptr = s.check(sysv::shmat(shmid, 0))?;
     s.ok(format!("{:p}", ptr.as_ptr()));
-    // SAFETY: ptr is a live attachment of SIZE bytes until shmdt below.
-    let seg = unsafe { Segment::new(ptr.cast(), layout::SIZE) };
+    // SAFETY: ptr is a live read-write attachment of SIZE bytes, detached
+    // below only through into_ptr.
+    let seg = unsafe { Segment::new(ptr, layout::SIZE) };
     layout::show_address("writer", &seg);
 
     publish(&seg, sequence, &message(o));
     let acked = wait_for_ack(&seg, o, &reader_commands(o, Some(key)));
 
     section("writer 5. Detach, then remove the segment (the writer's job)");
-    let s = step(format!("shmdt({:p})", ptr.as_ptr()));
-    // SAFETY: ptr came from shmat; `seg` is not used after this.
-    s.check(unsafe { sysv::shmdt(ptr) })?;
+    let s = step(format!("shmdt({:#x})", seg.addr()));
+    // SAFETY: the address shmat returned, handed back by into_ptr, which
+    // consumes `seg`: nothing borrowed from it is still alive.
+    s.check(unsafe { sysv::shmdt(seg.into_ptr()) })?;
     s.ok(0);
-    if o.keep {
+    // kernel.shm_rmid_forced = 1 destroys a segment when its attach count
+    // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
+    // remove, and nothing --keep could keep.
+    let forced = sysv::rmid_forced() == Some(true);
+    let gone = forced && inspect::sysv_segment(shmid).is_none();
+    if forced {
+        fact("kernel.shm_rmid_forced", 1);
+    }
+    let kept = o.keep && !gone;
+    if gone {
+        segment.disarm(); // destroyed by the kernel: its id may be reused
+        evidence(
+            &format!("grep -w {shmid} /proc/sysvipc/shm"),
+            [format!("(no segment with shmid {shmid})")],
+        );
+        explain(format!(
+            "kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed the \
+             segment when its attach count fell to 0, here at our shmdt (proc(5)). There is \
+             nothing left to remove{}",
+            if o.keep {
+                ", and nothing --keep could keep: on such a machine a segment lives only while \
+                 a process is attached to it."
+            } else {
+                "."
+            }
+        ));
+    } else if o.keep {
         segment.disarm();
         note(format!(
             "--keep: segment {shmid} (key {}) is left in place. Look at it, then remove it:",
             sysv::key_string(key)
         ));
         narrate::commands(&["ipcs -m".to_string(), format!("ipcrm -m {shmid}")]);
+        if forced {
+            note(
+                "kernel.shm_rmid_forced is 1 here: the segment survived our shmdt only because \
+                 a reader is still attached, and the kernel destroys it at that reader's shmdt.",
+            );
+        }
     } else {
-        let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-        s.check(sysv::shmctl_rmid(shmid))?;
+        let call = format!("shmctl({shmid}, IPC_RMID, NULL)");
+        let s = step(call.clone());
+        match s.outcome(sysv::shmctl_rmid(shmid), |()| "0".into()) {
+            Ok(()) => {}
+            // The reader's shmdt, just after our check, took nattch to 0.
+            Err(Errno::EINVAL) if forced => explain(
+                "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
+                 = 1 its shmdt destroyed the segment (proc(5)).",
+            ),
+            Err(e) => return Err(e).call(call),
+        }
         segment.disarm();
-        s.ok(0);
         evidence(
             &format!("grep -w {shmid} /proc/sysvipc/shm"),
             inspect::sysv_segment(shmid).map(|s| s.line),
         );
     }
-    finish(acked, o)
+    finish(acked, kept, o)
 }
 
 /// The key is taken. Judge the segment: refuse anything foreign or live;
@@ -303,10 +348,12 @@ fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
         let s = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
         let p = s.check(sysv::shmat(shmid, libc::SHM_RDONLY))?;
         s.ok(format!("{:p}", p.as_ptr()));
-        // SAFETY: p is a live attachment of SIZE bytes until shmdt below.
-        let found = layout::judge(size, Some(&unsafe { Segment::new(p.cast(), layout::SIZE) }));
-        // SAFETY: p came from shmat and is not used afterwards.
-        unsafe { sysv::shmdt(p) }.call("shmdt")?;
+        // SAFETY: p is a live read-only attachment of SIZE bytes, detached
+        // below only through into_ptr; judge only reads.
+        let old = unsafe { Segment::new(p, layout::SIZE) };
+        let found = layout::judge(size, Some(&old));
+        // SAFETY: the address shmat returned; into_ptr consumed `old`.
+        unsafe { sysv::shmdt(old.into_ptr()) }.call("shmdt")?;
         found
     } else {
         layout::judge(size, None)
@@ -408,7 +455,7 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
     });
     match acked {
         Some(reader) => {
-            let s = step("state.load(Ordering::Acquire)");
+            let s = step("state.load(Relaxed) + fence(Acquire)");
             s.ok(format!("state 2 (acked) by reader pid {reader}"));
             println!("writer: reader pid {reader} acknowledged");
         }
@@ -421,9 +468,11 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 }
 // ANCHOR_END: wait_ack
 
-fn finish(acked: Option<i32>, o: &Opts) -> anyhow::Result<()> {
+/// `kept`: the object is still there for inspection (`--keep`, and nothing
+/// destroyed it).
+fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
-        let what = if o.keep {
+        let what = if kept {
             "left in place (--keep)"
         } else {
             "removed"
@@ -433,8 +482,11 @@ fn finish(acked: Option<i32>, o: &Opts) -> anyhow::Result<()> {
             o.timeout.as_secs()
         );
     };
-    narrate::conclude(if o.keep {
+    narrate::conclude(if kept {
         "writer done: the reader acknowledged; the object is left for inspection (--keep)."
+    } else if o.keep {
+        "writer done: the reader acknowledged; --keep kept nothing, because the kernel \
+         destroyed the segment at its last shmdt (kernel.shm_rmid_forced = 1)."
     } else {
         "writer done: the reader acknowledged, and the writer removed what it created."
     });

@@ -520,6 +520,8 @@ fn the_python_reader_reads_and_acknowledges() {
     assert!(text.contains("python reader: acknowledged"), "{text}");
     let (wout, code, _) = finish_writer(w, true);
     assert_eq!(code, Some(0));
+    // The same 8-byte address, read with Python's struct "=": the byte
+    // order agrees (a "<"/">" mismatch would reverse it).
     let w_addr = line_after(&wout, "writer: mapped at ");
     assert!(
         text.contains(&format!("the writer mapped it at {w_addr}")),
@@ -569,6 +571,14 @@ fn the_c_reader_reads_both_apis_and_acknowledges() {
         assert!(text.contains("c reader: sequence: 1\n"), "{text}");
         let (wout, code, _) = finish_writer(w, true);
         assert_eq!(code, Some(0), "{wout}");
+        // The writer's address (0x7f..., an 8-byte number that reads
+        // differently byte-reversed) comes back the same from C: the byte
+        // order agrees.
+        let w_addr = line_after(&wout, "writer: mapped at ");
+        assert!(
+            text.contains(&format!(", the writer at {w_addr}\n")),
+            "{text}"
+        );
         assert!(!t.exists());
     }
 }
@@ -629,4 +639,85 @@ fn bad_input_gives_usage_and_exit_2() {
             &["writer", "--name", "/a/b"],
         ],
     );
+}
+
+/// proc(5): with kernel.shm_rmid_forced = 1 (set in a private IPC namespace of
+/// the test's own) a System V writer, even with --keep, can't leave a segment
+/// behind: it dies at the last shmdt, the writer's or the reader's. Both
+/// still finish 0, and the writer says which happened.
+#[test]
+fn with_shm_rmid_forced_the_sysv_writer_even_with_keep_leaves_nothing_and_exits_0() {
+    let key = format!("{:#x}", testkit::unique_key() as u32);
+    let script = format!(
+        "\"$0\" writer --api sysv --key {key} --keep --timeout 30 & w=$!
+         \"$0\" reader --api sysv --key {key} --timeout 30 >&2 || echo \"READER FAILED $?\"
+         wait $w || echo \"WRITER FAILED $?\"
+         echo '--- left:'; grep -i ' {key_dec} ' /proc/sysvipc/shm || echo '(none)'",
+        key_dec = i32::from_str_radix(key.trim_start_matches("0x"), 16).unwrap()
+    );
+    let Some((_, out)) = testkit::run_in_ipc_namespace(
+        Path::new("/bin/sh"),
+        &["-c", &script, bin().to_str().unwrap()],
+        &[("shm_rmid_forced", "1")],
+    ) else {
+        return;
+    };
+    let (wout, rout) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(!wout.contains("FAILED"), "{wout}\n{rout}");
+    assert!(rout.contains("reader: message: hello from"), "{rout}");
+    assert!(wout.contains("kernel.shm_rmid_forced: 1\n"), "{wout}");
+    // Whichever shmdt came last destroyed it; the writer said which, and
+    // showed it from /proc/sysvipc/shm when it was its own.
+    let flat = wout.split_whitespace().collect::<Vec<_>>().join(" ");
+    let at_ours = flat.contains("| (no segment with shmid ")
+        && flat
+            .contains("destroyed the segment when its attach count fell to 0, here at our shmdt");
+    let at_readers = flat.contains("the kernel destroys it at that reader's shmdt");
+    assert!(at_ours != at_readers, "{wout}");
+    if at_ours {
+        assert!(flat.contains("--keep kept nothing"), "{wout}");
+        assert!(!flat.contains("left for inspection"), "{wout}");
+    }
+    // Nothing is left in the namespace once both are done.
+    let left = wout.split("--- left:").nth(1).unwrap();
+    assert_eq!(left.trim(), "(none)", "{wout}");
+}
+
+/// When one side of the demo fails (here the writer: a read-only /dev/shm,
+/// staged on a fresh tmpfs in a private mount namespace, makes its
+/// shm_open(O_CREAT) fail with EROFS), the demo stops the other side at once
+/// instead of letting the reader wait out its --timeout, and its error names
+/// the writer's own failing call.
+#[test]
+fn the_demo_stops_at_the_first_failure_with_that_sides_reason() {
+    if !testkit::is_root() {
+        eprintln!("skipped: staging a read-only /dev/shm needs root");
+        return;
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs -o ro,size=64k,mode=1777 tmpfs /dev/shm && exec \"$0\" --timeout 300")
+        .arg(bin())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("ERROR the writer did not succeed")
+            && last.contains("ERROR [EROFS Read-only file system] shm_open("),
+        "{stderr}"
+    );
+    // The reader was stopped (SIGTERM: status 143), not left to time out.
+    assert!(stdout.contains("/* reader */) = Exited(Pid("), "{stdout}");
+    assert!(stdout.contains("), 143)"), "{stdout}");
+    assert!(!stdout.contains("within 300 s"), "{stdout}");
 }

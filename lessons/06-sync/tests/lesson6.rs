@@ -1,8 +1,9 @@
 //! lesson-6 proves what it prints, on the running kernel.
 //!
-//! Nothing here depends on timing: the race may or may not lose updates on a
-//! busy machine, so its test checks only that the lesson reports exactly the
-//! loss it measured. The fixes must give exact counts.
+//! The fixes must give exact counts. The race must lose updates when two
+//! CPUs are usable; a very busy machine may keep the two workers from
+//! overlapping in one run, so that test allows three runs. No test asserts
+//! a duration.
 
 use std::path::Path;
 use std::time::Duration;
@@ -34,12 +35,19 @@ fn assert_no_scratch_file(pid: u32) {
     }
 }
 
-/// The pid in `fork() = PID (the victim)`.
+/// The pid of the first `fork() = PID (in the parent; ...)` in `text` (the
+/// victim, in one case of part 5).
 fn victim_pid(text: &str) -> u32 {
     text.lines()
-        .find_map(|l| l.split("fork() = ").nth(1)?.strip_suffix(" (the victim)"))
+        .find_map(|l| l.split("fork() = ").nth(1)?.split(' ').next())
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("no victim pid in {text}"))
+}
+
+/// The lesson's `waitpid(victim, ..)` line reports death by SIGKILL.
+fn killed_by_sigkill(text: &str, victim: u32) -> bool {
+    text.lines()
+        .any(|l| l.contains(&format!("waitpid({victim},")) && l.contains("killed by SIGKILL"))
 }
 
 /// `final counter: X of Y; lost updates: Z` → (X, Y, Z), one per occurrence.
@@ -54,25 +62,62 @@ fn counters(text: &str) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-#[test]
-fn the_race_reports_exactly_the_loss_it_measured() {
-    let text = run_ok(&["--part", "1", "--iterations", "300000"]);
-    let c = counters(&text);
+/// `final counter: X of Y; ...` for part 1 of one run: (X, Y).
+fn race_counter(text: &str) -> (u64, u64) {
+    let c = counters(text);
     assert_eq!(c.len(), 1, "{text}");
     let (counted, total, lost) = c[0];
-    assert_eq!(total, 600_000);
-    assert!(counted <= total, "{text}");
-    assert_eq!(counted + lost, total, "the loss reported is not 2N - final");
-    if lost > 0 {
-        assert!(
-            text.contains(&format!("{lost} updates were lost")),
-            "{text}"
-        );
-        assert!(!text.contains("no update was lost"), "{text}");
-    } else {
-        assert!(text.contains("no update was lost this time"), "{text}");
+    assert_eq!(lost, total - counted, "{text}");
+    (counted, total)
+}
+
+#[test]
+fn the_race_loses_updates_on_two_cpus() {
+    if testkit::usable_cpus() < 2 {
+        return; // one_cpu_the_race_says_it_took_turns covers this machine
     }
-    assert!(text.contains("Ordering::Relaxed, never a &mut"), "{text}");
+    // The final counter, read back from the shared page, is below 2N. A loss
+    // needs the workers to overlap, which a very busy machine can prevent in
+    // one run (the lesson then says so): so up to three runs.
+    let mut finals = Vec::new();
+    for _ in 0..3 {
+        let text = run_ok(&["--part", "1", "--iterations", "300000"]);
+        let (counted, total) = race_counter(&text);
+        assert_eq!(total, 600_000, "{text}");
+        if counted < total {
+            assert!(
+                text.contains(&format!("{} updates were lost", total - counted)),
+                "{text}"
+            );
+            return;
+        }
+        assert!(text.contains("no update was lost this time"), "{text}");
+        finals.push(counted);
+    }
+    panic!("two workers on two CPUs lost no update in 3 runs: final counters {finals:?}");
+}
+
+#[test]
+fn one_cpu_the_race_says_it_took_turns() {
+    let (pid, out) = testkit::run_on_one_cpu(bin(), &["--part", "1", "--iterations", "100000"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    testkit::assert_nothing_left_by(6, pid);
+    // The lesson measured its mask (one CPU), and drew the one-CPU
+    // conclusion from it, not the two-CPU one.
+    let mask = text
+        .lines()
+        .find_map(|l| l.split("sched_getaffinity(0) = CPUs [").nth(1))
+        .unwrap_or_else(|| panic!("no CPU mask in {text}"));
+    let listed = mask.split(']').next().unwrap();
+    assert!(
+        !listed.contains(','),
+        "one CPU expected, got [{listed}]: {text}"
+    );
+    assert!(text.contains("Only one CPU is usable here"), "{text}");
+    assert!(!text.contains("no update was lost this time"), "{text}");
+    let (counted, total) = race_counter(&text);
+    assert!(counted <= total && total == 200_000, "{text}");
 }
 
 #[test]
@@ -134,9 +179,9 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
     let (plain, robust) = (&text[plain..robust], &text[robust..]);
 
     assert!(plain.contains("PTHREAD_MUTEX_STALLED) = 0"), "{plain}");
-    assert!(plain.contains("= killed by SIGKILL (signal 9)"), "{plain}");
-    // The dead holder's mutex is unchanged: locked, naming the dead thread.
     let victim = victim_pid(plain);
+    assert!(killed_by_sigkill(plain, victim), "{plain}");
+    // The dead holder's mutex is unchanged: locked, naming the dead thread.
     assert!(
         plain.contains(&format!(
             "the mutex, its holder dead: __lock = 0x1 (locked), __owner = {victim}"
@@ -168,10 +213,7 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
         )),
         "{robust}"
     );
-    assert!(
-        robust.contains("= killed by SIGKILL (signal 9)"),
-        "{robust}"
-    );
+    assert!(killed_by_sigkill(robust, victim), "{robust}");
     assert!(
         robust.contains("now + 1 s) = -1 EOWNERDEAD (Owner died)"),
         "{robust}"
@@ -189,40 +231,106 @@ fn a_dead_holder_times_out_a_plain_mutex_and_a_robust_one_recovers_exactly() {
     assert!(robust.contains("pthread_mutex_destroy("), "{robust}");
 }
 
+/// The smaps row `| LABEL  A kB  B kB  C kB  T us`: the mapping's dirty KiB
+/// after the store, after MS_ASYNC and after MS_SYNC.
+fn dirty_row(text: &str, label: &str) -> [u64; 3] {
+    let row = text
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("| ")?.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no smaps row for {label}: {text}"));
+    let words: Vec<&str> = row.split_whitespace().collect();
+    let kib: Vec<u64> = words
+        .windows(2)
+        .filter(|w| w[1] == "kB")
+        .map(|w| w[0].parse().expect("a number of kB"))
+        .collect();
+    kib.try_into()
+        .unwrap_or_else(|k| panic!("three kB figures expected, got {k:?}: {text}"))
+}
+
 #[test]
 fn the_value_is_visible_without_msync_and_ordering_holds() {
     let text = run_ok(&["--part", "6"]);
+    // The parent read the child's value from the shared page while the
+    // child lived (the lesson stops if it does not see it within 10 s).
     assert!(
         text.contains("the parent read: 0xdeadbeef while the child was still running (state "),
         "{text}"
     );
-    assert!(text.contains("msync was never called"), "{text}");
+    // 2000 messages, each payload word equal to what the child wrote for it.
     assert!(
         text.contains("messages received: 2000; with a torn or stale payload: 0"),
         "{text}"
     );
-    if text.contains("(on ") {
-        // A disk-backed directory exists: read(2) saw the store without msync,
-        // and every msync kind ran.
-        assert!(
-            text.contains(", buf, 8, 0) = 8 (bytes: 0xdeadbeef)"),
-            "{text}"
-        );
-        for kind in [
-            "tmpfs object, MS_ASYNC",
-            "tmpfs object, MS_SYNC",
-            "disk file, MS_ASYNC",
-            "disk file, MS_SYNC",
-        ] {
-            assert!(text.contains(&format!("= 0   ({kind}; ")), "{kind}: {text}");
-            let row = text
-                .lines()
-                .find(|l| l.trim_start().starts_with(kind) && l.ends_with(" us per msync"));
-            assert!(row.is_some(), "no timing row for {kind}: {text}");
-        }
-    } else {
+    // The store-buffer test: with SeqCst, never both loads 0 (the lesson
+    // stops if it happens); with Release/Acquire it is allowed, so only its
+    // count is checked to be reported.
+    assert!(
+        text.contains("SeqCst store and load: both loads read 0 in 0 of 100000 rounds"),
+        "{text}"
+    );
+    let weak: u64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Release store, Acquire load: both loads read 0 in ")
+                .nth(1)?
+                .strip_suffix(" of 100000 rounds")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no Release/Acquire count: {text}"));
+    assert!(weak <= 100_000, "{text}");
+    if text.contains("no disk-backed directory found") {
         assert!(text.contains("no disk-backed directory found"), "{text}");
+        return;
     }
+    // read(2) returned the bytes stored through the mapping, without msync.
+    assert!(
+        text.lines()
+            .any(|l| l.contains("pread(") && l.trim_end().ends_with("= 8"))
+            && text.contains("the bytes read(2) returns: 0xdeadbeef"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ms_async_cleans_nothing_and_ms_sync_cleans_only_the_disk_page() {
+    let text = run_ok(&["--part", "6"]);
+    if text.contains("no disk-backed directory found") {
+        assert!(text.contains("no disk-backed directory found"), "{text}");
+        return;
+    }
+    // The kernel's own dirty figures (/proc/self/smaps), in KiB: after the
+    // store, after msync(MS_ASYNC), after msync(MS_SYNC).
+    let page_kib = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .unwrap()
+        .unwrap() as u64
+        / 1024;
+    let disk = dirty_row(&text, "disk file (");
+    assert!(
+        disk[0] >= page_kib,
+        "the store dirtied the disk page: {disk:?}\n{text}"
+    );
+    assert_eq!(disk[1], disk[0], "MS_ASYNC wrote nothing back: {text}");
+    assert_eq!(disk[2], 0, "MS_SYNC left the disk page clean: {text}");
+    let tmpfs = dirty_row(&text, "tmpfs object");
+    assert!(
+        tmpfs[0] >= page_kib,
+        "the store dirtied the tmpfs page: {tmpfs:?}\n{text}"
+    );
+    assert_eq!(
+        tmpfs[1], tmpfs[0],
+        "MS_ASYNC changed nothing on tmpfs: {text}"
+    );
+    assert_eq!(
+        tmpfs[2], tmpfs[0],
+        "MS_SYNC has nothing to write on tmpfs: {text}"
+    );
+    // The verdict follows those figures (explanations are wrapped).
+    let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(words.contains("MS_ASYNC changed nothing"), "{text}");
+    assert!(words.contains("the page is clean now"), "{text}");
+    assert!(words.contains("MS_SYNC left every page dirty"), "{text}");
 }
 
 #[test]
@@ -270,8 +378,8 @@ fn sigterm_while_a_child_sleeps_removes_everything() {
         .seen
         .lines()
         .rev()
-        .find_map(|l| l.split("fork() = ").nth(1))
-        .and_then(|p| p.trim().parse().ok())
+        .find_map(|l| l.split("fork() = ").nth(1)?.split(' ').next())
+        .and_then(|p| p.parse().ok())
         .expect("the child's pid");
     run.wait_for("State:", Duration::from_secs(30)); // the child sleeps in FUTEX_WAIT
     run.wait_for("holding for 600 s", Duration::from_secs(30));
@@ -300,7 +408,7 @@ fn sigint_while_a_dead_lock_is_held_removes_everything() {
         &["--part", "5", "--iterations", "1000", "--hold", "600"],
     );
     run.wait_for("a plain process-shared mutex", Duration::from_secs(30));
-    run.wait_for("(the victim)", Duration::from_secs(30));
+    run.wait_for("fork() = ", Duration::from_secs(30));
     let victim = victim_pid(&run.seen);
     run.wait_for("holding for 600 s", Duration::from_secs(30));
     assert!(

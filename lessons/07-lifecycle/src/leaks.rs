@@ -1,6 +1,11 @@
 //! Part 3. Leaks: a child creates a POSIX object and a System V segment and
 //! is killed with SIGKILL. No destructor, no atexit handler, no signal
-//! handler runs: both survive, because the kernel cleans up no names.
+//! handler runs: both survive, because the kernel frees a dead process's
+//! mappings, not the names it created. Two exceptions for the segment, both
+//! detected and shown: `kernel.shm_rmid_forced = 1` destroys it when its
+//! attach count falls to 0 (proc(5)), and the end of its IPC namespace (a
+//! container stopping) destroys every System V object in it
+//! (ipc_namespaces(7)).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd};
@@ -23,16 +28,6 @@ use nix::unistd::{ForkResult, fork, pipe2, read};
 /// The child's exit status when its `shm_open` / `shmget` fails.
 const FAILED_SHM_OPEN: i32 = 10;
 const FAILED_SHMGET: i32 = 11;
-
-/// `/proc/sys/kernel/shm_rmid_forced`: 1 makes the kernel destroy a System V
-/// segment when its last attached process exits.
-fn rmid_forced() -> Option<u8> {
-    std::fs::read_to_string("/proc/sys/kernel/shm_rmid_forced")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
 
 /// Wait for one byte on `fd` for at most `timeout`; `None` on EOF/timeout.
 fn read_byte(fd: &impl AsFd, timeout: Duration) -> anyhow::Result<Option<u8>> {
@@ -165,37 +160,42 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                 inspect::dev_shm_ls(&name),
             );
             evidence("ipcs -m", inspect::ipcs_rows(shmid));
-            let forced = rmid_forced();
+            let forced = sysv::rmid_forced();
             fact(
                 "kernel.shm_rmid_forced",
-                forced.map_or("unknown".to_string(), |v| v.to_string()),
+                forced.map_or("unknown", |f| if f { "1" } else { "0" }),
             );
             let seg = inspect::sysv_segment(shmid);
             if inspect::dev_shm_entry(&name).is_none() {
                 bail!("/dev/shm/{file} vanished with the child: expected it to survive");
             }
             match (&seg, forced) {
-                (Some(s), Some(0) | None) if s.nattch == 0 && s.cpid == child.as_raw() => {
+                (Some(s), Some(false) | None) if s.nattch == 0 && s.cpid == child.as_raw() => {
                     explain(format!(
                         "Both survive. The segment's creator (cpid {child}) is dead and nothing \
                          is attached (nattch 0), yet it stays until someone removes it: the \
-                         kernel cleans up memory a dead process mapped, never a name."
+                         kernel frees the memory a dead process mapped, not the names it made."
                     ))
                 }
-                (None, Some(1)) => explain(
-                    "The POSIX object survives. The System V segment is gone: this machine sets \
-                     kernel.shm_rmid_forced = 1, so the kernel destroyed it when the last \
-                     process attached to it exited.",
+                (None, Some(true)) => explain(
+                    "The POSIX object survives. The System V segment is gone: \
+                     kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed \
+                     it the moment its attach count fell to 0, here when the killed child's \
+                     attachment went away (proc(5)). With the default 0 it would have stayed.",
                 ),
                 _ => bail!(
                     "unexpected segment state after the crash: {seg:?}, shm_rmid_forced {forced:?}"
                 ),
             }
             note(
-                "kernel.shm_rmid_forced = 1 (sysctl, root) makes the kernel destroy System V \
-                 segments that no process is attached to when their users exit. It is 0 by \
-                 default, because programs may rely on a segment outliving them. Nothing \
-                 similar exists for POSIX objects: /dev/shm is a filesystem, and files stay.",
+                "kernel.shm_rmid_forced = 1 (a sysctl of each IPC namespace) makes the kernel \
+                 destroy a System V segment as soon as its attach count falls to 0, whether by \
+                 exit or by a plain shmdt (proc(5)). It is 0 by default, because programs may \
+                 rely on a segment outliving them. And when an IPC namespace ends (the last \
+                 process of a container exits), every System V object in it is destroyed \
+                 (ipc_namespaces(7)): a leaked segment lives as long as its container, not \
+                 forever. Nothing similar exists for POSIX objects: /dev/shm is a filesystem, \
+                 and files stay as long as it is mounted.",
             );
             hold_point(
                 hold,
@@ -229,11 +229,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             evidence("ipcs -m", inspect::ipcs_rows(shmid));
             compare(
                 "shm_unlink and ipcs manage the objects",
-                "after a crash nothing is removed by itself: the name in /dev/shm and the key in \
-                 ipcs -m stay until someone removes them",
+                if seg.is_some() {
+                    "after a crash nothing was removed by itself: the name in /dev/shm and the \
+                     key in ipcs -m stayed until we removed them"
+                } else {
+                    "after a crash the name in /dev/shm stayed until we removed it; the segment \
+                     did not, because kernel.shm_rmid_forced = 1 destroyed it at nattch 0"
+                },
                 "names are a filesystem entry and a kernel table slot, not memory of the \
                  process. A program that crashes between creating and unlinking leaks them, \
-                 and its next start fails with EEXIST.",
+                 and its next start fails with EEXIST. The table slot lasts at most as long \
+                 as the IPC namespace (the container) it was made in.",
             );
             // ANCHOR_END: remove
         }
@@ -364,11 +370,16 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
                 }
             }
             explain(format!(
-                "Both fail with EPERM for {}: the sticky bit protects the file, and a segment \
+                "{} with EPERM for {}: the sticky bit protects the file, and a segment \
                  may be removed only by its owner, its creator or a process with \
                  CAP_SYS_ADMIN. From a shell: su -s /bin/sh {} -c 'rm -f {}' says \
                  \"Operation not permitted\". This is why the cleanup command removes only \
                  what you own.",
+                if shmid.is_some() {
+                    "Both fail"
+                } else {
+                    "The unlink fails"
+                },
                 inspect::user_name(NOBODY),
                 inspect::user_name(NOBODY),
                 path.to_string_lossy()

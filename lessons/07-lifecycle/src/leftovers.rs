@@ -308,7 +308,9 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
     );
     let mut failed = 0;
     for (e, v) in &plan.posix {
-        let path = format!("/dev/shm/{}", e.name);
+        // Shown quoted like ls (a newline in a name stays on one line, and
+        // the rm command can be pasted into a shell as it is).
+        let path = format!("/dev/shm/{}", e.quoted);
         if *v != Verdict::Remove {
             fact("left alone", format!("{path}: {}", why_left(v)));
         } else if !yes {
@@ -449,6 +451,9 @@ mod tests {
             gid: uid,
             nlink: 1,
             is_file: true,
+            kind: '-',
+            quoted: inspect::ls_quote(name.as_bytes()),
+            target: None,
         }
     }
 

@@ -4,7 +4,11 @@
 //! `ipcs`, freed when its last descriptor and mapping go, so a crash leaks
 //! nothing. Another process gets it as a descriptor over a Unix socket
 //! (SCM_RIGHTS). Because the receiver maps memory the sender controls, the
-//! sender could shrink it under the receiver (SIGBUS): seals forbid that.
+//! sender could shrink it under the receiver (SIGBUS): seals forbid that, and
+//! a careful receiver checks them (`F_GET_SEALS`) and refuses a memfd without
+//! `F_SEAL_SHRINK`. Last, a receiver holding the only reference to a 64 MiB
+//! memfd is killed with SIGKILL: the `Shmem:` figure shows the kernel freeing
+//! the pages.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::num::NonZeroUsize;
@@ -15,14 +19,16 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::children;
-use common::narrate::{self, compare, evidence, explain, section, step, subsection};
+use common::narrate::{self, compare, evidence, explain, section, step, subsection, warn};
 use common::{cleanup, fault, inspect};
+
+use crate::posix_unlink;
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::fcntl::{FcntlArg, SealFlag, fcntl, posix_fallocate};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
-use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
@@ -34,10 +40,21 @@ use nix::unistd::{close, ftruncate, getpid, read, write};
 const MEMFD_NAME: &str = "shm-lessons-7-memfd";
 const MESSAGE: &[u8] = b"hello through a memfd\0";
 
-/// Protocol bytes on the socket: the memfd itself, "mapped", "touch it now".
+/// Protocol bytes on the socket: the memfd itself, "mapped", "refused (no
+/// seals)", "touch it now".
 const SENT: u8 = b'F';
 const MAPPED: u8 = b'M';
+const REFUSED: u8 = b'R';
 const TOUCH: u8 = b'T';
+/// The careful receiver's exit status when it refuses an unsealed memfd.
+pub const REFUSED_EXIT: i32 = 3;
+/// The seal a receiver needs before it maps: without it the sender can
+/// shrink the file under the mapping, and the receiver's next access raises
+/// SIGBUS.
+const NEEDED: SealFlag = SealFlag::F_SEAL_SHRINK;
+/// Part 4's big memfd: 64 MiB, to stand out in `Shmem:`.
+const BIG: usize = 64 << 20;
+const BIG_KIB: i64 = (BIG >> 10) as i64;
 
 /// One byte from the socket, waiting at most 10 s.
 fn recv_byte(fd: &impl AsFd) -> anyhow::Result<u8> {
@@ -114,8 +131,8 @@ pub fn run() -> anyhow::Result<()> {
     // ANCHOR_END: create
 
     // ANCHOR: unsealed
-    subsection("Without seals: the sender shrinks the memfd under the receiver");
-    let status = with_receiver(&mfd, |sock| {
+    subsection("Without seals: the sender shrinks the memfd under a trusting receiver");
+    let status = with_receiver(&mfd, Trust::Blindly, |sock| {
         let s = step(format!("ftruncate({}, 0)", mfd.as_raw_fd()));
         s.check(ftruncate(&mfd, 0))?;
         s.ok("0: nothing stops the sender");
@@ -132,6 +149,21 @@ pub fn run() -> anyhow::Result<()> {
             fault::describe(other)
         ),
     }
+    subsection("A careful receiver checks F_GET_SEALS first, and refuses");
+    let status = with_receiver(&mfd, Trust::CheckSeals, |_| {
+        bail!("the careful receiver mapped a memfd without F_SEAL_SHRINK")
+    })?;
+    if status != WaitStatus::Exited(status.pid().unwrap_or(pid), REFUSED_EXIT) {
+        bail!(
+            "expected the careful receiver to refuse the unsealed memfd (exit {REFUSED_EXIT}): \
+             it {}",
+            fault::describe(status)
+        );
+    }
+    explain(format!(
+        "The careful receiver read the seals, found no F_SEAL_SHRINK, and refused before \
+         mapping anything (exit {REFUSED_EXIT}): the sender can no longer kill it with a shrink."
+    ));
     // ANCHOR_END: unsealed
 
     // ANCHOR: sealed
@@ -148,7 +180,7 @@ pub fn run() -> anyhow::Result<()> {
     ));
     s.check(fcntl(&mfd, FcntlArg::F_ADD_SEALS(seals)))?;
     s.ok(0);
-    let status = with_receiver(&mfd, |sock| {
+    let status = with_receiver(&mfd, Trust::CheckSeals, |sock| {
         for bad in [0, 2 * size] {
             let s = step(format!("ftruncate({}, {bad})", mfd.as_raw_fd()));
             match s.outcome(ftruncate(&mfd, bad as libc::off_t), |_| "0".into()) {
@@ -198,39 +230,156 @@ pub fn run() -> anyhow::Result<()> {
     );
     explain(
         "No descriptor and no mapping refers to the memfd any more, and the receivers have \
-         exited: nothing can reach it, so the kernel frees its pages (the Shmem accounting of \
-         part 1). Had we crashed instead, the kernel would have closed the descriptor and \
-         removed the mapping itself: nothing would be left.",
+         exited: nothing can reach it, so the kernel frees its pages. One page is too small to \
+         see in Shmem; the next step measures 64 MiB, freed by a crash.",
     );
+    // ANCHOR_END: release
+    let freed = killed_holder(pid)?;
     compare(
         "POSIX objects have names (shm_unlink) and System V segments keys (ipcs)",
-        "a memfd has neither: it is freed with its last descriptor and mapping, even after a \
-         crash, and reaches another process as a descriptor over a Unix socket",
+        &if freed {
+            "a memfd has neither: it reaches another process as a descriptor over a Unix \
+             socket, and its pages were freed when its last holder died of SIGKILL (Shmem \
+             above)"
+                .to_string()
+        } else {
+            "a memfd has neither: it reaches another process as a descriptor over a Unix \
+             socket, and no name of it was left after the SIGKILL (this run's Shmem figures \
+             were blurred by other processes)"
+                .to_string()
+        },
         "memfd_create (Linux 3.17) made anonymous shared memory a file descriptor. Wayland, \
          systemd and Android pass buffers this way, sealed so the receiver can trust the size.",
     );
-    // ANCHOR_END: release
     Ok(())
+}
+
+/// A 64 MiB sealed memfd whose only holder, a receiver, is killed with
+/// SIGKILL: Shmem shows the pages allocated, kept after the sender's close,
+/// and freed when the kernel cleans up the dead receiver. Returns whether the
+/// figures showed it (other processes may move Shmem at the same time).
+fn killed_holder(pid: nix::unistd::Pid) -> anyhow::Result<bool> {
+    // ANCHOR: killed
+    subsection("A crash: the last holder of a 64 MiB memfd dies of SIGKILL");
+    let start = posix_unlink::shmem()?;
+    evidence("grep Shmem: /proc/meminfo", [format!("Shmem: {start} kB")]);
+    let s = step(format!(
+        "memfd_create(\"{MEMFD_NAME}-big\", MFD_CLOEXEC|MFD_ALLOW_SEALING)"
+    ));
+    let big = s.check(memfd_create(
+        format!("{MEMFD_NAME}-big").as_str(),
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    ))?;
+    s.ok(format!("fd {}", big.as_raw_fd()));
+    let s = step(format!("ftruncate({}, {BIG})", big.as_raw_fd()));
+    s.check(ftruncate(&big, BIG as libc::off_t))?;
+    s.ok(0);
+    let s = step(format!("posix_fallocate({}, 0, {BIG})", big.as_raw_fd()));
+    s.check(posix_fallocate(&big, 0, BIG as libc::off_t))?;
+    s.ok("0: every page exists now (a memfd's pages are Shmem, not in /dev/shm)");
+    let filled = posix_unlink::show_shmem("after allocating 64 MiB", start)?;
+    let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
+    let s = step(format!(
+        "fcntl({}, F_ADD_SEALS, {})",
+        big.as_raw_fd(),
+        narrate::flags(seals)
+    ));
+    s.check(fcntl(&big, FcntlArg::F_ADD_SEALS(seals)))?;
+    s.ok(0);
+    let receiver = start_receiver(&big, Trust::CheckSeals)?;
+    if !receiver.mapped {
+        bail!("the careful receiver refused a sealed memfd");
+    }
+    let raw = big.as_raw_fd();
+    let s = step(format!("close({raw})"));
+    s.check(close(big))?;
+    s.ok("0: the receiver's descriptor and mapping are now the only references");
+    let closed = posix_unlink::show_shmem("after our close", filled)?;
+    let cpid = receiver.pid;
+    let s = step(format!("kill({cpid}, SIGKILL)"));
+    s.check(kill(cpid, Signal::SIGKILL))?;
+    s.ok(0);
+    let status = finish_receiver(receiver)?;
+    if status != WaitStatus::Signaled(cpid, Signal::SIGKILL, false) {
+        bail!(
+            "expected the receiver to die of SIGKILL: it {}",
+            fault::describe(status)
+        );
+    }
+    let end = posix_unlink::show_shmem("after the receiver's death", closed)?;
+    evidence(
+        &format!("grep {MEMFD_NAME}-big /proc/{pid}/maps"),
+        inspect::maps_lines_matching(&format!("{MEMFD_NAME}-big")),
+    );
+    // ANCHOR_END: killed
+    let (rose, kept, fell) = (filled - start, closed - filled, closed - end);
+    let freed = rose >= BIG_KIB * 3 / 4 && kept.abs() < BIG_KIB / 4 && fell >= BIG_KIB * 3 / 4;
+    if freed {
+        explain(format!(
+            "Shmem rose by {rose} kB for the 64 MiB ({BIG_KIB} kB), did not move when we closed \
+             our descriptor ({kept:+} kB: the receiver still held it), and fell by {fell} kB \
+             when the receiver died of SIGKILL. Nobody called munmap or close for it: the \
+             kernel closed the dead process's descriptor, removed its mapping, and with the \
+             last reference gone freed the pages. There was no name to leak."
+        ));
+    } else {
+        warn(format!(
+            "Shmem moved by {rose:+} kB at the allocation, {kept:+} kB at our close and \
+             {:+} kB at the receiver's death: other processes on this machine changed Shmem at \
+             the same time, so these figures prove nothing this run. Run --part 4 again.",
+            -fell
+        ));
+    }
+    Ok(freed)
 }
 
 /// Write MESSAGE at the start of the mapping.
 fn put_message(ptr: NonNull<libc::c_void>) {
     let p = ptr.as_ptr().cast::<u8>();
     for (i, b) in MESSAGE.iter().enumerate() {
-        // SAFETY: i < MESSAGE.len() < one page, inside our live mapping;
-        // volatile because the receiver maps the same page.
+        // SAFETY: i < MESSAGE.len() < one page, inside our live mapping. No
+        // receiver runs while we write: each is started (spawn, sendmsg)
+        // after this, and the socket round trip orders our stores before
+        // its reads. Volatile keeps the stores, which no Rust code reads.
         unsafe { p.add(i).write_volatile(*b) };
     }
 }
 
+/// Whether the receiver maps whatever it gets, or checks the seals first.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// `--receive-fd --trusting`: maps without looking (to show the SIGBUS).
+    Blindly,
+    /// `--receive-fd`: refuses a memfd without F_SEAL_SHRINK.
+    CheckSeals,
+}
+
+/// A receiver process we started and sent a memfd to.
+struct Receiver {
+    sock: OwnedFd,
+    pid: nix::unistd::Pid,
+    guard: cleanup::Guard,
+    /// Whether it mapped the memfd (a careful receiver may refuse).
+    mapped: bool,
+}
+
 /// Start a receiver (this program again, `--receive-fd`, a socket on its
-/// stdin), send it `mfd` with SCM_RIGHTS, wait until it mapped it, run
-/// `then`, and wait for the receiver's end.
-// ANCHOR: send
+/// stdin), send it `mfd` with SCM_RIGHTS, run `then` once it has mapped it
+/// (not if it refused), and wait for the receiver's end.
 fn with_receiver(
     mfd: &OwnedFd,
+    trust: Trust,
     then: impl FnOnce(&OwnedFd) -> anyhow::Result<()>,
 ) -> anyhow::Result<WaitStatus> {
+    let r = start_receiver(mfd, trust)?;
+    if r.mapped {
+        then(&r.sock)?;
+    }
+    finish_receiver(r)
+}
+
+// ANCHOR: send
+fn start_receiver(mfd: &OwnedFd, trust: Trust) -> anyhow::Result<Receiver> {
     let s = step("socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv)");
     let (ours, theirs) = s.check(socketpair(
         AddressFamily::Unix,
@@ -245,17 +394,22 @@ fn with_receiver(
     ));
 
     let exe = std::env::current_exe().context("current_exe")?;
+    let trusting = if trust == Trust::Blindly {
+        " --trusting"
+    } else {
+        ""
+    };
     let s = step(format!(
-        "spawn {} --receive-fd   (stdin = fd {})",
+        "spawn {} --receive-fd{trusting}   (stdin = fd {})",
         exe.display(),
         theirs.as_raw_fd()
     ));
-    let child = s.check(
-        Command::new(&exe)
-            .arg("--receive-fd")
-            .stdin(Stdio::from(theirs))
-            .spawn(),
-    )?;
+    let mut cmd = Command::new(&exe);
+    cmd.arg("--receive-fd").stdin(Stdio::from(theirs));
+    if trust == Trust::Blindly {
+        cmd.arg("--trusting");
+    }
+    let child = s.check(cmd.spawn())?;
     let cpid = nix::unistd::Pid::from_raw(child.id() as i32);
     let guard = cleanup::child(cpid);
     s.ok(format!(
@@ -276,14 +430,26 @@ fn with_receiver(
         None,
     ))?;
     s.ok(1);
-    if recv_byte(&ours)? != MAPPED {
-        bail!("the receiver did not map the memfd");
-    }
-    then(&ours)?;
+    let mapped = match recv_byte(&ours)? {
+        MAPPED => true,
+        REFUSED => false,
+        other => bail!("unexpected byte {other:#x} from the receiver"),
+    };
+    Ok(Receiver {
+        sock: ours,
+        pid: cpid,
+        guard,
+        mapped,
+    })
+}
+
+fn finish_receiver(r: Receiver) -> anyhow::Result<WaitStatus> {
+    let cpid = r.pid;
     let waited = children::wait_deadline(cpid, Duration::from_secs(10));
     let s = step(format!("waitpid({cpid}, &status, 0)"));
     let status = s.check(waited)?.status();
-    guard.disarm();
+    r.guard.disarm();
+    drop(r.sock);
     s.ok(fault::describe(status));
     Ok(status)
 }
@@ -292,7 +458,7 @@ fn with_receiver(
 /// `lesson-7 --receive-fd`: the receiving program of part 4. Its stdin is a
 /// Unix socket; a memfd arrives on it with SCM_RIGHTS.
 // ANCHOR: receive
-pub fn receiver() -> anyhow::Result<()> {
+pub fn receiver(trusting: bool) -> anyhow::Result<()> {
     let me = getpid();
     let sock: RawFd = 0;
     let mut byte = [0u8; 1];
@@ -320,6 +486,19 @@ pub fn receiver() -> anyhow::Result<()> {
     let s = step(format!("[receiver {me}] fcntl({raw}, F_GET_SEALS)"));
     let seals = s.check(fcntl(&fd, FcntlArg::F_GET_SEALS))?;
     s.ok(seals_text(seals));
+    if !SealFlag::from_bits_truncate(seals).contains(NEEDED) {
+        if !trusting {
+            println!(
+                "[receiver {me}] refused: the memfd lacks F_SEAL_SHRINK, so the sender could \
+                 shrink it under our mapping (SIGBUS)"
+            );
+            write(fd_of(sock), &[REFUSED]).context("write")?;
+            std::process::exit(REFUSED_EXIT);
+        }
+        narrate::explain(format!(
+            "[receiver {me}] --trusting: maps it anyway, without F_SEAL_SHRINK"
+        ));
+    }
     let s = step(format!("[receiver {me}] fstat({raw})"));
     let size = s.check(fstat(&fd))?.st_size as usize;
     s.ok(format!("st_size {size}"));
@@ -327,8 +506,8 @@ pub fn receiver() -> anyhow::Result<()> {
     let s = step(format!(
         "[receiver {me}] mmap(NULL, {size}, PROT_READ, MAP_SHARED, {raw}, 0)"
     ));
-    // SAFETY: a fresh mapping at a kernel-chosen address; read only through
-    // volatile reads, because the sender maps the same page.
+    // SAFETY: a fresh read-only mapping at a kernel-chosen address; read
+    // only byte by byte through raw pointers (see read_message).
     let ptr = s.check(unsafe {
         mmap(
             None,
@@ -373,14 +552,16 @@ fn fd_of(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
-/// The NUL-terminated text at the start of the mapping (volatile reads).
+/// The NUL-terminated text at the start of the mapping.
 fn read_message(ptr: NonNull<libc::c_void>) -> String {
     let p = ptr.as_ptr().cast::<u8>();
     let mut out = Vec::new();
     for i in 0..MESSAGE.len() {
-        // SAFETY: i is inside the first page of the live mapping; volatile
-        // because another process maps it (this read raises SIGBUS if the
-        // file was shrunk, which is what the lesson shows).
+        // SAFETY: i is inside the first page of the live mapping. The sender
+        // wrote the message before it sent us the memfd and does not write
+        // it again while we run: the sendmsg/recvmsg pair orders its stores
+        // before these reads, so they race with nothing. (The read raises
+        // SIGBUS if the file was shrunk, which is what the lesson shows.)
         let b = unsafe { p.add(i).read_volatile() };
         if b == 0 {
             break;

@@ -24,13 +24,13 @@ const SIZE_KIB: i64 = (SIZE >> 10) as i64;
 /// What we store and read back after the name is gone.
 const MAGIC: u64 = 0xdeadbeef;
 
-fn shmem() -> anyhow::Result<i64> {
+pub(crate) fn shmem() -> anyhow::Result<i64> {
     let v = inspect::meminfo_kib("Shmem").context("/proc/meminfo has no Shmem: line")?;
     Ok(v as i64)
 }
 
 /// Print the `Shmem:` line and how far it moved since `since`.
-fn show_shmem(when: &str, since: i64) -> anyhow::Result<i64> {
+pub(crate) fn show_shmem(when: &str, since: i64) -> anyhow::Result<i64> {
     let now = shmem()?;
     fact(
         &format!("Shmem {when}"),

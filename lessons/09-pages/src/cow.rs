@@ -2,11 +2,11 @@
 
 use std::hint::black_box;
 use std::num::NonZeroUsize;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
-use common::narrate::{self, compare, explain, fact, section, step, subsection, warn};
+use common::call;
+use common::narrate::{compare, explain, fact, section, subsection, warn};
 use common::pages::minor_faults;
 use common::{cleanup, names, shm};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, mmap_anonymous, munmap, shm_unlink};
@@ -51,22 +51,25 @@ pub fn part2(page: usize) -> anyhow::Result<()> {
     section("2. fork and copy-on-write, counted in page faults");
     let len = NonZeroUsize::new(page).context("the page size is 0")?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {page}, PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)"
-    ));
     // SAFETY: a new anonymous mapping overlaps nothing of Rust's; it is only
     // accessed through util::word.
-    let private = s.check(unsafe { mmap_anonymous(None, len, rw, MapFlags::MAP_PRIVATE) })?;
-    s.ok(format!(
-        "{:p}   # ordinary private memory, like malloc's",
-        private.as_ptr()
-    ));
-    let s = step(format!(
-        "mmap(NULL, {page}, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
-    ));
+    let private = unsafe {
+        call!(mmap_anonymous(
+            None,
+            len,
+            rw,
+            MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS
+        ))
+    }?;
     // SAFETY: as above.
-    let shared = s.check(unsafe { mmap_anonymous(None, len, rw, MapFlags::MAP_SHARED) })?;
-    s.ok(format!("{:p}", shared.as_ptr()));
+    let shared = unsafe {
+        call!(mmap_anonymous(
+            None,
+            len,
+            rw,
+            MapFlags::MAP_SHARED | MapFlags::MAP_ANONYMOUS
+        ))
+    }?;
     // SAFETY: both are live, aligned, page-long mappings until the munmaps.
     let (pr, sh) = unsafe { (word(private, 0), word(shared, 0)) };
     pr.store(1, Ordering::SeqCst); // the parent touches both pages first
@@ -80,10 +83,9 @@ pub fn part2(page: usize) -> anyhow::Result<()> {
     );
     // ANCHOR: count
     let report = Report::new()?;
-    let s = step("fork()");
     // SAFETY: the child does atomic loads and stores, getrusage(2) and
     // write(2) (plain system calls: no lock, no allocation) and _exit.
-    let child = match s.check(unsafe { fork() })? {
+    let child = match unsafe { call!(fork()) }? {
         ForkResult::Child => {
             let warm = AtomicU64::new(0); // on this child's stack
             faults(&warm, Read); // run the measuring code once: its code,
@@ -102,7 +104,6 @@ pub fn part2(page: usize) -> anyhow::Result<()> {
         ForkResult::Parent { child } => child,
     };
     let guard = cleanup::child(child);
-    s.ok(child);
     let cost = report.receive(ACCESSES.len())?;
     util::reap_ok(child, guard)?;
     for (what, n) in ACCESSES.iter().zip(&cost) {
@@ -118,12 +119,10 @@ pub fn part2(page: usize) -> anyhow::Result<()> {
     );
     // ANCHOR_END: count
     explain_cost(&cost, pr.load(Ordering::SeqCst), sh.load(Ordering::SeqCst));
-    for (m, label) in [(private, "private"), (shared, "shared")] {
-        let s = step(format!("munmap({:p}, {page})   # {label}", m.as_ptr()));
+    for (m, _) in [(private, "private"), (shared, "shared")] {
         // SAFETY: exactly the mapping made above; pr and sh are not used
         // after this.
-        s.check(unsafe { munmap(m, page) })?;
-        s.ok(0);
+        unsafe { call!(munmap(m, page)) }?;
     }
     article_with_map_private(page)
 }
@@ -136,7 +135,7 @@ fn explain_cost(cost: &[i64], private_now: u64, shared_now: u64) {
              read-only. The first write cost exactly one fault: the kernel copied the page \
              for the child (copy-on-write) and the second write cost nothing. The shared page \
              is different: fork does not copy page-table entries of shared mappings (the \
-             kernel fills them on demand), so the first read cost one fault that maps the \
+             kernel fills them on demand: vma_needs_copy in mm/memory.c), so the first read cost one fault that maps the \
              same page, copying nothing; the write then cost no fault at all.",
         );
     } else {
@@ -163,23 +162,15 @@ fn article_with_map_private(page: usize) -> anyhow::Result<()> {
     subsection("the article's program, with MAP_PRIVATE instead of MAP_SHARED");
     let name = names::unique_name(9, "private");
     let (fd, object) = shm::create(&name)?;
-    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, page as libc::off_t))?;
-    s.ok(0);
+    call!(ftruncate(&fd, page as libc::off_t))?;
     let len = NonZeroUsize::new(page).context("the page size is 0")?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {page}, PROT_READ|PROT_WRITE, MAP_PRIVATE, {}, 0)",
-        fd.as_raw_fd()
-    ));
     // SAFETY: a new mapping overlaps nothing of Rust's; accessed through word.
-    let ptr = s.check(unsafe { mmap(None, len, rw, MapFlags::MAP_PRIVATE, &fd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
+    let ptr = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_PRIVATE, &fd, 0)) }?;
     // SAFETY: live, aligned and a page long until munmap below.
     let d = unsafe { word(ptr, 0) };
-    let s = step("fork()");
     // SAFETY: the child does one atomic store and _exit.
-    let child = match s.check(unsafe { fork() })? {
+    let child = match unsafe { call!(fork()) }? {
         ForkResult::Child => {
             d.store(0xdeadbeef, Ordering::SeqCst); // *d = 0xdeadbeef, as the article
             // SAFETY: _exit runs no destructor of the parent's objects.
@@ -188,7 +179,6 @@ fn article_with_map_private(page: usize) -> anyhow::Result<()> {
         ForkResult::Parent { child } => child,
     };
     let guard = cleanup::child(child);
-    s.ok(child);
     util::reap_ok(child, guard)?;
     let value = d.load(Ordering::SeqCst);
     println!("child wrote {value:#x}");
@@ -199,16 +189,10 @@ fn article_with_map_private(page: usize) -> anyhow::Result<()> {
         "the child's store went into its own copy of the page, made at that store and freed \
          when it exited. The article needs MAP_SHARED for the parent to see the child's write.",
     );
-    let s = step(format!(
-        "munmap({:p}, {page}); close; shm_unlink({name:?})",
-        ptr.as_ptr()
-    ));
     // SAFETY: exactly the mapping made above; d is not used after this.
-    s.check(unsafe { munmap(ptr, page) })?;
-    s.check(close(fd))?;
-    s.check(shm_unlink(name.as_str()))?;
+    unsafe { call!(munmap(ptr, page)) }?;
+    call!(close(fd))?;
+    call!(shm_unlink(name.as_str()))?;
     object.disarm(); // removed by the lesson itself
-    s.ok(0);
-    narrate::end_pending();
     Ok(())
 }

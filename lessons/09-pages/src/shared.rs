@@ -1,12 +1,12 @@
 //! Part 1: `MAP_SHARED` and `MAP_PRIVATE` on the same POSIX object.
 
 use std::num::NonZeroUsize;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use common::args::{Hold, hold_point};
-use common::narrate::{self, evidence, explain, fact, note, section, step, warn};
+use common::call;
+use common::narrate::{self, evidence, explain, fact, note, section, warn};
 use common::pages::{self, PagemapEntry};
 use common::{cleanup, names, shm};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
@@ -31,30 +31,19 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
     let name = names::unique_name(9, "same");
     let file = names::file_name(&name).to_string();
     let (fd, object) = shm::create(&name)?;
-    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, page as libc::off_t))?;
-    s.ok(0);
+    call!(ftruncate(&fd, page as libc::off_t))?;
     let len = NonZeroUsize::new(page).context("the page size is 0")?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {page}, PROT_READ|PROT_WRITE, MAP_SHARED, {}, 0)",
-        fd.as_raw_fd()
-    ));
     // SAFETY: a new mapping at an address the kernel picks overlaps nothing
     // of Rust's; it is only accessed through util::word (atomics).
-    let shared = s.check(unsafe { mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0) })?;
-    s.ok(format!("{:p}", shared.as_ptr()));
-    let s = step(format!(
-        "mmap(NULL, {page}, PROT_READ|PROT_WRITE, MAP_PRIVATE, {}, 0)",
-        fd.as_raw_fd()
-    ));
+    let shared = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_SHARED, &fd, 0)) }?;
     // SAFETY: as above.
-    let private = s.check(unsafe { mmap(None, len, rw, MapFlags::MAP_PRIVATE, &fd, 0) })?;
-    s.ok(format!("{:p}", private.as_ptr()));
+    let private = unsafe { call!(mmap(None, len, rw, MapFlags::MAP_PRIVATE, &fd, 0)) }?;
     // SAFETY: both mappings are live, page-aligned and a page long until the
     // munmap calls at the end of this part.
     let (sh, pr) = unsafe { (word(shared, 0), word(private, 0)) };
     sh.store(FIRST, Ordering::SeqCst); // the parent writes through MAP_SHARED
+    // ANCHOR_END: map_both
     fact(
         "the parent stored through MAP_SHARED",
         format!(
@@ -66,15 +55,13 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         "Both mappings show the same object. A MAP_PRIVATE mapping reads the object's page \
          until this process writes to it; only then does it get a copy of its own.",
     );
-    // ANCHOR_END: map_both
 
     // ANCHOR: child_writes
     let report = Report::new()?;
-    let (go_read, go_write) = pipe().context("pipe(go)")?;
-    let s = step("fork()");
+    let (go_read, go_write) = call!(pipe())?;
     // SAFETY: the child does atomic stores and loads, write(2), read(2) and
     // _exit: all async-signal-safe; no lock, no allocation.
-    let child = match s.check(unsafe { fork() })? {
+    let child = match unsafe { call!(fork()) }? {
         ForkResult::Child => {
             common::children::die_with_parent();
             sh.store(VIA_SHARED, Ordering::SeqCst); // *(u64 *)shared = 0xdeadbeef
@@ -88,11 +75,11 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         ForkResult::Parent { child } => child,
     };
     let guard = cleanup::child(child);
-    s.ok(child);
     explain(format!(
         "the child stores {VIA_SHARED:#x} through MAP_SHARED and {VIA_PRIVATE:#x} through \
          MAP_PRIVATE, reports what it reads back through a pipe, and waits."
     ));
+    // ANCHOR_END: child_writes
     let seen = report.receive(2)?;
     fact(
         "the child reads",
@@ -103,12 +90,10 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
         "the parent reads",
         format!("MAP_SHARED {our_shared:#x}, MAP_PRIVATE {our_private:#x}"),
     );
-    // ANCHOR_END: child_writes
     let mut buf = [0u8; 8];
-    let s = step(format!("pread({}, buf, 8, 0)", fd.as_raw_fd()));
-    s.check(pread(&fd, &mut buf, 0))?;
+    call!(pread(&fd, &mut buf[..], 0))?;
     let in_object = u64::from_ne_bytes(buf);
-    s.ok(format!("8: the object holds {in_object:#x}"));
+    fact("the object holds", format!("{in_object:#x}"));
     evidence(
         &format!("od -A x -t x8 -N 8 /dev/shm/{file}"),
         [format!("000000 {in_object:016x}"), "000008".to_string()],
@@ -131,7 +116,7 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
     }
     explain(
         "smaps counts a page as Shared when more than one process maps it, and as Private \
-         when only this one does. The child's MAP_SHARED page is the object's page, mapped \
+         when only this one does (Documentation/filesystems/proc.rst). The child's MAP_SHARED page is the object's page, mapped \
          by the parent too: Shared_Dirty. Its MAP_PRIVATE page is the copy the kernel made \
          at the child's first write, mapped by the child alone: Private_Dirty.",
     );
@@ -158,23 +143,16 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
     }
 
     // ANCHOR: end1
-    let s = step(format!("write(go, \"x\", 1); waitpid({child})"));
-    s.check(write(&go_write, b"x"))?;
+    call!(write(&go_write, &b"x"[..]))?; // the child may exit now
     util::reap_ok(child, guard)?;
-    s.ok("the child exited with status 0");
-    for (m, label) in [(shared, "shared"), (private, "private")] {
-        let s = step(format!("munmap({:p}, {page})   # {label}", m.as_ptr()));
+    for (m, _) in [(shared, "shared"), (private, "private")] {
         // SAFETY: exactly the mapping made above; no reference into it is
         // used after this (sh and pr end here).
-        s.check(unsafe { munmap(m, page) })?;
-        s.ok(0);
+        unsafe { call!(munmap(m, page)) }?;
     }
-    let raw = fd.as_raw_fd();
-    let s = step(format!("close({raw}); shm_unlink({name:?})"));
-    s.check(close(fd))?;
-    s.check(shm_unlink(name.as_str()))?;
+    call!(close(fd))?;
+    call!(shm_unlink(name.as_str()))?;
     object.disarm(); // removed by the lesson itself
-    s.ok(0);
     // ANCHOR_END: end1
     Ok(())
 }

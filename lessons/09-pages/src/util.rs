@@ -52,9 +52,11 @@ impl Report {
         }
     }
 
-    /// In the parent: receive `n` numbers (blocks until the child sends them;
-    /// an error if it died first).
-    pub fn receive(&self, n: usize) -> anyhow::Result<Vec<i64>> {
+    /// In the parent, after the fork: receive `n` numbers (blocks until the
+    /// child sends them; an error if it ends first). Our own write end is
+    /// closed first, so a child that dies gives end-of-file, not a hang.
+    pub fn receive(self, n: usize) -> anyhow::Result<Vec<i64>> {
+        drop(self.write);
         let mut buf = vec![0u8; n * 8];
         let mut got = 0;
         while got < n * 8 {

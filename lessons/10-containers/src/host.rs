@@ -39,6 +39,25 @@ pub fn segments_listing() -> (&'static str, Vec<String>) {
     }
 }
 
+/// `ipcs -l -m` when installed, else the limits from `/proc/sys/kernel`.
+pub fn ipcs_limits() -> Vec<String> {
+    let out = std::process::Command::new("ipcs")
+        .args(["-l", "-m"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect(),
+        _ => ["shmmni", "shmmax", "shmall"]
+            .iter()
+            .map(|n| format!("kernel.{n} = {}   # (no ipcs)", sysctl(n)))
+            .collect(),
+    }
+}
+
 pub struct Snapshot {
     segments: Vec<String>,
     sysctls: Vec<(String, String)>,
@@ -54,7 +73,6 @@ impl Snapshot {
         }
     }
 
-    #[allow(dead_code)] // used by part 4 (next commit)
     pub fn sysctl(&self, name: &str) -> &str {
         self.sysctls
             .iter()

@@ -11,16 +11,15 @@
 //! the keeper, the namespace's last process, exits, the namespace and every
 //! segment in it are destroyed (ipc_namespaces(7)).
 
-use std::os::fd::AsRawFd;
-
 use anyhow::bail;
 use common::args::{Hold, hold_point};
-use common::narrate::{evidence, explain, fact, section, step, subsection};
-use common::{cleanup, inspect, names, ns, shm, sysv};
+use common::narrate::{evidence, explain, fact, section, subsection};
+use common::{attempt, call, cleanup, inspect, names, ns, shm, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
+use nix::sys::uio::{pread, pwrite};
 use nix::unistd::{Pid, ftruncate, getpid};
 
 use crate::kept;
@@ -36,25 +35,11 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
 
     // ANCHOR: host
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget({}, {page}, {})",
-        sysv::key_string(key),
-        sysv::shmflg_string(flags)
-    ));
-    let shmid = s.check(sysv::shmget(key, page, flags))?;
+    let shmid = call!(sysv::shmget(key => call::ipc_key, page, flags => call::ipc_flags))?;
     let segment = cleanup::sysv_segment(shmid); // removed on every path
-    s.ok(format!("shmid {shmid}"));
     let (fd, object) = shm::create(&name)?;
-    let s = step(format!("ftruncate({}, {page})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, page as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!(
-        "pwrite({}, {GREETING:?}, {}, 0)",
-        fd.as_raw_fd(),
-        GREETING.len()
-    ));
-    let written = s.check(nix::sys::uio::pwrite(&fd, GREETING.as_bytes(), 0))?;
-    s.ok(written);
+    call!(ftruncate(&fd, page as libc::off_t))?;
+    call!(pwrite(&fd, GREETING.as_bytes(), 0))?;
     evidence("ipcs -m   # on the host", inspect::ipcs_rows(shmid));
     let host_ipc = ns::identity(None, "ipc").unwrap_or_default();
     fact("readlink /proc/self/ns/ipc", &host_ipc);
@@ -125,19 +110,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
 
     // ANCHOR: gone
     subsection("The keeper, the namespace's last process, has exited");
-    let members: Vec<i32> = inspect::pids()
+    // Only our own children: once the namespace is gone, the kernel may give
+    // its inode number to a new one (another run's), so a scan of every
+    // process would find strangers.
+    let me = getpid().as_raw();
+    let ours: Vec<i32> = inspect::pids()
         .into_iter()
+        .filter(|&p| parent_of(p) == Some(me))
         .filter(|&p| ns::identity(Some(Pid::from_raw(p)), "ipc").as_deref() == Some(&inner_ipc))
         .collect();
     fact(
-        &format!("processes in {inner_ipc}"),
-        format!("{members:?} (from /proc/*/ns/ipc)"),
+        &format!("processes of this run in {inner_ipc}"),
+        format!("{ours:?} (the keeper {k} and the visitors were reaped by waitpid)"),
     );
-    if !members.is_empty() {
-        bail!("processes are still in the keeper's namespace: {members:?}");
+    if !ours.is_empty() {
+        bail!("processes are still in the keeper's namespace: {ours:?}");
     }
     explain(format!(
-        "No process is left in {inner_ipc}. ipc_namespaces(7): when the last process of an \
+        "No process is left in {inner_ipc}: its last one, the keeper, has exited. ipc_namespaces(7): when the last process of an \
          IPC namespace ends, the namespace and all its IPC objects are destroyed. So the \
          visitor's segment, which nobody removed, is gone too: a container's segments die \
          with the container. (A bind mount or an open descriptor of /proc/PID/ns/ipc would \
@@ -145,15 +135,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     ));
     // ANCHOR_END: gone
 
-    let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-    s.check(sysv::shmctl_rmid(shmid))?;
-    segment.disarm();
-    s.ok(0);
     drop(fd);
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name.as_str()))?;
-    object.disarm();
-    s.ok(0);
+    remove(shmid, segment, &name, object)?;
     fact(
         "result 1",
         format!(
@@ -161,6 +144,20 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
              POSIX object opened; the namespace's segment died with it"
         ),
     );
+    Ok(())
+}
+
+/// `shmctl(IPC_RMID)` and `shm_unlink`: the run removes what it made.
+pub fn remove(
+    shmid: i32,
+    segment: cleanup::Guard,
+    name: &str,
+    object: cleanup::Guard,
+) -> anyhow::Result<()> {
+    call!(sysv::shmctl_rmid(shmid))?;
+    segment.disarm();
+    call!(shm_unlink(name))?;
+    object.disarm();
     Ok(())
 }
 
@@ -174,36 +171,27 @@ pub fn keeper() -> anyhow::Result<()> {
     Ok(())
 }
 
-// ANCHOR: visit
 /// The visitor, in the keeper's IPC namespace: `KEY NAME`.
 pub fn visit(args: &[String]) -> anyhow::Result<()> {
     let (key, name) = key_and(args)?;
     evidence("ipcs -m   # inside", crate::host::segments_listing().1);
     let segments = inspect::sysv_segments().len();
     fact("segments in /proc/sysvipc/shm", segments);
-    let s = step(format!("shmget({}, 0, 0)", names::key_hex(key)));
-    match s.outcome(sysv::shmget(key, 0, 0), |id| format!("shmid {id}")) {
+    // ANCHOR: visit
+    match attempt!(sysv::shmget(key => call::ipc_key, 0, 0)) {
         Err(Errno::ENOENT) => fact("result inside", "shmget(host key) = ENOENT"),
         other => bail!("expected ENOENT for the host's key inside, got {other:?}"),
     }
-    let s = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
-    let fd = s.check(shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty()))?;
-    s.ok(format!("fd {}", fd.as_raw_fd()));
+    let fd = call!(shm_open(name.as_str(), OFlag::O_RDONLY => |_: &OFlag| "O_RDONLY".to_string(), Mode::empty()))?;
     let mut buf = [0u8; GREETING.len()];
-    let s = step(format!("pread({}, buf, {}, 0)", fd.as_raw_fd(), buf.len()));
-    let n = s.check(nix::sys::uio::pread(&fd, &mut buf, 0))?;
-    s.ok(format!("{n}: {:?}", String::from_utf8_lossy(&buf[..n])));
+    let n = call!(pread(&fd, &mut buf[..], 0))?;
+    fact("read", format!("{:?}", String::from_utf8_lossy(&buf[..n])));
     fact("result inside", "the host's POSIX object opened");
 
     let page = inspect::page_size();
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget({}, {page}, {})",
-        names::key_hex(key),
-        sysv::shmflg_string(flags)
-    ));
-    let shmid = s.check(sysv::shmget(key, page, flags))?;
-    s.ok(format!("shmid {shmid}"));
+    let shmid = call!(sysv::shmget(key => call::ipc_key, page, flags => call::ipc_flags))?;
+    // ANCHOR_END: visit
     evidence("ipcs -m   # inside", inspect::ipcs_rows(shmid));
     explain(format!(
         "The same key, a new segment: keys are per IPC namespace. pid {} exits now without \
@@ -212,7 +200,6 @@ pub fn visit(args: &[String]) -> anyhow::Result<()> {
     ));
     Ok(())
 }
-// ANCHOR_END: visit
 
 /// The second visitor: `KEY VISITOR_PID`. The visitor's segment is still
 /// there, attached by nobody, its creator gone.
@@ -237,6 +224,15 @@ pub fn look(args: &[String]) -> anyhow::Result<()> {
         other => bail!("expected the visitor's segment, unattached, saw {other:?}"),
     }
     Ok(())
+}
+
+/// The parent pid of process `pid` (`PPid:` in /proc/PID/status).
+fn parent_of(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn key_and(args: &[String]) -> anyhow::Result<(i32, String)> {

@@ -83,7 +83,7 @@ pub fn child_main(argv: &[String]) -> ExitCode {
         "private" | "shareable" | "none" | "host" => modes::container(role, &args),
         "container" => modes::join(&args[1..]),
         "shm-size" => shmsize::inside(),
-        "limits" => limits::inside(),
+        "limits" => limits::inside(&args),
         "removeipc" => removeipc::inside(&args),
         _ => bail!("no role {role}"),
     })

@@ -35,12 +35,18 @@ fn fact<'a>(text: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
 }
 
-/// Every process (that we may see) in the namespace `identity`.
-fn members(kind: &str, identity: &str) -> Vec<i32> {
-    inspect::pids()
-        .into_iter()
-        .filter(|&p| ns::identity(Some(Pid::from_raw(p)), kind).as_deref() == Some(identity))
-        .collect()
+/// Each of `pids` has exited, or (its pid reused by a stranger) is not in
+/// the namespace `identity`. Not "no process is in it": once a namespace
+/// is gone, the kernel may give its inode number to a new one (another
+/// run's), so a scan of every process could find strangers.
+fn all_gone(pids: &[i32], kind: &str, identity: &str) {
+    for &p in pids {
+        let now = ns::identity(Some(Pid::from_raw(p)), kind);
+        assert!(
+            !inspect::pid_alive(p) || now.as_deref() != Some(identity),
+            "pid {p} is still in {identity}"
+        );
+    }
 }
 
 /// A run that ended 0, or 77 because this machine refuses the namespaces
@@ -83,7 +89,7 @@ fn assert_part1(text: &str) {
         "{text}"
     );
     assert!(
-        text.contains("19: \"written on the host\""),
+        fact(text, "read") == "\"written on the host\"",
         "the POSIX object was not read inside:\n{text}"
     );
     let visitor = child_pid(text, "visit");
@@ -91,10 +97,10 @@ fn assert_part1(text: &str) {
         fact(text, "result later").starts_with(&format!("the segment of pid {visitor} ")),
         "{text}"
     );
-    // The namespace is gone: the test finds no process in it now.
-    assert_eq!(members("ipc", inner), Vec::<i32>::new());
+    // The namespace is gone: every process that was in it has exited.
+    all_gone(&[keeper, visitor, child_pid(text, "look")], "ipc", inner);
     assert!(
-        text.contains(&format!("processes in {inner}: [] ")),
+        text.contains(&format!("processes of this run in {inner}: [] ")),
         "{text}"
     );
 }
@@ -145,7 +151,7 @@ fn part1_seen_from_outside_while_the_keeper_holds_then_ctrl_c_cleans_up() {
     let (code, err) = run.finish(Duration::from_secs(30));
     assert_eq!(code, Some(130), "{err}");
     assert!(err.contains("interrupted by SIGINT"), "{err}");
-    assert_eq!(members("ipc", &inner), Vec::<i32>::new(), "keeper left");
+    all_gone(&[keeper], "ipc", &inner);
     testkit::assert_nothing_left_by(10, lesson);
 }
 
@@ -188,9 +194,15 @@ fn without_namespaces_it_says_why_and_exits_77() {
 
 #[test]
 fn four_runs_at_once_do_not_collide() {
-    for (pid, out) in testkit::run_concurrently(bin(), &["--part", "1"], 4) {
+    // Whole runs: every part, four times at once.
+    for (pid, out) in testkit::run_concurrently(bin(), &[], 4) {
         if ran(&out) {
-            assert_part1(&stdout(&out));
+            let text = stdout(&out);
+            assert_part1(&text);
+            assert!(fact(&text, "result container").ends_with("twice, nattch 2"));
+            assert_eq!(fact(&text, "df /dev/shm"), "67108864 bytes");
+            assert_eq!(fact(&text, "result shmmni"), "ENOSPC after 2 segments");
+            assert_eq!(fact(&text, "result host limits"), "unchanged");
         }
         testkit::assert_nothing_left_by(10, pid);
     }
@@ -208,4 +220,218 @@ fn bad_arguments_print_usage_and_exit_2() {
             &["--hold"],
         ],
     );
+}
+
+fn pair(text: &str, label: &str) -> (String, String) {
+    let v = fact(text, label);
+    let (a, b) = v.split_once(' ').unwrap_or_else(|| panic!("{label}: {v}"));
+    (a.to_string(), b.to_string())
+}
+
+#[test]
+fn part2_each_ipc_mode_shares_what_docker_shares() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "2"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        let (host_ipc, host_mnt) = pair(&text, "host ipc / mnt");
+        // private: both namespaces its own; the host saw neither object.
+        let (ipc, mnt) = pair(&text, "container ipc / mnt");
+        assert!(ipc != host_ipc && mnt != host_mnt, "{text}");
+        assert_eq!(fact(&text, "the host sees"), "key: no, name: no", "{text}");
+        // shareable + container:one: the joiner reads the same namespaces
+        // from its own /proc/self/ns, and the values through both objects.
+        let one = pair(&text, "container one ipc / mnt");
+        assert!(one.0 != host_ipc && one.1 != host_mnt, "{text}");
+        assert_eq!(fact(&text, "readlink /proc/self/ns/ipc"), one.0);
+        assert_eq!(fact(&text, "readlink /proc/self/ns/mnt"), one.1);
+        assert!(
+            fact(&text, "result container").ends_with("0x5ca1ab1e00000010 twice, nattch 2"),
+            "{text}"
+        );
+        // host: the host's namespace.
+        assert_eq!(fact(&text, "container ipc"), host_ipc);
+        // none: shm_open fails with the real errno, System V works.
+        assert!(
+            fact(&text, "result none").starts_with("shm_open = ENOENT, shmget = shmid "),
+            "{text}"
+        );
+        assert!(
+            text.contains("docker run --ipc=container:one IMAGE"),
+            "{text}"
+        );
+        for role in ["private", "shareable", "host", "none"] {
+            testkit::assert_nothing_left_by(10, child_pid(&text, role) as u32);
+        }
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn part2_sigterm_while_a_shareable_container_holds() {
+    let mut run = testkit::start(bin(), &["--part", "2", "--hold", "600"]);
+    let lesson = run.pid();
+    run.wait_for("holding for 600 s", Duration::from_secs(60));
+    let one = child_pid(&run.seen, "shareable");
+    let theirs = (
+        ns::identity(Some(Pid::from_raw(one)), "ipc").expect("alive"),
+        ns::identity(Some(Pid::from_raw(one)), "mnt").expect("alive"),
+    );
+    assert_ne!(Some(theirs.0.clone()), ns::identity(None, "ipc"));
+    assert_ne!(Some(theirs.1.clone()), ns::identity(None, "mnt"));
+    // Its object is in its own /dev/shm, not in the host's.
+    let name = format!("shm-lessons-10-{one}-shareable");
+    assert!(!testkit::shm_exists(&name), "{name} is on the host");
+    assert!(
+        std::fs::metadata(format!("/proc/{one}/root/dev/shm/{name}")).is_ok()
+            || !testkit::is_root(),
+        "{name} is not in the container's /dev/shm"
+    );
+    run.signal(nix::sys::signal::Signal::SIGTERM);
+    let (code, err) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, Some(143), "{err}");
+    all_gone(&[one], "ipc", &theirs.0);
+    testkit::assert_nothing_left_by(10, lesson);
+    testkit::assert_nothing_left_by(10, one as u32);
+}
+
+#[test]
+fn part3_a_64_mib_dev_shm_gives_sigbus_or_enospc() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "3"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        assert_eq!(fact(&text, "df /dev/shm"), "67108864 bytes", "{text}");
+        // The child was killed by SIGBUS, and its own handler saw BUS_ADRERR.
+        assert_eq!(fact(&text, "the child"), "killed by SIGBUS (signal 7)");
+        let r = fact(&text, "result ftruncate");
+        assert!(r.starts_with("SIGBUS with si_code=BUS_ADRERR"), "{r}");
+        // It wrote exactly what the tmpfs holds, then faulted.
+        let bytes = testkit::number_after(r, "pages (");
+        assert_eq!(bytes, 64 << 20, "{r}");
+        let pages = testkit::number_after(r, " after ") as usize;
+        assert_eq!(pages * inspect::page_size(), 64 << 20, "{r}");
+        assert!(
+            text.contains("posix_fallocate(4, 0, 100663296) = -1 ENOSPC (No space left on device)")
+                || text.contains(", 0, 100663296) = -1 ENOSPC"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "could not resize shared memory segment \"/PostgreSQL.NNN\" to 100663296 bytes: No space left on device"
+        ));
+        testkit::assert_nothing_left_by(10, child_pid(&text, "shm-size") as u32);
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+fn host_sysctls() -> Vec<(String, String)> {
+    ["shmmax", "shmall", "shmmni", "shm_rmid_forced"]
+        .iter()
+        .map(|n| {
+            let v = std::fs::read_to_string(format!("/proc/sys/kernel/{n}")).unwrap();
+            (n.to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn part4_small_limits_in_the_lessons_namespace_give_the_documented_errnos() {
+    let before = host_sysctls();
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "4"]);
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    if ran(&out) {
+        let text = stdout(&out);
+        let page = inspect::page_size();
+        assert_eq!(
+            fact(&text, "result shmmax"),
+            format!("EINVAL for {} bytes", 2 * page)
+        );
+        assert_eq!(
+            fact(&text, "result shmall"),
+            "ENOSPC after 2 one-page segments"
+        );
+        assert_eq!(fact(&text, "result shmmni"), "ENOSPC after 2 segments");
+        assert_eq!(
+            fact(&text, "result shm_rmid_forced=0"),
+            "still there after the last shmdt"
+        );
+        assert_eq!(
+            fact(&text, "result shm_rmid_forced=1"),
+            "gone at the last shmdt (IPC_STAT: EINVAL)"
+        );
+        // The writes happened in the child's namespace, not the host's.
+        let child = child_pid(&text, "limits");
+        assert!(text.contains(&format!("child: pid {child} (limits)\n  ▸ unshare(")));
+        assert!(text.contains("write(\"/proc/sys/kernel/shmmni\", \"2\") = 0"));
+        if text.contains("------ Shared Memory Limits") {
+            assert!(text.contains("| max number of segments = 2"), "{text}");
+        }
+        assert_eq!(fact(&text, "result host limits"), "unchanged");
+    }
+    testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn the_whole_lesson_runs_as_nobody() {
+    let before = host_sysctls();
+    let Some(out) = testkit::run_as_nobody(bin(), &[]) else {
+        return;
+    };
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    if ran(&out) {
+        let text = stdout(&out);
+        for r in [
+            "result 1",
+            "result none",
+            "result ftruncate",
+            "result shmmni",
+            "result host limits",
+        ] {
+            fact(&text, r);
+        }
+        assert_eq!(
+            fact(&text, "result logout 65534"),
+            "removed 1 segment(s) and 1 file(s)"
+        );
+    }
+}
+
+#[test]
+fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
+    let (pid, out) = testkit::run_with_pid(bin(), &["--part", "5"]);
+    if ran(&out) {
+        let text = stdout(&out);
+        // The setting, as the test finds it: an uncommented RemoveIPC= in a
+        // logind.conf anywhere systemd looks, else the default.
+        let set_somewhere = ["/etc", "/run", "/usr/local/lib", "/usr/lib"]
+            .iter()
+            .flat_map(|d| {
+                let main = format!("{d}/systemd/logind.conf");
+                let dropins = std::fs::read_dir(format!("{d}/systemd/logind.conf.d"))
+                    .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+                    .unwrap_or_else(|_| Vec::new());
+                std::iter::once(main.into()).chain(dropins)
+            })
+            .filter_map(|p: std::path::PathBuf| std::fs::read_to_string(p).ok())
+            .any(|t| t.lines().any(|l| l.trim().starts_with("RemoveIPC=")));
+        let effective = fact(&text, "RemoveIPC, effective");
+        assert_eq!(
+            effective.starts_with("yes (the default"),
+            !set_somewhere,
+            "{effective}"
+        );
+        let logind = fact(&text, "systemd-logind");
+        assert_eq!(
+            logind.starts_with("not systemd"),
+            !Path::new("/run/systemd/system").exists(),
+            "{logind}"
+        );
+        if testkit::is_root() {
+            assert_eq!(
+                fact(&text, "result logout 1000"),
+                "removed 1 segment(s) and 1 file(s)"
+            );
+            let sys = testkit::number_after(&text, "system users: uid <= ");
+            assert_eq!(fact(&text, &format!("result logout {sys}")), "spared");
+        }
+    }
+    testkit::assert_nothing_left_by(10, pid);
 }

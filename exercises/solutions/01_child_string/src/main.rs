@@ -11,7 +11,7 @@
 //! the text `hello from the child`, followed by one 0 byte, at the start of
 //! the shared page; the parent reads bytes up to the 0 and reports them.
 //!
-//! Edit the TODO, then: `cargo run -p exercises -- check 01_child_string`
+//! Check it: `cargo run -p exercises -- check 01_child_string --solution`
 //! (run it by hand: `cargo run -p ex01_child_string`).
 
 use std::num::NonZeroUsize;

@@ -10,7 +10,7 @@
 //! 0xdeadbeef into the mapped page and the parent reads it after waitpid.
 //! But the parent reads 0. One argument is wrong; find it and fix it.
 //!
-//! Edit the TODO, then: `cargo run -p exercises -- check 01_map_shared`
+//! Check it: `cargo run -p exercises -- check 01_map_shared --solution`
 //! (run it by hand: `cargo run -p ex01_map_shared`).
 
 use std::num::NonZeroUsize;

@@ -11,7 +11,7 @@
 //! pread, to prove the number reached the object. It dies with SIGBUS at the
 //! store. One call is missing.
 //!
-//! Edit the TODO, then: `cargo run -p exercises -- check 03_ftruncate`
+//! Check it: `cargo run -p exercises -- check 03_ftruncate --solution`
 //! (run it by hand: `cargo run -p ex03_ftruncate; echo $?`).
 
 use std::num::NonZeroUsize;

@@ -12,7 +12,7 @@
 //! it, forks two workers, and each adds 1 to the counter PER_WORKER times.
 //! The total should be exactly 2 * PER_WORKER, but increments get lost.
 //!
-//! Edit the TODO, then: `cargo run -p exercises -- check 06_atomic_counter`
+//! Check it: `cargo run -p exercises -- check 06_atomic_counter --solution`
 //! (by hand, create the object first: the program does not create it).
 
 use std::num::NonZeroUsize;

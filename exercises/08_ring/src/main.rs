@@ -1,0 +1,117 @@
+//! Exercise 08_ring (lesson 8): send through a ring in shared memory, not a
+//! pipe.
+//!
+//! A producer (the parent) sends the numbers 1..=COUNT to a consumer (a
+//! forked child), which adds them up. It works, through a pipe: two system
+//! calls and two copies per message. Replace the pipe by a single-producer,
+//! single-consumer ring in the checker's object (its name is `kit::name()`):
+//!
+//! - offset 0: `head` (u64), the number of messages pushed so far,
+//!   written only by the producer;
+//! - offset 64: `tail` (u64), the number of messages popped so far,
+//!   written only by the consumer (another cache line);
+//! - offset 128: SLOTS slots of u64; message i goes to slot i % SLOTS.
+//!
+//! The checker reads `head` afterwards: every message must have gone
+//! through the ring. The consumer leaves its sum at offset SUM_OFFSET
+//! and the parent reports it after waitpid.
+//!
+//! Edit the TODOs, then: `cargo run -p exercises -- check 08_ring`
+
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::OFlag;
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, shm_open};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, SysconfVar, fork, pipe, read, sysconf, write};
+
+const COUNT: u64 = 20_000;
+const SLOTS: u64 = 32;
+const HEAD_OFFSET: usize = 0;
+const TAIL_OFFSET: usize = 64;
+const SLOTS_OFFSET: usize = 128;
+const SUM_OFFSET: usize = 512;
+
+/// The shared page, seen as the ring's fields (all atomics: two processes
+/// use them at once).
+struct Ring {
+    base: *mut u8,
+}
+
+impl Ring {
+    fn word(&self, off: usize) -> &AtomicU64 {
+        // SAFETY: every offset used is 8-byte aligned and below 1024, inside
+        // the page, which stays mapped until the process exits.
+        unsafe { &*self.base.add(off).cast::<AtomicU64>() }
+    }
+    fn head(&self) -> &AtomicU64 {
+        self.word(HEAD_OFFSET)
+    }
+    fn tail(&self) -> &AtomicU64 {
+        self.word(TAIL_OFFSET)
+    }
+    fn slot(&self, i: u64) -> &AtomicU64 {
+        self.word(SLOTS_OFFSET + 8 * (i % SLOTS) as usize)
+    }
+
+    /// Producer: wait while the ring is full, then store the value in the
+    /// next slot and publish it by advancing head.
+    fn push(&self, value: u64) {
+        // TODO
+        let _ = (value, self.head(), self.tail(), self.slot(0));
+    }
+
+    /// Consumer: wait while the ring is empty, then take the oldest value
+    /// and free its slot by advancing tail.
+    fn pop(&self) -> u64 {
+        // TODO
+        0
+    }
+}
+
+fn main() {
+    let name = kit::name();
+    let page = sysconf(SysconfVar::PAGE_SIZE).unwrap().unwrap() as usize;
+    let fd = shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()).expect("shm_open");
+    let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let len = NonZeroUsize::new(page).unwrap();
+    // SAFETY: a fresh mapping chosen by the kernel; used only through the
+    // atomics of Ring.
+    let ptr = unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) }.expect("mmap");
+    let ring = Ring {
+        base: ptr.as_ptr().cast(),
+    };
+    let _ = Ring::push;
+    let _ = Ring::pop;
+
+    // TODO: the pipe below is what the ring replaces.
+    let (rx, tx) = pipe().expect("pipe");
+    // SAFETY: the child only reads the pipe (or pops), adds and stores the
+    // sum (atomics), then _exit: no allocation, no stdio.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let mut sum = 0u64;
+            for _ in 0..COUNT {
+                let mut buf = [0u8; 8];
+                let mut got = 0;
+                while got < 8 {
+                    got += read(&rx, &mut buf[got..]).expect("read");
+                }
+                sum += u64::from_ne_bytes(buf);
+            }
+            ring.word(SUM_OFFSET).store(sum, Ordering::Release);
+            // SAFETY: leave without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            for i in 1..=COUNT {
+                write(&tx, &i.to_ne_bytes()).expect("write");
+            }
+            let status = waitpid(child, None).expect("waitpid");
+            assert_eq!(status, WaitStatus::Exited(child, 0), "the consumer failed");
+        }
+    }
+    kit::report_u64(ring.word(SUM_OFFSET).load(Ordering::Acquire));
+}
