@@ -380,7 +380,11 @@ fn part5_hugetlb_errno_and_thp_faults_and_the_host_is_unchanged() {
                 (rss - pmd_mapped) / page_kib + pmd_mapped / pmd_kib,
                 "{text}"
             );
-            assert!(big < small, "{text}");
+            if pmd <= 64 << 20 {
+                // 64 MiB holds whole huge pages (not so with 64 KiB pages,
+                // whose PMD maps 512 MiB).
+                assert!(big < small, "{text}");
+            }
         }
         Some(77) => {
             assert!(
