@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::args::{Hold, hold_point};
+use common::call::ipc_key;
 use common::children;
 use common::narrate::{compare, evidence, explain, fact, note, section, step, subsection};
-use common::{cleanup, fault, inspect, names, sysv};
+use common::sysv::{self, shmget};
+use common::{call, cleanup, fault, inspect, names};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -73,11 +75,10 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     );
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
 
-    let s = step("fork()");
     // SAFETY: the child makes only async-signal-safe calls (shm_open is open(2)
     // on a path built on the stack, ftruncate, shmget, shmat, a volatile
     // store, write, pause, _exit) on data prepared before the fork.
-    match s.check(unsafe { fork() })? {
+    match unsafe { call!(fork()) }? {
         // SAFETY: in the child, only the async-signal-safe calls listed above,
         // on a C string and integers made before the fork; the volatile store
         // goes to the start of the page shmat just attached.
@@ -107,7 +108,6 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
         ForkResult::Parent { child } => {
             let child_guard = cleanup::child(child);
             drop(ready_w);
-            s.ok(format!("{child}"));
             narrate_child(&name, key, size);
             if read_byte(&ready_r, Duration::from_secs(10))?.is_none() {
                 let status = waitpid(child, None).context("waitpid")?;
@@ -125,26 +125,15 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             // ANCHOR_END: child
 
             // ANCHOR: kill
-            let s = step(format!("shmget({}, 0, 0)", names::key_hex(key)));
-            let shmid = s.check(sysv::shmget(key, 0, 0))?;
-            s.ok(format!(
-                "{shmid}: the parent finds the child's segment by its key"
-            ));
+            let shmid = call!(shmget(key => ipc_key, 0, 0))?; // the child's, by its key
             evidence(
                 &format!("ls -l /dev/shm/{file}"),
                 inspect::dev_shm_ls(&name),
             );
             evidence("ipcs -m", inspect::ipcs_rows(shmid));
-
-            let s = step(format!("kill({child}, SIGKILL)"));
-            s.check(kill(child, Signal::SIGKILL))?;
-            s.ok(0);
-            let s = step(format!("waitpid({child}, &status, 0)"));
-            let status = s
-                .check(children::wait_deadline(child, Duration::from_secs(10)))?
-                .status();
+            call!(kill(child, Signal::SIGKILL))?;
+            let status = call!(waitpid(child, None))?; // SIGKILL: it cannot linger
             child_guard.disarm();
-            s.ok(fault::describe(status));
             if status != WaitStatus::Signaled(child, Signal::SIGKILL, false) {
                 bail!(
                     "expected the child to die of SIGKILL: {}",
@@ -212,16 +201,15 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
 
             // ANCHOR: remove
             subsection("Removing them: the calls, and the same from a shell");
-            let s = step(format!("shm_unlink({name:?})"));
-            s.check(shm_unlink(name.as_str()))?;
+            call!(shm_unlink(name.as_str()))?;
             object.disarm();
-            s.ok(format!("0   (from a shell: rm /dev/shm/{file})"));
+            fact("from a shell", format!("rm /dev/shm/{file}"));
             if seg.is_some() {
-                let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-                s.check(sysv::shmctl_rmid(shmid))?;
-                s.ok(format!("0   (from a shell: ipcrm -m {shmid})"));
+                call!(sysv::shmctl_rmid(shmid))?;
+                fact("from a shell", format!("ipcrm -m {shmid}"));
             }
             segment.disarm();
+            // ANCHOR_END: remove
             evidence(
                 &format!("ls -l /dev/shm/{file}"),
                 inspect::dev_shm_ls(&name),
@@ -241,7 +229,6 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                  and its next start fails with EEXIST. The table slot lasts at most as long \
                  as the IPC namespace (the container) it was made in.",
             );
-            // ANCHOR_END: remove
         }
     }
     Ok(())
@@ -291,11 +278,10 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     // ANCHOR: sticky
     let path = CString::new(format!("/dev/shm/{}", names::file_name(name)))?;
     let (r, w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-    let s = step("fork()");
     // SAFETY: the child makes only async-signal-safe calls (setgroups,
     // setgid, setuid, unlink, shmctl: plain system calls; write, _exit) on
     // data prepared before the fork.
-    match s.check(unsafe { fork() })? {
+    match unsafe { call!(fork()) }? {
         // SAFETY: see above; `path` and `shmid` were made before the fork.
         ForkResult::Child => unsafe {
             // errno of each call, 0 for success: [become nobody, unlink, IPC_RMID]
@@ -325,7 +311,6 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
         ForkResult::Parent { child } => {
             let guard = cleanup::child(child);
             drop(w);
-            s.ok(format!("{child}"));
             let status = children::wait_deadline(child, Duration::from_secs(10))
                 .context("waitpid")?
                 .status();
