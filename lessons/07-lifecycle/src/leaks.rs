@@ -53,28 +53,10 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let size = inspect::page_size();
     let cname = CString::new(name.as_str())?; // built before fork: the child must not allocate
 
-    // ANCHOR: child
-    // Both must be free now; from here on, guards remove them on every path
-    // (Ctrl-C included), since the child will never remove them itself.
-    if shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty()).err() != Some(Errno::ENOENT)
-        || sysv::shmget(key, 0, 0) != Err(Errno::ENOENT)
-    {
-        bail!("{name} or key {} already exists", names::key_hex(key));
-    }
-    let object = cleanup::posix_object(&name);
-    let segment = cleanup::Guard::new(
-        format!(
-            "shmctl(shmget({}, 0, 0), IPC_RMID, NULL)",
-            names::key_hex(key)
-        ),
-        move || {
-            if let Ok(id) = sysv::shmget(key, 0, 0) {
-                let _ = sysv::shmctl_rmid(id);
-            }
-        },
-    );
+    let (object, segment) = guards(&name, key)?; // the child will never remove them
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
 
+    // ANCHOR: child
     // SAFETY: the child makes only async-signal-safe calls (shm_open is open(2)
     // on a path built on the stack, ftruncate, shmget, shmat, a volatile
     // store, write, pause, _exit) on data prepared before the fork.
@@ -109,6 +91,7 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             let child_guard = cleanup::child(child);
             drop(ready_w);
             narrate_child(&name, key, size);
+            // ANCHOR_END: child
             if read_byte(&ready_r, Duration::from_secs(10))?.is_none() {
                 let status = waitpid(child, None).context("waitpid")?;
                 child_guard.disarm();
@@ -122,7 +105,6 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                     fault::describe(status)
                 );
             }
-            // ANCHOR_END: child
 
             // ANCHOR: kill
             let shmid = call!(shmget(key => ipc_key, 0, 0))?; // the child's, by its key
@@ -161,30 +143,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             match (&seg, forced) {
                 (Some(s), Some(false) | None) if s.nattch == 0 && s.cpid == child.as_raw() => {
                     explain(format!(
-                        "Both survive. The segment's creator (cpid {child}) is dead and nothing \
-                         is attached (nattch 0), yet it stays until someone removes it: the \
-                         kernel frees the memory a dead process mapped, not the names it made."
+                        "Both survive: the segment's creator (cpid {child}) is dead and nattch \
+                         is 0, yet it stays until someone removes it."
                     ))
                 }
                 (None, Some(true)) => explain(
                     "The POSIX object survives. The System V segment is gone: \
                      kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed \
-                     it the moment its attach count fell to 0, here when the killed child's \
-                     attachment went away (proc(5)). With the default 0 it would have stayed.",
+                     it when the killed child's attachment went away (proc(5)).",
                 ),
                 _ => bail!(
                     "unexpected segment state after the crash: {seg:?}, shm_rmid_forced {forced:?}"
                 ),
             }
+            // ANCHOR_END: survive
             note(
-                "kernel.shm_rmid_forced = 1 (a sysctl of each IPC namespace) makes the kernel \
-                 destroy a System V segment as soon as its attach count falls to 0, whether by \
-                 exit or by a plain shmdt (proc(5)). It is 0 by default, because programs may \
-                 rely on a segment outliving them. And when an IPC namespace ends (the last \
-                 process of a container exits), every System V object in it is destroyed \
-                 (ipc_namespaces(7)): a leaked segment lives as long as its container, not \
-                 forever. Nothing similar exists for POSIX objects: /dev/shm is a filesystem, \
-                 and files stay as long as it is mounted.",
+                "Besides IPC_RMID, only kernel.shm_rmid_forced = 1 (0 by default; proc(5)) and \
+                 the end of the IPC namespace (ipc_namespaces(7)) remove a System V segment. \
+                 Nothing but an unlink removes a POSIX name.",
             );
             hold_point(
                 hold,
@@ -195,7 +171,6 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                     "scripts/cleanup     # the dry run lists both".to_string(),
                 ],
             );
-            // ANCHOR_END: survive
 
             another_user(&name, seg.as_ref().map(|s| s.shmid))?;
 
@@ -232,6 +207,29 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Check that the name and the key are free, then guard both: from here on
+/// they are removed on every path (Ctrl-C included).
+fn guards(name: &str, key: libc::key_t) -> anyhow::Result<(cleanup::Guard, cleanup::Guard)> {
+    if shm_open(name, OFlag::O_RDONLY, Mode::empty()).err() != Some(Errno::ENOENT)
+        || sysv::shmget(key, 0, 0) != Err(Errno::ENOENT)
+    {
+        bail!("{name} or key {} already exists", names::key_hex(key));
+    }
+    let object = cleanup::posix_object(name);
+    let segment = cleanup::Guard::new(
+        format!(
+            "shmctl(shmget({}, 0, 0), IPC_RMID, NULL)",
+            names::key_hex(key)
+        ),
+        move || {
+            if let Ok(id) = sysv::shmget(key, 0, 0) {
+                let _ = sysv::shmctl_rmid(id);
+            }
+        },
+    );
+    Ok((object, segment))
 }
 
 /// The uid that part 3's second user takes (`nobody`).

@@ -442,6 +442,7 @@ pub fn receiver(trusting: bool) -> anyhow::Result<()> {
         format!("{:?}", read_message(ptr)),
     );
     write(fd_of(sock), &[MAPPED]).context("write")?;
+    // ANCHOR_END: receive
 
     if recv_byte(&fd_of(sock))? != TOUCH {
         bail!("unexpected byte from the sender");
@@ -461,7 +462,6 @@ pub fn receiver(trusting: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
-// ANCHOR_END: receive
 
 /// A borrowed view of a raw descriptor we do not own (our stdin).
 fn fd_of(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
