@@ -130,9 +130,27 @@ const LINKED_CLAIMS: &[&str] = &[
     "claim-rmdir-hazard",
 ];
 
+/// Every page of the book: the Markdown files under docs/src, at any depth.
+fn book_pages() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("docs/src"), &mut out);
+    out.sort();
+    out
+}
+
 /// The Markdown files whose links must resolve: the book and the README.
 fn markdown_files() -> Vec<PathBuf> {
-    let mut out = chapters();
+    let mut out = book_pages();
     out.push(root().join("README.md"));
     out
 }
@@ -1049,6 +1067,32 @@ fn snippets_show_the_core_per_chapter_figures() {
             "SNIPPET_LIMITS_ENFORCED names {name}, which is not a chapter"
         );
     }
+}
+
+#[test]
+fn links_from_the_book_stay_inside_the_book() {
+    // mdbook copies only docs/src into the built book: a link that leaves it
+    // (`../../lessons/…`) works on GitHub and 404s in the book. Source paths
+    // are written as code spans instead.
+    let src = root().join("docs/src");
+    let mut outside = Vec::new();
+    for chapter in book_pages() {
+        let text = fs::read_to_string(&chapter).unwrap();
+        for target in link_targets(&text) {
+            if target.is_empty() || target.contains("://") || target.starts_with('#') {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            if !normalize(&chapter.parent().unwrap().join(path)).starts_with(&src) {
+                outside.push(format!("{}: {target}", chapter.display()));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "links that leave docs/src (dead in the built book; write the path as a code span):\n{}",
+        outside.join("\n")
+    );
 }
 
 /// mdbook, if this machine has it: `$MDBOOK`, then `PATH`, then cargo's bin.
