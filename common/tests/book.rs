@@ -917,9 +917,17 @@ const SNIPPET_MAX_LINES: usize = 40;
 /// `{{#include}}` at most `SNIPPET_MAX_LINES` lines (unless the paragraph
 /// before or after it says why, with the words "long because"), and at most a
 /// third of the included lines narration only. A chapter joins this list once
-/// its lesson uses the one-line narration of `common::call`; until then its
-/// figures are only printed.
-const SNIPPET_LIMITS_ENFORCED: &[&str] = &[];
+/// its snippets keep the limits (after its lesson moved to the one-line
+/// narration of `common::call`); until then its figures are only printed.
+const SNIPPET_LIMITS_ENFORCED: &[&str] = &[
+    "01-posix-fork.md",
+    "03-sigbus.md",
+    "04-devshm.md",
+    "06-sync.md",
+    "08-speed.md",
+    "09-pages.md",
+    "10-containers.md",
+];
 
 /// Whether `line` starts a narration-only statement: a call of one of the
 /// narration functions, possibly bound with `let x =` (the same rule as
