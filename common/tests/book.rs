@@ -1103,6 +1103,79 @@ fn links_from_the_book_stay_inside_the_book() {
     );
 }
 
+/// The value of attribute `name` in the first tag of `tag`.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[at..].find('"')?;
+    Some(&tag[at..at + end])
+}
+
+/// Whether a `#rgb` or `#rrggbb` colour is light (relative luminance > 0.85).
+fn is_light(colour: &str) -> bool {
+    let hex = colour.trim_start_matches('#');
+    let hex: String = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex.to_string(),
+        _ => return colour == "white",
+    };
+    let channel =
+        |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_or(0.0, |v| v as f64 / 255.0);
+    0.2126 * channel(0) + 0.7152 * channel(2) + 0.0722 * channel(4) > 0.85
+}
+
+#[test]
+fn every_picture_paints_its_own_light_background() {
+    // mdBook shows an <img> SVG as it is, on a white page in the light themes
+    // and a dark one in the others: dark ink on a transparent background
+    // disappears there. So the first shape of every picture is a light
+    // rectangle over the whole picture, and the ink is drawn on it.
+    let mut checked = 0;
+    for e in fs::read_dir(root().join("docs/src/img")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "svg") {
+            continue;
+        }
+        let svg = fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let root_tag = &svg[svg.find("<svg").unwrap()..];
+        let root_tag = &root_tag[..root_tag.find('>').unwrap()];
+        let view: Vec<f64> = attribute(root_tag, "viewBox")
+            .unwrap_or_else(|| panic!("{name} has no viewBox"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let after_root = svg.find("<svg").unwrap() + root_tag.len();
+        let body = svg
+            .find("</defs>")
+            .map_or(&svg[after_root..], |i| &svg[i..]);
+        let first = body
+            .match_indices('<')
+            .map(|(i, _)| &body[i..])
+            .find(|s| {
+                !s.starts_with("</")
+                    && !s.starts_with("<!--")
+                    && !s.starts_with("<title")
+                    && !s.starts_with("<desc")
+                    && !s.starts_with("<defs")
+            })
+            .unwrap_or_else(|| panic!("{name} draws nothing"));
+        let tag = &first[..first.find('>').unwrap()];
+        let number = |a: &str| attribute(tag, a).and_then(|v| v.parse::<f64>().ok());
+        let covers = tag.starts_with("<rect")
+            && number("x").is_some_and(|x| x <= view[0] + 2.0)
+            && number("y").is_some_and(|y| y <= view[1] + 2.0)
+            && number("width").is_some_and(|w| w >= view[2] - 4.0)
+            && number("height").is_some_and(|h| h >= view[3] - 4.0);
+        assert!(
+            covers && attribute(tag, "fill").is_some_and(is_light),
+            "{name}: the first shape must be a light rectangle over the whole picture (it reads \
+             in the dark themes too), not {tag}>"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
+}
+
 /// mdbook, if this machine has it: `$MDBOOK`, then `PATH`, then cargo's bin.
 fn mdbook() -> Option<PathBuf> {
     let works = |p: &Path| {
