@@ -270,3 +270,30 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn hints_come_one_at_a_time_and_are_kept_outside_the_repository() {
+    let state = std::env::temp_dir().join(format!("shm-ex-hints-{}", std::process::id()));
+    let hint = || {
+        let out = checker()
+            .env("XDG_STATE_HOME", &state)
+            .args(["hint", "03_ftruncate"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = hint();
+    assert!(
+        first.contains("hint 1 of 3") && !first.contains("hint 2 of 3"),
+        "{first}"
+    );
+    let second = hint();
+    assert!(
+        second.contains("hint 2 of 3") && !second.contains("hint 3 of 3"),
+        "{second}"
+    );
+    let kept = std::fs::read_to_string(state.join("shm-lessons-exercises/03_ftruncate.hints"));
+    assert_eq!(kept.unwrap().trim(), "2");
+    let _ = std::fs::remove_dir_all(&state);
+}

@@ -253,7 +253,9 @@ fn part3_only_the_file_is_written_back_and_msync_cleans_it() {
     .map(|(w, k)| (w.to_string(), *k))
     .collect();
     assert_eq!(dirty, want, "{text}");
-    assert!(!text.contains("warning:"), "{text}");
+    // (A warning about /proc/meminfo is allowed: those counters are the
+    // whole machine's, and other programs move them.)
+    assert!(!text.contains("unexpected dirty counts"), "{text}");
 }
 
 /// Whether tmpfs at /dev/shm may hand out huge pages here (then a touch
@@ -380,7 +382,11 @@ fn part5_hugetlb_errno_and_thp_faults_and_the_host_is_unchanged() {
                 (rss - pmd_mapped) / page_kib + pmd_mapped / pmd_kib,
                 "{text}"
             );
-            assert!(big < small, "{text}");
+            if pmd <= 64 << 20 {
+                // 64 MiB holds whole huge pages (not so with 64 KiB pages,
+                // whose PMD maps 512 MiB).
+                assert!(big < small, "{text}");
+            }
         }
         Some(77) => {
             assert!(
