@@ -41,8 +41,8 @@ pub fn run(_hold: Hold) -> anyhow::Result<()> {
     );
     explain(
         "The emptyDir's pages count against the container's memory limit (filling /dev/shm \
-         can get the container OOM-killed), and a pod that writes more than sizeLimit is \
-         evicted.",
+         can get the container OOM-killed), and what it may hold is the smaller of sizeLimit \
+         and the sum of the pod's memory limits: set both.",
     );
     // ANCHOR_END: sizes
     Ok(())
