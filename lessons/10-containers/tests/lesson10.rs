@@ -397,10 +397,13 @@ fn the_whole_lesson_runs_as_nobody() {
             "result 1",
             "result none",
             "result ftruncate",
-            "result shmmni",
             "result host limits",
         ] {
             fact(&text, r);
+        }
+        // Part 4 sets the limits, or shows the kernel refusing the write.
+        if !text.contains("result limits: refused (") {
+            fact(&text, "result shmmni");
         }
         assert_eq!(
             fact(&text, "result logout 65534"),
@@ -449,4 +452,36 @@ fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
         }
     }
     testkit::assert_nothing_left_by(10, pid);
+}
+
+#[test]
+fn part4_a_read_only_proc_sys_is_shown_not_hidden() {
+    // /proc/sys read-only, as in a container: staged with a read-only bind
+    // mount in a private mount namespace of the test's own (never the host's).
+    if !testkit::is_root() {
+        eprintln!("skipped: staging a read-only /proc/sys needs root");
+        return;
+    }
+    let before = host_sysctls();
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind -o ro /proc/sys /proc/sys || exit 125; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(["--part", "4"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run unshare");
+    if out.status.code() == Some(125) {
+        eprintln!("skipped: no private mount namespace for the test");
+        return;
+    }
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("write(\"/proc/sys/kernel/shmmni\", ") && text.contains(") = -1 EROFS"),
+        "{text}"
+    );
+    assert_eq!(fact(&text, "result limits"), "refused (EROFS)", "{text}");
+    assert_eq!(fact(&text, "result host limits"), "unchanged");
 }
