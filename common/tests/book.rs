@@ -353,6 +353,13 @@ fn check_well_formed_svg(text: &str) -> Result<(), String> {
         let close = rest.find(end).ok_or("a tag is never closed")?;
         let tag = &rest[1..close];
         rest = &rest[close + end.len()..];
+        // XML 1.0, section 2.5: "--" must not occur within a comment (nor
+        // may one end in "--->"). Browsers then refuse the whole picture.
+        if let Some(comment) = tag.strip_prefix("!--") {
+            if comment.contains("--") || comment.ends_with('-') {
+                return Err(format!("\"--\" inside a comment: <{tag}-->"));
+            }
+        }
         if skip {
             continue;
         }
@@ -418,6 +425,7 @@ fn the_svg_checker_rejects_what_it_should() {
         "<svg xmlns=\"http://www.w3.org/2000/svg\"><rect x=1/></svg>",
         "<svg><rect/></svg>",
         "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg><svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\"><!-- docker run --ipc=host --><rect/></svg>",
     ] {
         assert!(check_well_formed_svg(bad).is_err(), "accepted {bad}");
     }
