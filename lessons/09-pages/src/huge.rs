@@ -258,9 +258,18 @@ fn measure_both(dir: &Path) -> anyhow::Result<()> {
                 kib("FilePmdMapped")
             ),
         );
-        faults.push(n);
+        faults.push((n, kib("ShmemPmdMapped")));
     }
-    let (small, big) = (faults[0], faults[1]);
+    let ((small, _), (big, pmd_mapped)) = (faults[0], faults[1]);
+    if pmd_mapped == 0 {
+        warn(format!(
+            "huge=always got no huge page here ({big} faults against {small}, ShmemPmdMapped \
+             0 kB): the kernel falls back to small pages when it finds no free {} KiB block \
+             (memory too fragmented, or used up).",
+            pmd >> 10
+        ));
+        return Ok(());
+    }
     explain(format!(
         "With huge=always the same {} MiB took {big} faults instead of {small}: {:.0} times \
          fewer. The most it can be is {} (a huge page of {pmd} bytes over pages of {page}): \
