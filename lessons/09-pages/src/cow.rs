@@ -135,7 +135,7 @@ fn explain_cost(cost: &[i64], private_now: u64, shared_now: u64) {
              read-only. The first write cost exactly one fault: the kernel copied the page \
              for the child (copy-on-write) and the second write cost nothing. The shared page \
              is different: fork does not copy page-table entries of shared mappings (the \
-             kernel fills them on demand), so the first read cost one fault that maps the \
+             kernel fills them on demand: vma_needs_copy in mm/memory.c), so the first read cost one fault that maps the \
              same page, copying nothing; the write then cost no fault at all.",
         );
     } else {

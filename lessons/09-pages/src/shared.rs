@@ -116,7 +116,7 @@ pub fn part1(page: usize, hold: Hold) -> anyhow::Result<()> {
     }
     explain(
         "smaps counts a page as Shared when more than one process maps it, and as Private \
-         when only this one does. The child's MAP_SHARED page is the object's page, mapped \
+         when only this one does (Documentation/filesystems/proc.rst). The child's MAP_SHARED page is the object's page, mapped \
          by the parent too: Shared_Dirty. Its MAP_PRIVATE page is the copy the kernel made \
          at the child's first write, mapped by the child alone: Private_Dirty.",
     );
