@@ -458,6 +458,32 @@ fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
     testkit::assert_nothing_left_by(10, pid);
 }
 
+/// proc(5): with kernel.shm_rmid_forced = 1 in the namespace the lesson runs
+/// in (a private IPC namespace of the test's own), part 2's --ipc=host
+/// container, which shares that namespace, still removes its segment: it
+/// marks it with IPC_RMID while attached, then detaches (a shmdt first would
+/// already destroy it, and IPC_RMID would fail with EINVAL).
+#[test]
+fn part2_host_mode_removes_its_segment_under_shm_rmid_forced() {
+    let Some((_, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--part", "2"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    if !ran(&out) {
+        return;
+    }
+    let text = stdout(&out);
+    let (_, host) = text
+        .split_once("--ipc=host: docker run --ipc=host IMAGE")
+        .unwrap_or_else(|| panic!("no --ipc=host part:\n{text}"));
+    let host = host.split("  · ").next().unwrap();
+    assert!(
+        host.lines().any(|l| l.contains("IPC_RMID, NULL) = 0")),
+        "{text}"
+    );
+}
+
 #[test]
 fn part4_a_read_only_proc_sys_is_shown_not_hidden() {
     // /proc/sys read-only, as in a container: staged with a read-only bind
