@@ -197,6 +197,28 @@ pub fn child(pid: Pid) -> Guard {
     })
 }
 
+/// Stop and reap, on every path, a child that runs a program of ours (this
+/// one again, [`crate::ns::spawn_self`]), which installed its own cleanup:
+/// SIGTERM first, so that its guards run (it removes what it made and stops
+/// and reaps its own children), then SIGKILL if it has not ended within
+/// `grace`. The action never parks: it also runs in the signal thread.
+/// Disarm it once the lesson has reaped the child itself.
+pub fn program(pid: Pid, grace: std::time::Duration) -> Guard {
+    Guard::new(format!("kill({pid}, SIGTERM); waitpid({pid})"), move || {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus};
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = std::time::Instant::now() + grace;
+        while let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            if std::time::Instant::now() >= end {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    })
+}
+
 /// Run every registered cleanup now, newest first. Used by the signal thread.
 pub fn run_all() {
     run_entries(std::mem::take(&mut *registry()));
