@@ -239,6 +239,14 @@ pub fn build(package: &str) -> Result<PathBuf, String> {
         .current_dir(root())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;
+    // Ctrl-C during the build stopped cargo too: the signal thread is
+    // cleaning up and exits with 130; say nothing about the code.
+    common::cleanup::park_if_interrupted();
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Err(format!(
+            "the build was stopped by signal {sig} before it finished: check again"
+        ));
+    }
     if !status.success() {
         return Err(
             "your code does not compile: fix the first error cargo printed above, then check again"
