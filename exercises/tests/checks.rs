@@ -359,3 +359,48 @@ fn the_build_starts_with_no_signal_blocked() {
         "cargo started ignoring Ctrl-C:\n{seen}"
     );
 }
+
+/// Under a shared CARGO_TARGET_DIR (one per classroom), every student's
+/// exercises are built into a folder of their own: cargo copies each build
+/// of `ex01_child_string` to the same `debug/ex01_child_string`, so a shared
+/// folder would let one student's check run another's program.
+#[test]
+fn a_shared_cargo_target_dir_gets_a_folder_per_user() {
+    let dir = std::env::temp_dir().join(format!("shm-ex-fake-cargo2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("cargo");
+    let record = dir.join("args");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexit 1\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = dir.join("shared-target");
+    let out = checker()
+        .env_remove("SHM_EX_TARGET_DIR")
+        .env("CARGO_TARGET_DIR", &shared)
+        .env("CARGO", &script)
+        .args(["check", "01_child_string"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed build is a failed check"
+    );
+    let args = std::fs::read_to_string(&record).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let uid = nix::unistd::getuid();
+    let want = shared.join(format!("exercises-{uid}"));
+    let got = args
+        .lines()
+        .skip_while(|a| *a != "--target-dir")
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(got, want.to_str().unwrap(), "cargo's arguments:\n{args}");
+}
