@@ -201,10 +201,21 @@ flag_sets!(
     nix::sys::socket::SockFlag
 );
 
-/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`.
+/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`,
+/// `F_ADD_SEALS, F_SEAL_SHRINK|F_SEAL_GROW`.
 impl Arg for nix::fcntl::FcntlArg<'_> {
     fn arg(&self) -> String {
-        format!("{self:?}").replace('(', ", ").replace(')', "")
+        match self {
+            Self::F_ADD_SEALS(seals) => format!("F_ADD_SEALS, {}", seals.arg()),
+            other => format!("{other:?}").replace('(', ", ").replace(')', ""),
+        }
+    }
+}
+
+/// A deadline, `10s`: for [`children::wait_deadline`](crate::children::wait_deadline).
+impl Arg for std::time::Duration {
+    fn arg(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -376,6 +387,19 @@ impl Ret for nix::sys::wait::WaitStatus {
             Some(pid) => format!("{pid}: {}", crate::fault::describe(*self)),
             None => "0 (still running)".to_string(),
         })
+    }
+}
+
+/// [`children::wait_deadline`](crate::children::wait_deadline): as
+/// `waitpid`, and whether the deadline had to kill the child.
+impl Ret for crate::children::Waited {
+    fn ret(&self) -> Option<String> {
+        match self {
+            Self::Ended(status) => status.ret(),
+            Self::TimedOut(status) => status
+                .ret()
+                .map(|s| format!("{s} (past the deadline: we killed it)")),
+        }
     }
 }
 
@@ -558,6 +582,12 @@ mod tests {
             "F_SETPIPE_SZ, 1048576"
         );
         assert_eq!(nix::fcntl::FcntlArg::F_GETPIPE_SZ.arg(), "F_GETPIPE_SZ");
+        let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
+        assert_eq!(
+            nix::fcntl::FcntlArg::F_ADD_SEALS(seals).arg(),
+            "F_ADD_SEALS, F_SEAL_SHRINK|F_SEAL_GROW"
+        );
+        assert_eq!(std::time::Duration::from_secs(10).arg(), "10s");
         let mut set = nix::sched::CpuSet::new();
         set.set(0).unwrap();
         set.set(3).unwrap();

@@ -124,8 +124,9 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR: fork
     section("4. fork: the child writes, the parent waits and reads");
     let (go_r, go_w) = call!(pipe())?; // not in the article: holds the child until we look
-    // SAFETY: the child only does async-signal-safe work: prctl, a volatile
-    // store, close, read and _exit. It touches no lock and no allocator.
+    // SAFETY: the child calls die_with_parent (prctl, getppid: see there),
+    // makes a volatile store, and calls close, read and _exit, which are
+    // async-signal-safe. It touches no lock and no allocator.
     let child = match unsafe { call!(fork()) }? {
         ForkResult::Parent { child } => child,
         ForkResult::Child => {
