@@ -270,3 +270,82 @@ fn usage_errors_exit_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn hints_come_one_at_a_time_and_are_kept_outside_the_repository() {
+    let state = std::env::temp_dir().join(format!("shm-ex-hints-{}", std::process::id()));
+    let hint = || {
+        let out = checker()
+            .env("XDG_STATE_HOME", &state)
+            .args(["hint", "03_ftruncate"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = hint();
+    assert!(
+        first.contains("hint 1 of 3") && !first.contains("hint 2 of 3"),
+        "{first}"
+    );
+    let second = hint();
+    assert!(
+        second.contains("hint 2 of 3") && !second.contains("hint 3 of 3"),
+        "{second}"
+    );
+    let kept = std::fs::read_to_string(state.join("shm-lessons-exercises/03_ftruncate.hints"));
+    assert_eq!(kept.unwrap().trim(), "2");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Ctrl-C during a check's build must stop cargo too: the checker blocks
+/// SIGINT/SIGTERM/SIGHUP for its cleanup thread, and a program started with
+/// `std::process::Command` keeps that mask through exec unless the checker
+/// clears it. A stand-in for cargo records the mask it was started with.
+#[test]
+fn the_build_starts_with_no_signal_blocked() {
+    let dir = std::env::temp_dir().join(format!("shm-ex-fake-cargo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("cargo");
+    let record = dir.join("status");
+    std::fs::write(
+        &script,
+        format!(
+            // A builtin loop: /proc/self is the shell itself, with the mask
+            // it was started with (no fork, no wait in between).
+            "#!/bin/sh\nwhile read -r l; do case $l in Sig*) echo \"$l\";; esac; done \
+             < /proc/self/status > '{}'\nexit 1\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = checker()
+        .env("CARGO", &script)
+        .args(["check", "01_child_string"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a failed build is a failed check"
+    );
+    let seen = std::fs::read_to_string(&record).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let mask = |name: &str| {
+        let line = seen.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line[name.len()..].trim(), 16).unwrap()
+    };
+    assert_eq!(
+        mask("SigBlk:"),
+        0,
+        "cargo started with signals blocked:\n{seen}"
+    );
+    let stop = (1 << (libc::SIGINT - 1)) | (1 << (libc::SIGTERM - 1)) | (1 << (libc::SIGHUP - 1));
+    assert_eq!(
+        mask("SigIgn:") & stop,
+        0,
+        "cargo started ignoring Ctrl-C:\n{seen}"
+    );
+}

@@ -113,7 +113,8 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
             word(in_mem, off).store(off as u64 + 1, Ordering::Relaxed);
         }
     }
-    show_meminfo("before -> after the writes", &before, &meminfo());
+    let after = meminfo();
+    show_meminfo("before -> after the writes", &before, &after);
     let last = SIZE - page;
     let report = Report::new()?;
     // SAFETY: the child does atomic loads, write(2) and _exit.
@@ -144,13 +145,7 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
             last + 1
         ),
     );
-    explain(
-        "Both kinds of mapping share pages between processes: the child reads what we \
-         wrote in each. Both count in Cached. Only the file's pages count in Dirty: \
-         they must reach the disk. The shm object's count in Shmem: there is no disk behind \
-         them, and they are never written back. These counters are for the whole machine, \
-         so other programs move them too.",
-    );
+    explain_meminfo(&before, &after);
     let file_dirty = show_dirty("file", on_disk);
     let shm_dirty = show_dirty("shm", in_mem);
 
@@ -209,6 +204,31 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     call!(shm_unlink(name.as_str()))?;
     object.disarm();
     Ok(())
+}
+
+/// What the meminfo deltas say (they are machine-wide: others move them too).
+fn explain_meminfo(before: &[u64], after: &[u64]) {
+    let delta = |i: usize| after[i] as i64 - before[i] as i64;
+    let (dirty, shmem, size) = (delta(0), delta(3), (SIZE >> 10) as i64);
+    explain(
+        "Both kinds of mapping share pages between processes: the child read what we wrote \
+         in each. In /proc/meminfo (Documentation/filesystems/proc.rst), Dirty counts file \
+         pages waiting to be written to disk, Shmem counts tmpfs and shared anonymous pages, \
+         and Cached counts both.",
+    );
+    if dirty >= size / 2 && dirty < size * 3 / 2 && shmem >= size / 2 {
+        explain(format!(
+            "Here Dirty rose by {dirty} kB and Shmem by {shmem} kB, for {size} kB of each: \
+             Dirty by one object's worth, not two. The file's pages wait for the disk; the shm \
+             object's have no disk to wait for."
+        ));
+    } else {
+        warn(format!(
+            "Dirty moved by {dirty:+} kB and Shmem by {shmem:+} kB, not about {size} kB each: \
+             other programs (or the kernel's own write-back) changed these machine-wide \
+             counters meanwhile. The smaps lines below count our two mappings alone."
+        ));
+    }
 }
 
 /// What the numbers say about write-back and msync.
