@@ -252,6 +252,13 @@ fn sweep_quick_checks_every_size_and_draws_one_line_per_transport() {
             .any(|t| t.starts_with("measured on:") && t.contains(model)),
         "no caption with {model:?}: {texts:?}"
     );
+    let title = doc.descendants().find(|n| n.has_tag_name("title"));
+    assert!(
+        title
+            .and_then(|t| t.text())
+            .is_some_and(|t| t.contains(model)),
+        "no <title> naming the machine"
+    );
     // A data line has a point per measured size; the axes' own lines have 2.
     let lines: Vec<(String, usize)> = doc
         .descendants()
