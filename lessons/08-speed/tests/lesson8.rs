@@ -354,6 +354,39 @@ fn one_usable_cpu_skips_pure_spin_and_finishes() {
 }
 
 #[test]
+fn one_usable_cpu_sweep_skips_pure_spin_and_checks_the_rest() {
+    let out = run(&["--sweep", "--quick", "--json"], Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["usable_cpus"], 1, "{v}");
+    assert_eq!(v["placement"], "same-cpu", "{v}");
+    for size in SIZES {
+        for k in SWEEP {
+            let c = &v["sweep"][size.to_string()][k];
+            if k == "shm_spin" {
+                assert!(
+                    c["skipped"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("one usable CPU")),
+                    "{c}"
+                );
+                assert!(
+                    c["checksum_ok"].is_null() && c["throughput_gbps"].is_null(),
+                    "{c}"
+                );
+            } else {
+                assert_eq!(c["checksum_ok"], true, "{k} at {size}: {c}");
+                assert_eq!(c["replies_ok"], true, "{k} at {size}: {c}");
+            }
+        }
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shm ring, spin: skipped: one usable CPU"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
     let out = run(&["--quick", "--runs", "1"], None);
     let text = String::from_utf8_lossy(&out.stdout);
