@@ -492,3 +492,43 @@ fn the_whole_lesson_runs_as_nobody() {
     }
     assert!(text.contains("huge=always:") || code == Some(77), "{text}");
 }
+
+/// A small /dev/shm (Docker's `--shm-size`, or a full one): parts 3 and 4
+/// size themselves by its free space instead of dying of SIGBUS, which
+/// would leave their objects and the disk file behind. Staged on a 3 MiB
+/// tmpfs over /dev/shm in a private mount namespace (root only).
+#[test]
+fn a_small_dev_shm_skips_part_3_and_shrinks_part_4() {
+    if !testkit::is_root() {
+        eprintln!("skipped: a private mount namespace needs root here");
+        return;
+    }
+    let shell = format!(
+        "mount -t tmpfs -o size=3m,mode=1777 tmpfs /dev/shm && exec '{}' --mib 64",
+        bin().display()
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &shell])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("unshare");
+    let pid = child.id(); // unshare and sh exec: the lesson's own pid
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+    assert!(text.contains("Skipping part 3."), "{text}");
+    let disk = std::path::PathBuf::from(format!("/var/tmp/shm-lessons-9-{pid}-disk"));
+    let _rm = common::cleanup::path(&disk); // should this test fail, not the machine
+    assert!(!disk.exists(), "{} was left behind", disk.display());
+    // 3 MiB free: part 4 touches half of it, 1 MiB, one fault a page.
+    assert!(text.contains("touching 1 MiB, not 64"), "{text}");
+    let pages = (1 << 20) / inspect::page_size();
+    assert!(
+        text.contains(&format!("size: 1 MiB = {pages} pages")),
+        "{text}"
+    );
+    testkit::assert_nothing_left_by(9, pid);
+}
