@@ -201,10 +201,21 @@ flag_sets!(
     nix::sys::socket::SockFlag
 );
 
-/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`.
+/// `fcntl`'s command and its argument: `F_SETPIPE_SZ, 1048576`,
+/// `F_ADD_SEALS, F_SEAL_SHRINK|F_SEAL_GROW`.
 impl Arg for nix::fcntl::FcntlArg<'_> {
     fn arg(&self) -> String {
-        format!("{self:?}").replace('(', ", ").replace(')', "")
+        match self {
+            Self::F_ADD_SEALS(seals) => format!("F_ADD_SEALS, {}", seals.arg()),
+            other => format!("{other:?}").replace('(', ", ").replace(')', ""),
+        }
+    }
+}
+
+/// A deadline, `10s`: for [`children::wait_deadline`](crate::children::wait_deadline).
+impl Arg for std::time::Duration {
+    fn arg(&self) -> String {
+        format!("{self:?}")
     }
 }
 
@@ -379,6 +390,19 @@ impl Ret for nix::sys::wait::WaitStatus {
     }
 }
 
+/// [`children::wait_deadline`](crate::children::wait_deadline): as
+/// `waitpid`, and whether the deadline had to kill the child.
+impl Ret for crate::children::Waited {
+    fn ret(&self) -> Option<String> {
+        match self {
+            Self::Ended(status) => status.ret(),
+            Self::TimedOut(status) => status
+                .ret()
+                .map(|s| format!("{s} (past the deadline: we killed it)")),
+        }
+    }
+}
+
 /// `fstat`: 0, and the size and the blocks allocated.
 impl Ret for nix::sys::stat::FileStat {
     fn ret(&self) -> Option<String> {
@@ -416,10 +440,38 @@ pub fn hex(v: &impl std::fmt::LowerHex) -> String {
 }
 
 /// The call's text, `name(arg, arg)`, from its path and rendered arguments.
+/// A wrapper whose Rust signature differs from the C call it makes is shown
+/// as the C call (see [`c_form`]).
 #[doc(hidden)]
 pub fn text(path: &str, args: &[String]) -> String {
     let name = path.rsplit("::").next().unwrap_or(path).trim();
-    format!("{name}({})", args.join(", "))
+    c_form(name, args).unwrap_or_else(|| format!("{name}({})", args.join(", ")))
+}
+
+/// The C spelling of a call whose Rust wrapper drops or merges arguments:
+/// `shmctl_rmid(7)` is `shmctl(7, IPC_RMID, NULL)`, nix's `waitpid(pid, 0)`
+/// is `waitpid(pid, &status, 0)`, `mmap_anonymous(..)` is `mmap(.., -1, 0)`.
+pub fn c_form(name: &str, args: &[String]) -> Option<String> {
+    Some(match (name, args) {
+        ("shmat", [id, flags]) => format!("shmat({id}, NULL, {flags})"),
+        ("shmctl_rmid", [id]) => format!("shmctl({id}, IPC_RMID, NULL)"),
+        ("shmctl_stat", [id]) => format!("shmctl({id}, IPC_STAT, &buf)"),
+        ("waitpid", [pid, options]) => format!("waitpid({pid}, &status, {options})"),
+        ("mmap_anonymous", [addr, len, prot, flags]) => {
+            // nix adds MAP_ANONYMOUS; the caller may already have said so
+            // (bitflags spells that bit MAP_ANON): name it once.
+            let mut names: Vec<&str> = flags
+                .split('|')
+                .map(|f| if f == "MAP_ANON" { "MAP_ANONYMOUS" } else { f })
+                .filter(|f| *f != "0")
+                .collect();
+            if !names.contains(&"MAP_ANONYMOUS") {
+                names.push("MAP_ANONYMOUS");
+            }
+            format!("mmap({addr}, {len}, {prot}, {}, -1, 0)", names.join("|"))
+        }
+        _ => return None,
+    })
 }
 
 /// Narrate one system call in one line of source: announce it with its real
@@ -524,6 +576,28 @@ mod tests {
     }
 
     #[test]
+    fn mmap_anonymous_names_map_anonymous_once() {
+        let form = |flags: MapFlags| {
+            let args = ["NULL", "4096", "PROT_READ"].map(String::from);
+            let all = [
+                args[0].clone(),
+                args[1].clone(),
+                args[2].clone(),
+                flags.arg(),
+            ];
+            c_form("mmap_anonymous", &all).unwrap()
+        };
+        assert_eq!(
+            form(MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_HUGETLB),
+            "mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, -1, 0)"
+        );
+        assert_eq!(
+            form(MapFlags::MAP_SHARED),
+            "mmap(NULL, 4096, PROT_READ, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
+        );
+    }
+
+    #[test]
     fn arguments_read_like_c() {
         assert_eq!(
             (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR).arg(),
@@ -540,6 +614,12 @@ mod tests {
             "F_SETPIPE_SZ, 1048576"
         );
         assert_eq!(nix::fcntl::FcntlArg::F_GETPIPE_SZ.arg(), "F_GETPIPE_SZ");
+        let seals = nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW;
+        assert_eq!(
+            nix::fcntl::FcntlArg::F_ADD_SEALS(seals).arg(),
+            "F_ADD_SEALS, F_SEAL_SHRINK|F_SEAL_GROW"
+        );
+        assert_eq!(std::time::Duration::from_secs(10).arg(), "10s");
         let mut set = nix::sched::CpuSet::new();
         set.set(0).unwrap();
         set.set(3).unwrap();
@@ -606,6 +686,14 @@ mod tests {
             "shm_open(\"/x\", 0600)"
         );
         assert_eq!(text("fork", &[]), "fork()");
+        assert_eq!(
+            text("common::sysv::shmctl_rmid", &["7".into()]),
+            "shmctl(7, IPC_RMID, NULL)"
+        );
+        assert_eq!(
+            text("waitpid", &["42".into(), "0".into()]),
+            "waitpid(42, &status, 0)"
+        );
     }
 
     #[test]

@@ -191,10 +191,27 @@ pub struct Step {
     quiet: bool,
 }
 
+/// The name in front of every call this process narrates (see [`name_calls`]).
+static WHO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Put `[who] ` in front of every call this process narrates from now on:
+/// for a helper process whose lines share the terminal with the lesson's
+/// (`[receiver 1234] recvmsg(0) = 1`). Set once; later calls change nothing.
+pub fn name_calls(who: impl Display) {
+    let _ = WHO.set(format!("[{who}] "));
+}
+
+fn named(call: impl Into<String>) -> String {
+    match WHO.get() {
+        Some(who) => format!("{who}{}", call.into()),
+        None => call.into(),
+    }
+}
+
 /// Announce a call with its real arguments. The line stays open until the
 /// result is printed with [`Step::ok`] (or the call fails in [`Step::check`]).
 pub fn step(call: impl Into<String>) -> Step {
-    let call = call.into();
+    let call = named(call);
     if QUIET.load(Ordering::SeqCst) {
         return Step {
             call,
@@ -219,7 +236,7 @@ pub fn step(call: impl Into<String>) -> Step {
 #[doc(hidden)]
 pub fn step_after(call: impl Into<String>) -> Step {
     Step {
-        call: call.into(),
+        call: named(call),
         announced: false,
         quiet: QUIET.load(Ordering::SeqCst),
     }

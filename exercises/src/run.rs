@@ -170,25 +170,12 @@ impl Run {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        // SAFETY: runs in the forked child before exec; sigemptyset,
-        // sigprocmask and signal are async-signal-safe and touch only the
-        // local set.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The checker blocks SIGINT/SIGTERM/SIGHUP for its cleanup
-                // thread, and exec keeps both the blocked mask and "ignored"
-                // dispositions (a shell's background job starts with SIGINT
-                // ignored). Give the program what a terminal's Ctrl-C
-                // expects: nothing blocked, default actions.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-                Ok(())
-            });
-        }
+        // The checker blocks SIGINT/SIGTERM/SIGHUP for its cleanup thread,
+        // and exec keeps both the blocked mask and "ignored" dispositions (a
+        // shell's background job starts with SIGINT ignored). Give the
+        // program what a terminal's Ctrl-C expects: nothing blocked, default
+        // actions.
+        cleanup::default_signals_on_exec(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
@@ -507,10 +494,21 @@ impl Shared {
     /// Copy `n` bytes out from `off`.
     pub fn read(&self, off: usize, n: usize) -> Vec<u8> {
         assert!(off + n <= self.len);
-        // SAFETY: in bounds (checked above); volatile, because a program may
-        // still be writing (the caller orders it with an acquire load first).
+        // SAFETY: in bounds (checked above). Byte atomics, not volatile: a
+        // wrong program may still be writing these bytes (05_publish_order
+        // publishes READY before the message, and the checker must read what
+        // a reader would); a correct one is ordered by the caller's acquire
+        // load. An atomic load is defined either way; volatile is not.
         (0..n)
-            .map(|i| unsafe { self.ptr.as_ptr().cast::<u8>().add(off + i).read_volatile() })
+            .map(|i| unsafe {
+                (*self
+                    .ptr
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(off + i)
+                    .cast::<std::sync::atomic::AtomicU8>())
+                .load(Ordering::Relaxed)
+            })
             .collect()
     }
 

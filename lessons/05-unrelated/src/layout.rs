@@ -12,13 +12,12 @@
 //! so the three agree on any machine (writer and readers share one machine).
 
 use std::num::NonZeroUsize;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering, fence};
 
 use anyhow::Context;
-use common::inspect;
-use common::narrate::{self, step};
+use common::{call, inspect, narrate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap};
 use nix::unistd::{close, getpid};
 
@@ -144,9 +143,11 @@ impl Segment {
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         // SAFETY: the mapping is live while `self` is (see `new`), `off` is
         // 4-aligned inside it (checked in `at`), and AtomicU32 has the layout
-        // of u32. Other processes only ever access these bytes atomically
-        // too (the C reader with __atomic, the writer and reader here), and
-        // atomics may be modified while shared references to them exist.
+        // of u32. This program only ever accesses these bytes atomically,
+        // and so do the Rust writer and reader in other processes and the C
+        // reader (__atomic); the Python reader can't (plain loads and stores,
+        // correct on x86-64's TSO only: see scripts/lesson5_reader.py).
+        // Atomics may be modified while shared references to them exist.
         unsafe { AtomicU32::from_ptr(self.at::<u32>(off)) }
     }
 
@@ -273,9 +274,8 @@ pub fn load_state(seg: &Segment) -> u32 {
 }
 
 // ANCHOR: map
-/// Both roles map the POSIX object the same way: `mmap(NULL, SIZE, prot,
-/// MAP_SHARED, fd, 0)`, read-write unless `writable` is false (a reader that
-/// may only read), then `close(fd)`: the mapping keeps the object open.
+/// Both roles map the POSIX object the same way, read-only for a reader that
+/// may only read.
 pub fn map_posix(fd: OwnedFd, writable: bool, who: &str) -> anyhow::Result<Segment> {
     let len = NonZeroUsize::new(SIZE).context("SIZE is 0")?;
     let prot = if writable {
@@ -283,19 +283,10 @@ pub fn map_posix(fd: OwnedFd, writable: bool, who: &str) -> anyhow::Result<Segme
     } else {
         ProtFlags::PROT_READ
     };
-    let s = step(format!(
-        "mmap(NULL, {SIZE}, {}, MAP_SHARED, {}, 0)",
-        narrate::flags(prot),
-        fd.as_raw_fd()
-    ));
     // SAFETY: a fresh mapping at an address the kernel chooses overlaps no
     // Rust object; it is used only through `Segment` (atomics only).
-    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
-    let raw = fd.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(fd))?;
-    s.ok(0);
+    let ptr = unsafe { call!(mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0)) }?;
+    call!(close(fd))?; // the mapping keeps the object open
     // SAFETY: ptr is a live MAP_SHARED mapping of SIZE bytes, writable when
     // `writable`; the caller unmaps it only through `Segment::into_ptr`.
     let seg = unsafe { Segment::new(ptr, SIZE) };

@@ -26,8 +26,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use common::args::{Args, Cli, parse_mode, parse_secs};
-use common::narrate::step;
-use common::{names, sysv};
+use common::{call, names, sysv};
 
 const ABOUT: &str = "Lesson 5: two unrelated processes share memory. ROLE is writer or reader \
     (start them in either order, in two terminals); with no ROLE the lesson runs both itself. \
@@ -162,15 +161,9 @@ pub fn sysv_key(o: &Opts) -> anyhow::Result<libc::key_t> {
         common::narrate::fact("key (from --key)", sysv::key_string(key));
         return Ok(key);
     }
-    let s = step(format!("ftok({:?}, {PROJ_ID})", o.ftok_path));
-    let key = s.check(sysv::ftok(&o.ftok_path, PROJ_ID))?;
-    s.ok(sysv::key_string(key));
+    let key = call!(sysv::ftok(o.ftok_path.as_path(), PROJ_ID) => call::ipc_key)?;
     common::narrate::explain(format!(
-        "ftok builds the key from {PROJ_ID} (the project id), the low 8 bits of the device \
-         number and the low 16 bits of the inode of {}: both sides get the same key if they \
-         name the same file. Pitfalls: two different files can give the same key; a file \
-         deleted and re-created may get another inode number, hence another key; and a freed \
-         inode number, hence the old key, may go to an unrelated new file.",
+        "The same file, {}, gives both sides the same key.",
         o.ftok_path.display()
     ));
     Ok(key)

@@ -9,17 +9,18 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::bail;
 use common::narrate::{self, explain, fact, note, section, step, warn};
 use common::report::CallResult;
-use common::{children, inspect, names, sysv};
+use common::{attempt, call, children, inspect, names, sysv};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{munmap, shm_open};
-use nix::sys::stat::{Mode, fstat};
+use nix::sys::stat::{FileStat, Mode, fstat};
 use nix::unistd::{getpid, getuid};
 
 use crate::layout::{self, Found, Segment};
@@ -57,6 +58,26 @@ enum Opened {
 }
 
 // ANCHOR: posix_open
+/// One try at opening the writer's object: read-write, or read-only when its
+/// mode lets us only read. `None`: not there yet, or not ready for a reader.
+fn try_open(name: &str, stale: Option<libc::ino_t>) -> Option<Result<(Opened, FileStat), Errno>> {
+    let opened = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
+        Ok(fd) => Opened::ReadWrite(fd),
+        Err(Errno::EACCES) => match shm_open(name, OFlag::O_RDONLY, Mode::empty()) {
+            Ok(fd) => Opened::ReadOnly(fd),
+            Err(e) => return Some(Err(e)),
+        },
+        Err(Errno::ENOENT) => return None, // no writer yet: try again
+        Err(e) => return Some(Err(e)),
+    };
+    let (Opened::ReadWrite(fd) | Opened::ReadOnly(fd)) = &opened;
+    let st = fstat(fd).ok()?;
+    // Size 0: the writer is between shm_open and ftruncate. The stale object
+    // we already saw: wait for its replacement.
+    (st.st_size != 0 && Some(st.st_ino) != stale).then_some(Ok((opened, st)))
+}
+// ANCHOR_END: posix_open
+
 fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
     let name = o.name.as_str();
     let mut stale_inode = None;
@@ -68,30 +89,13 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         );
         let started = Instant::now();
         let mut tries = 0u32;
+        // Polled: announced once, its result printed when a try succeeds.
         let s = step(format!("shm_open({name:?}, O_RDWR, 0)"));
         let opened = children::poll_until(left(deadline), || {
             tries += 1;
-            let fd = match shm_open(name, OFlag::O_RDWR, Mode::empty()) {
-                Ok(fd) => Opened::ReadWrite(fd),
-                Err(Errno::EACCES) => match shm_open(name, OFlag::O_RDONLY, Mode::empty()) {
-                    Ok(fd) => Opened::ReadOnly(fd),
-                    Err(e) => return Some(Err(e)),
-                },
-                Err(Errno::ENOENT) => return None, // no writer yet: try again
-                Err(e) => return Some(Err(e)),
-            };
-            let st = match &fd {
-                Opened::ReadWrite(f) | Opened::ReadOnly(f) => fstat(f).ok()?,
-            };
-            // Size 0: the writer is between shm_open and ftruncate. The
-            // stale object we already saw: wait for its replacement.
-            (st.st_size != 0 && Some(st.st_ino) != stale_inode).then_some(Ok((
-                fd,
-                st.st_ino,
-                st.st_size as u64,
-            )))
+            try_open(name, stale_inode)
         });
-        let (opened, inode, size) = match opened {
+        let (opened, st) = match opened {
             None => {
                 s.ok("-1 ENOENT (No such file or directory)");
                 bail!(
@@ -131,6 +135,7 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
                 (fd, false)
             }
         };
+        let size = st.st_size as u64;
         if size != layout::SIZE as u64 {
             bail!(
                 "{name} is not a lesson-5 segment: {}",
@@ -140,20 +145,17 @@ fn posix(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
                 }
             );
         }
-        // ANCHOR_END: posix_open
 
         section("reader 2. Map it");
         let seg = layout::map_posix(fd, writable, "reader")?;
 
         let outcome = consume(&seg, writable, deadline, o);
-        let s = step(format!("munmap({:#x}, {})", seg.addr(), layout::SIZE));
         // SAFETY: the mapping made above, handed back by into_ptr, which
         // consumes `seg`: nothing borrowed from it is still alive.
-        s.check(unsafe { munmap(seg.into_ptr(), layout::SIZE) })?;
-        s.ok(0);
+        unsafe { call!(munmap(seg.into_ptr(), layout::SIZE)) }?;
         match outcome? {
             Consumed::Done => return Ok(()),
-            Consumed::Stale => stale_inode = Some(inode),
+            Consumed::Stale => stale_inode = Some(st.st_ino),
         }
     }
 }
@@ -177,6 +179,26 @@ fn permission_denied_posix(name: &str) -> anyhow::Error {
 }
 
 // ANCHOR: sysv_open
+/// One try at finding the writer's segment by key. `None`: not there yet, or
+/// only the stale one we already saw.
+fn try_find(key: libc::key_t, stale: Option<i32>) -> Option<Result<i32, Errno>> {
+    match sysv::shmget(key, 0, 0) {
+        Ok(id) if Some(id) != stale => Some(Ok(id)),
+        Ok(_) | Err(Errno::ENOENT) => None,
+        Err(e) => Some(Err(e)),
+    }
+}
+
+/// Attach read-write, or read-only when the segment's mode lets us only read.
+fn attach(shmid: i32) -> Result<(NonNull<libc::c_void>, bool), Errno> {
+    match attempt!(sysv::shmat(shmid, 0)) {
+        Ok(p) => Ok((p, true)),
+        Err(Errno::EACCES) => attempt!(sysv::shmat(shmid, libc::SHM_RDONLY)).map(|p| (p, false)),
+        Err(e) => Err(e),
+    }
+}
+// ANCHOR_END: sysv_open
+
 fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
     section("reader 1. Find the segment by key, once it exists");
     let key = crate::sysv_key(o)?;
@@ -189,14 +211,11 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         );
         let started = Instant::now();
         let mut tries = 0u32;
+        // Polled: announced once, its result printed when a try succeeds.
         let s = step(format!("shmget({k}, 0, 0)"));
         let found = children::poll_until(left(deadline), || {
             tries += 1;
-            match sysv::shmget(key, 0, 0) {
-                Ok(id) if Some(id) != stale_id => Some(Ok(id)),
-                Ok(_) | Err(Errno::ENOENT) => None, // none yet, or the stale one: again
-                Err(e) => Some(Err(e)),
-            }
+            try_find(key, stale_id)
         });
         let shmid = match found {
             None => {
@@ -211,7 +230,7 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
             Some(Ok(id)) => id,
         };
         s.ok(format!(
-            "shmid {shmid} (try {tries}, after {} ms)",
+            "{shmid} (try {tries}, after {} ms)",
             started.elapsed().as_millis()
         ));
         // /proc/sysvipc/shm is readable by everyone, unlike IPC_STAT.
@@ -228,56 +247,40 @@ fn sysv_reader(o: &Opts, deadline: Instant) -> anyhow::Result<()> {
         }
 
         section("reader 2. Attach it");
-        let s = step(format!("shmat({shmid}, NULL, 0)"));
-        let (ptr, writable) = match sysv::shmat(shmid, 0) {
-            Ok(p) => {
-                s.ok(format!("{:p}", p.as_ptr()));
-                (p, true)
-            }
+        let (ptr, writable) = match attach(shmid) {
+            Ok(v) => v,
             Err(Errno::EACCES) => {
-                s.ok("-1 EACCES (Permission denied)");
-                let r = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
-                match sysv::shmat(shmid, libc::SHM_RDONLY) {
-                    Ok(p) => {
-                        r.ok(format!("{:p}", p.as_ptr()));
-                        explain(
-                            "The segment's mode lets us read but not write: we can read the \
-                             message but not acknowledge it.",
-                        );
-                        (p, false)
-                    }
-                    Err(e) => {
-                        r.ok(format!("-1 {}", narrate::errno_result(e)));
-                        let (owner, mode) = row.as_ref().map_or(("?".into(), "?".into()), |r| {
-                            (inspect::user_name(r.uid), narrate::mode(r.perms))
-                        });
-                        return Err(anyhow::Error::new(common::report::SysError {
-                            call: format!("shmat({shmid}, NULL, SHM_RDONLY)"),
-                            errno: e,
-                        })
-                        .context(format!(
-                            "the segment with key {k} belongs to {owner} with mode {mode}, and \
-                             you are {}: only the owner may attach it. The writer can let \
-                             others read with --mode 0644 (ipcs -m shows the perms)",
-                            inspect::user_name(getuid().as_raw())
-                        )));
-                    }
-                }
+                let (owner, mode) = row.as_ref().map_or(("?".into(), "?".into()), |r| {
+                    (inspect::user_name(r.uid), narrate::mode(r.perms))
+                });
+                return Err(anyhow::Error::new(common::report::SysError {
+                    call: format!("shmat({shmid}, NULL, SHM_RDONLY)"),
+                    errno: Errno::EACCES,
+                })
+                .context(format!(
+                    "the segment with key {k} belongs to {owner} with mode {mode}, and \
+                     you are {}: only the owner may attach it. The writer can let \
+                     others read with --mode 0644 (ipcs -m shows the perms)",
+                    inspect::user_name(getuid().as_raw())
+                )));
             }
             Err(e) => return Err(e).call(format!("shmat({shmid}, NULL, 0)")),
         };
-        // ANCHOR_END: sysv_open
+        if !writable {
+            explain(
+                "The segment's mode lets us read but not write: we can read the message but \
+                 not acknowledge it.",
+            );
+        }
         // SAFETY: ptr is a live attachment of SIZE bytes (writable when
         // `writable`), detached below only through into_ptr.
         let seg = unsafe { Segment::new(ptr, layout::SIZE) };
         layout::show_address("reader", &seg);
 
         let outcome = consume(&seg, writable, deadline, o);
-        let s = step(format!("shmdt({:#x})", seg.addr()));
         // SAFETY: the address shmat returned, handed back by into_ptr, which
         // consumes `seg`: nothing borrowed from it is still alive.
-        s.check(unsafe { sysv::shmdt(seg.into_ptr()) })?;
-        s.ok(0);
+        unsafe { call!(sysv::shmdt(seg.into_ptr())) }?;
         match outcome? {
             Consumed::Done => return Ok(()),
             Consumed::Stale => stale_id = Some(shmid),
@@ -292,67 +295,40 @@ enum Consumed {
 }
 
 // ANCHOR: consume
-/// Wait for READY (acquire), check the header, read the message, acknowledge.
+/// Wait for READY (acquire), check the header, read the message.
 fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow::Result<Consumed> {
     section("reader 3. Wait until the writer marks it ready (acquire load)");
-    let s = step("state.load(Relaxed) + fence(Acquire), until READY");
     let state = children::poll_until(left(deadline), || {
-        let st = layout::load_state(seg);
-        // 0 is "being written": wait. Anything above ACKED was never stored
-        // by a lesson-5 writer: stop at once.
-        (st != layout::STATE_EMPTY).then_some(st)
+        let st = layout::load_state(seg); // Relaxed load, then an Acquire fence
+        (st != layout::STATE_EMPTY).then_some(st) // 0: still being written
     });
     let Some(state) = state else {
-        s.ok(layout::state_name(layout::load_state(seg)));
-        if seg.magic() != [0; 8] && seg.magic() != layout::MAGIC {
-            bail!(
-                "this is not a lesson-5 segment: its magic is {:02x?}",
-                seg.magic()
-            );
-        }
-        bail!(
-            "the object exists, but no writer marked it ready within {} s",
-            o.timeout.as_secs()
-        );
+        return Err(never_ready(seg, o));
     };
-    s.ok(layout::state_name(state));
+    fact("state", layout::state_name(state));
     if state > layout::STATE_ACKED {
         bail!(
             "this is not a lesson-5 segment: its state word is {state:#x}, which no writer stores"
         );
     }
-    explain(
-        "The acquire load pairs with the writer's release store: once we see READY, every \
-         field the writer stored before it is visible to us too.",
-    );
     match layout::judge(layout::SIZE as u64, Some(seg)) {
         Found::Foreign(why) => bail!("this is not a lesson-5 segment: {why}"),
-        Found::Stale { pid, sequence } => {
-            warn(format!(
-                "stale: sequence {sequence} was written by pid {pid}, which is gone (killed, or \
-                 run with --keep). Waiting for a new writer to replace it."
-            ));
-            println!("reader: stale object (sequence {sequence}, its writer pid {pid} is gone)");
-            return Ok(Consumed::Stale);
-        }
+        Found::Stale { pid, sequence } => return Ok(stale(pid, sequence)),
         Found::Live { .. } => {}
     }
 
     section("reader 4. Read the header and the message");
-    let writer = seg.writer_pid();
     let sequence = seg.get_u64(layout::OFF_SEQUENCE);
     let writer_addr = seg.get_u64(layout::OFF_WRITER_ADDR);
     let len = seg.get_u32(layout::OFF_MSG_LEN) as usize;
     if len > layout::MSG_MAX {
         bail!(
-            "the message length {len} is larger than the room for it ({})",
+            "the message length {len} is larger than its room ({})",
             layout::MSG_MAX
         );
     }
     let msg = String::from_utf8_lossy(&seg.get_bytes(layout::OFF_MSG, len)).into_owned();
-    fact("writer pid", writer);
-    fact("sequence", sequence);
-    fact("message length", len);
+    fact("writer pid", seg.writer_pid());
     println!("reader: message: {msg}");
     println!("reader: sequence: {sequence}");
     // ANCHOR_END: consume
@@ -380,11 +356,12 @@ fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow
     section("reader 5. Acknowledge (release store)");
     if writable {
         seg.set_u32(layout::OFF_READER_PID, getpid().as_raw() as u32);
-        let s = step("state.store(2 /* ACKED */, Ordering::Release)");
-        seg.state().store(layout::STATE_ACKED, Ordering::Release);
-        s.ok("state 2 (acked)");
+        seg.state().store(layout::STATE_ACKED, Ordering::Release); // publishes reader_pid
+        fact(
+            "state",
+            "2 (acked), stored with Ordering::Release after reader pid",
+        );
         println!("reader: acknowledged sequence {sequence}");
-        explain("The writer sees ACKED and removes the object: the reader removes nothing.");
     } else {
         note(
             "read-only: no acknowledgement is possible. The writer removes the object at its \
@@ -395,4 +372,29 @@ fn consume(seg: &Segment, writable: bool, deadline: Instant, o: &Opts) -> anyhow
         "reader done: the message came through shared memory from an unrelated process.",
     );
     Ok(Consumed::Done)
+}
+
+/// No READY within the timeout: say whether the object is someone else's.
+fn never_ready(seg: &Segment, o: &Opts) -> anyhow::Error {
+    fact("state", layout::state_name(layout::load_state(seg)));
+    if seg.magic() != [0; 8] && seg.magic() != layout::MAGIC {
+        return anyhow::anyhow!(
+            "this is not a lesson-5 segment: its magic is {:02x?}",
+            seg.magic()
+        );
+    }
+    anyhow::anyhow!(
+        "the object exists, but no writer marked it ready within {} s",
+        o.timeout.as_secs()
+    )
+}
+
+/// The writer of this segment is gone: wait for a new one to replace it.
+fn stale(pid: i32, sequence: u64) -> Consumed {
+    warn(format!(
+        "stale: sequence {sequence} was written by pid {pid}, which is gone (killed, or run \
+         with --keep). Waiting for a new writer to replace it."
+    ));
+    println!("reader: stale object (sequence {sequence}, its writer pid {pid} is gone)");
+    Consumed::Stale
 }

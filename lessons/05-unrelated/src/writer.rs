@@ -13,13 +13,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 
 use anyhow::bail;
-use common::narrate::{self, evidence, explain, fact, note, section, step, warn};
+use common::call::{ipc_flags, ipc_key};
+use common::narrate::{self, evidence, explain, fact, note, section, warn};
 use common::report::CallResult;
-use common::{children, cleanup, inspect, names, sysv};
+use common::sysv::{self, shmget};
+use common::{attempt, call, children, cleanup, inspect, names};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
-use nix::sys::stat::{Mode, fchmod, fstat};
+use nix::sys::stat::{FileStat, Mode, fchmod, fstat};
 use nix::unistd::{ftruncate, getpid};
 
 use crate::layout::{self, Found, Segment};
@@ -34,6 +36,8 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
          either order) to acknowledge. Then it removes what it created.",
     );
     fact("writer pid", getpid());
+    explain("The header, at fixed offsets from the start (never pointers):");
+    narrate::block(layout::table());
     match o.api {
         Api::Posix => posix(o),
         Api::Sysv => sysv_writer(o),
@@ -52,38 +56,20 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
     let file = names::file_name(name).to_string();
 
     section("writer 1. Create the object by name: shm_open(O_CREAT|O_EXCL)");
-    explain(
-        "Unrelated processes share no memory and no descriptors: all they share is the name. \
-         The default name is per user, so two students on one server do not meet by accident.",
-    );
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
     let mode = Mode::from_bits_truncate(o.mode);
-    let call = format!(
-        "shm_open({name:?}, {}, {})",
-        narrate::flags(flags),
-        narrate::mode(o.mode)
-    );
-    let s = step(call.clone());
-    let (fd, sequence) = match s.outcome(shm_open(name, flags, mode), |fd| {
-        format!("fd {}", fd.as_raw_fd())
-    }) {
+    let (fd, sequence) = match attempt!(shm_open(name, flags, mode)) {
         Ok(fd) => (fd, 1),
         Err(Errno::EEXIST) => {
             let old = posix_existing(name)?; // stale: removed, so the name is free again
-            let s = step(call);
-            let fd = s.check(shm_open(name, flags, mode))?;
-            s.ok(format!("fd {}", fd.as_raw_fd()));
-            (fd, old + 1)
+            (call!(shm_open(name, flags, mode))?, old + 1)
         }
-        Err(e) => return Err(e).call(call),
+        Err(e) => return Err(e).call(format!("shm_open({name:?})")),
     };
     let object = cleanup::posix_object(name); // the writer removes it on every path
-    // ANCHOR_END: posix_create
     umask_check(&fd, o.mode)?;
-
-    let s = step(format!("ftruncate({}, {})", fd.as_raw_fd(), layout::SIZE));
-    s.check(ftruncate(&fd, layout::SIZE as libc::off_t))?;
-    s.ok(0);
+    call!(ftruncate(&fd, layout::SIZE as libc::off_t))?;
+    // ANCHOR_END: posix_create
     evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
 
     section("writer 2. Map it");
@@ -93,11 +79,9 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
     let acked = wait_for_ack(&seg, o, &reader_commands(o, None));
 
     section("writer 5. Unmap, then remove the name (the writer's job)");
-    let s = step(format!("munmap({:#x}, {})", seg.addr(), layout::SIZE));
     // SAFETY: the mapping made above, handed back by into_ptr, which consumes
     // `seg`: nothing borrowed from it is still alive.
-    s.check(unsafe { munmap(seg.into_ptr(), layout::SIZE) })?;
-    s.ok(0);
+    unsafe { call!(munmap(seg.into_ptr(), layout::SIZE)) }?;
     if o.keep {
         object.disarm();
         note(format!(
@@ -109,13 +93,11 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
             format!("rm /dev/shm/{file}"),
         ]);
     } else {
-        let s = step(format!("shm_unlink({name:?})"));
-        s.check(shm_unlink(name))?;
+        call!(shm_unlink(name))?;
         object.disarm();
-        s.ok(0);
         evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
     }
-    finish(acked, o.keep, o)
+    finish(acked, o.keep, false, o)
 }
 
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
@@ -125,131 +107,102 @@ fn umask_check(fd: &OwnedFd, wanted: u32) -> anyhow::Result<()> {
     let got = st.st_mode & 0o777;
     if got != wanted {
         explain(format!(
-            "the object got mode {} instead of {}: the umask removed bits, as it does for \
-             open(2). fchmod sets the exact mode.",
-            narrate::mode(got),
-            narrate::mode(wanted)
+            "the umask turned mode {} into {}, as it does for open(2).",
+            narrate::mode(wanted),
+            narrate::mode(got)
         ));
-        let s = step(format!(
-            "fchmod({}, {})",
-            fd.as_raw_fd(),
-            narrate::mode(wanted)
-        ));
-        s.check(fchmod(fd, Mode::from_bits_truncate(wanted)))?;
-        s.ok(0);
+        call!(fchmod(fd, Mode::from_bits_truncate(wanted)))?;
     }
     Ok(())
 }
 
+/// `fstat`'s result as the writer judges it: size, mode and owner.
+fn stat_shown(st: &FileStat) -> String {
+    let owner = inspect::user_name(st.st_uid);
+    let mode = narrate::mode(st.st_mode);
+    format!("0 (st_size {}, mode {mode}, owner {owner})", st.st_size)
+}
+
 // ANCHOR: posix_existing
-/// The name exists. Open it read-only and judge it: refuse anything foreign or
-/// live; remove a stale one (its writer is gone). Returns its sequence number.
+/// The name exists: judge what it is before touching it. Refuse anything
+/// foreign or live; remove a stale one. Returns its sequence number.
 fn posix_existing(name: &str) -> anyhow::Result<u64> {
-    explain(format!(
-        "EEXIST: {name} already exists. Before touching it, look at what it is."
-    ));
-    let s = step(format!("shm_open({name:?}, O_RDONLY, 0)"));
-    let fd = s.check(shm_open(name, OFlag::O_RDONLY, Mode::empty()))?;
-    s.ok(format!("fd {}", fd.as_raw_fd()));
-    let s = step(format!("fstat({})", fd.as_raw_fd()));
-    let st = s.check(fstat(&fd))?;
-    s.ok(format!(
-        "st_size {}, mode {}, owner {}",
-        st.st_size,
-        narrate::mode(st.st_mode),
-        inspect::user_name(st.st_uid)
-    ));
-    let size = st.st_size as u64;
+    let fd = call!(shm_open(name, OFlag::O_RDONLY, Mode::empty()))?;
+    let size = call!(fstat(&fd) => stat_shown)?.st_size as u64;
     let found = match NonZeroUsize::new(layout::SIZE).filter(|_| size == layout::SIZE as u64) {
         Some(len) => {
-            let s = step(format!(
-                "mmap(NULL, {}, PROT_READ, MAP_SHARED, {}, 0)",
-                layout::SIZE,
-                fd.as_raw_fd()
-            ));
+            let (prot, flags) = (ProtFlags::PROT_READ, MapFlags::MAP_SHARED);
             // SAFETY: a fresh read-only mapping chosen by the kernel; read
             // only through `Segment`'s atomic loads.
-            let p = s.check(unsafe {
-                mmap(
-                    None,
-                    len,
-                    ProtFlags::PROT_READ,
-                    MapFlags::MAP_SHARED,
-                    &fd,
-                    0,
-                )
-            })?;
-            s.ok(format!("{:p}", p.as_ptr()));
+            let p = unsafe { call!(mmap(None, len, prot, flags, &fd, 0)) }?;
             // SAFETY: p is a live read-only mapping of SIZE bytes, unmapped
             // below only through into_ptr; judge only reads.
             let old = unsafe { Segment::new(p, layout::SIZE) };
             let found = layout::judge(size, Some(&old));
             // SAFETY: the mapping made just above; into_ptr consumed `old`.
-            unsafe { munmap(old.into_ptr(), layout::SIZE) }.call("munmap")?;
+            unsafe { call!(munmap(old.into_ptr(), layout::SIZE)) }?;
             found
         }
-        None => layout::judge(size, None),
+        None => layout::judge(size, None), // the wrong size: not even mapped
     };
-    drop(fd);
     let file = names::file_name(name);
+    let instead = format!(
+        "Choose another --name, or remove it (rm /dev/shm/{file}) if you know it is yours."
+    );
+    let sequence = stale_or_refuse(found, name, &instead)?;
+    call!(shm_unlink(name))?; // its writer is gone: replace it
+    Ok(sequence)
+}
+// ANCHOR_END: posix_existing
+
+/// What to do with an existing segment: refuse a foreign or live one (bail,
+/// nothing overwritten), or return a stale one's sequence number so that the
+/// caller replaces it.
+fn stale_or_refuse(found: Found, what: &str, instead: &str) -> anyhow::Result<u64> {
     match found {
         Found::Foreign(why) => bail!(
-            "{name} exists but is not a lesson-5 segment: {why}. Nothing was overwritten. \
-             Choose another --name, or remove it (rm /dev/shm/{file}) if you know it is yours."
+            "{what} exists but is not a lesson-5 segment: {why}. Nothing was overwritten. \
+             {instead}"
         ),
         Found::Live { pid } => bail!(
-            "{name} belongs to a writer that is still running (pid {pid}). Nothing was \
-             overwritten. Wait for it to finish, or choose another --name."
+            "{what} belongs to a writer that is still running (pid {pid}). Nothing was \
+             overwritten. {instead}"
         ),
         Found::Stale { pid, sequence } => {
             warn(format!(
-                "{name} is stale: it has the right magic, but its writer (pid {pid}) is gone \
+                "{what} is stale: it has the right magic, but its writer (pid {pid}) is gone \
                  (killed, or run with --keep). Replacing it, with sequence {}.",
                 sequence + 1
             ));
-            println!("writer: replacing a stale object (its writer pid {pid} is gone)");
-            let s = step(format!("shm_unlink({name:?})"));
-            s.check(shm_unlink(name))?;
-            s.ok(0);
+            println!("writer: replacing a stale segment (its writer pid {pid} is gone)");
             Ok(sequence)
         }
     }
 }
-// ANCHOR_END: posix_existing
 
 // ANCHOR: sysv_create
 fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     section("writer 1. Create the segment by key: shmget(IPC_CREAT|IPC_EXCL)");
     let key = crate::sysv_key(o)?;
     let flags = libc::IPC_CREAT | libc::IPC_EXCL | o.mode as libc::c_int;
-    let call = format!(
-        "shmget({}, {}, {})",
-        sysv::key_string(key),
-        layout::SIZE,
-        sysv::shmflg_string(flags)
-    );
-    let s = step(call.clone());
-    let (shmid, sequence) = match s.outcome(sysv::shmget(key, layout::SIZE, flags), |id| {
-        format!("shmid {id}")
-    }) {
+    let size = layout::SIZE;
+    let (shmid, sequence) = match attempt!(shmget(key => ipc_key, size, flags => ipc_flags)) {
         Ok(id) => (id, 1),
         Err(Errno::EEXIST) => {
             let old = sysv_existing(key)?; // stale: removed, so the key is free again
-            let s = step(call);
-            let id = s.check(sysv::shmget(key, layout::SIZE, flags))?;
-            s.ok(format!("shmid {id}"));
-            (id, old + 1)
+            (
+                call!(shmget(key => ipc_key, size, flags => ipc_flags))?,
+                old + 1,
+            )
         }
-        Err(e) => return Err(e).call(call),
+        Err(e) => return Err(e).call(format!("shmget({})", sysv::key_string(key))),
     };
     let segment = cleanup::sysv_segment(shmid); // the writer removes it on every path
-    // ANCHOR_END: sysv_create
     evidence("ipcs -m", inspect::ipcs_rows(shmid));
 
     section("writer 2. Attach it");
-    let s = step(format!("shmat({shmid}, NULL, 0)"));
-    let ptr = s.check(sysv::shmat(shmid, 0))?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
+    let ptr = call!(sysv::shmat(shmid, 0))?;
+    // ANCHOR_END: sysv_create
     // SAFETY: ptr is a live read-write attachment of SIZE bytes, detached
     // below only through into_ptr.
     let seg = unsafe { Segment::new(ptr, layout::SIZE) };
@@ -259,16 +212,14 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     let acked = wait_for_ack(&seg, o, &reader_commands(o, Some(key)));
 
     section("writer 5. Detach, then remove the segment (the writer's job)");
-    let s = step(format!("shmdt({:#x})", seg.addr()));
     // SAFETY: the address shmat returned, handed back by into_ptr, which
     // consumes `seg`: nothing borrowed from it is still alive.
-    s.check(unsafe { sysv::shmdt(seg.into_ptr()) })?;
-    s.ok(0);
+    unsafe { call!(sysv::shmdt(seg.into_ptr())) }?;
     // kernel.shm_rmid_forced = 1 destroys a segment when its attach count
     // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
     // remove, and nothing --keep could keep.
     let forced = sysv::rmid_forced() == Some(true);
-    let gone = forced && inspect::sysv_segment(shmid).is_none();
+    let mut gone = forced && inspect::sysv_segment(shmid).is_none();
     if forced {
         fact("kernel.shm_rmid_forced", 1);
     }
@@ -304,16 +255,17 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
             );
         }
     } else {
-        let call = format!("shmctl({shmid}, IPC_RMID, NULL)");
-        let s = step(call.clone());
-        match s.outcome(sysv::shmctl_rmid(shmid), |()| "0".into()) {
+        match attempt!(sysv::shmctl_rmid(shmid)) {
             Ok(()) => {}
             // The reader's shmdt, just after our check, took nattch to 0.
-            Err(Errno::EINVAL) if forced => explain(
-                "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
-                 = 1 its shmdt destroyed the segment (proc(5)).",
-            ),
-            Err(e) => return Err(e).call(call),
+            Err(Errno::EINVAL) if forced => {
+                gone = true; // by the reader's shmdt, not by us
+                explain(
+                    "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
+                     = 1 its shmdt destroyed the segment (proc(5)).",
+                )
+            }
+            Err(e) => return Err(e).call(format!("shmctl({shmid}, IPC_RMID, NULL)")),
         }
         segment.disarm();
         evidence(
@@ -321,77 +273,49 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
             inspect::sysv_segment(shmid).map(|s| s.line),
         );
     }
-    finish(acked, kept, o)
+    finish(acked, kept, gone, o)
+}
+
+/// `IPC_STAT`'s result as the writer judges it: size, mode, owner, creator.
+fn ds_shown(ds: &libc::shmid_ds) -> String {
+    let owner = inspect::user_name(ds.shm_perm.uid);
+    let mode = narrate::mode(u32::from(ds.shm_perm.mode));
+    let (size, creator) = (ds.shm_segsz, ds.shm_cpid);
+    format!("0 (shm_segsz {size}, mode {mode}, owner {owner}, creator pid {creator})")
 }
 
 /// The key is taken. Judge the segment: refuse anything foreign or live;
 /// remove a stale one. Returns its sequence number.
 fn sysv_existing(key: libc::key_t) -> anyhow::Result<u64> {
-    explain(format!(
-        "EEXIST: a segment with key {} already exists. Before touching it, look at what it is.",
-        sysv::key_string(key)
-    ));
-    let s = step(format!("shmget({}, 0, 0)", sysv::key_string(key)));
-    let shmid = s.check(sysv::shmget(key, 0, 0))?;
-    s.ok(format!("shmid {shmid}"));
-    let s = step(format!("shmctl({shmid}, IPC_STAT, &ds)"));
-    let ds = s.check(sysv::shmctl_stat(shmid))?;
-    s.ok(format!(
-        "shm_segsz {}, mode {}, owner {}, creator pid {}",
-        ds.shm_segsz,
-        narrate::mode(u32::from(ds.shm_perm.mode)),
-        inspect::user_name(ds.shm_perm.uid),
-        ds.shm_cpid
-    ));
-    let size = ds.shm_segsz as u64;
+    let shmid = call!(shmget(key => ipc_key, 0, 0))?;
+    let size = call!(sysv::shmctl_stat(shmid) => ds_shown)?.shm_segsz as u64;
     let found = if size == layout::SIZE as u64 {
-        let s = step(format!("shmat({shmid}, NULL, SHM_RDONLY)"));
-        let p = s.check(sysv::shmat(shmid, libc::SHM_RDONLY))?;
-        s.ok(format!("{:p}", p.as_ptr()));
+        let p = call!(sysv::shmat(shmid, libc::SHM_RDONLY))?;
         // SAFETY: p is a live read-only attachment of SIZE bytes, detached
         // below only through into_ptr; judge only reads.
         let old = unsafe { Segment::new(p, layout::SIZE) };
         let found = layout::judge(size, Some(&old));
         // SAFETY: the address shmat returned; into_ptr consumed `old`.
-        unsafe { sysv::shmdt(old.into_ptr()) }.call("shmdt")?;
+        unsafe { call!(sysv::shmdt(old.into_ptr())) }?;
         found
     } else {
         layout::judge(size, None)
     };
-    let k = sysv::key_string(key);
-    match found {
-        Found::Foreign(why) => bail!(
-            "the segment with key {k} (shmid {shmid}) is not a lesson-5 segment: {why}. Nothing \
-             was overwritten. Choose another --key or --ftok path."
-        ),
-        Found::Live { pid } => bail!(
-            "the segment with key {k} belongs to a writer that is still running (pid {pid}). \
-             Nothing was overwritten."
-        ),
-        Found::Stale { pid, sequence } => {
-            warn(format!(
-                "the segment with key {k} is stale: right magic, but its writer (pid {pid}) is \
-                 gone. Replacing it, with sequence {}.",
-                sequence + 1
-            ));
-            println!("writer: replacing a stale segment (its writer pid {pid} is gone)");
-            let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-            s.check(sysv::shmctl_rmid(shmid))?;
-            s.ok(0);
-            Ok(sequence)
-        }
-    }
+    let what = format!(
+        "the segment with key {} (shmid {shmid})",
+        sysv::key_string(key)
+    );
+    let sequence = stale_or_refuse(found, &what, "Choose another --key or --ftok path.")?;
+    call!(sysv::shmctl_rmid(shmid))?; // its writer is gone: replace it
+    Ok(sequence)
 }
 
-/// Print where this process mapped the segment (the reader prints its own).
 // ANCHOR: publish
 /// Fill in the header and the message, then publish them: the release store
 /// of READY makes every store before it visible to a reader whose acquire
 /// load sees READY.
 fn publish(seg: &Segment, sequence: u64, msg: &str) {
     section("writer 3. Write the header and the message, then publish");
-    explain("The layout, at fixed offsets from the start (never pointers):");
-    narrate::block(layout::table());
     let pid = getpid().as_raw();
     seg.set_bytes(layout::OFF_MAGIC, &layout::MAGIC);
     seg.set_u32(layout::OFF_VERSION, layout::VERSION);
@@ -401,18 +325,12 @@ fn publish(seg: &Segment, sequence: u64, msg: &str) {
     seg.set_u64(layout::OFF_WRITER_ADDR, seg.addr() as u64);
     seg.set_u32(layout::OFF_MSG_LEN, msg.len() as u32);
     seg.set_bytes(layout::OFF_MSG, msg.as_bytes());
-    fact("writer pid", pid);
-    fact("sequence", sequence);
-    fact("message", format!("{msg:?} ({} bytes)", msg.len()));
-    let s = step("state.store(1 /* READY */, Ordering::Release)");
-    seg.state().store(layout::STATE_READY, Ordering::Release);
-    s.ok("state 1 (ready)");
-    explain(
-        "The kernel orders nothing for us. A plain store of READY could become visible to the \
-         reader before the message does; the release store (and the reader's acquire load) \
-         forbids that.",
+    seg.state().store(layout::STATE_READY, Ordering::Release); // last: publishes the rest
+    fact(
+        "state",
+        "1 (ready), stored with Ordering::Release after every other field",
     );
-    println!("writer: published sequence {sequence}");
+    println!("writer: published sequence {sequence}, message {msg:?}");
 }
 // ANCHOR_END: publish
 
@@ -454,11 +372,7 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
             .then(|| seg.get_u32(layout::OFF_READER_PID) as i32)
     });
     match acked {
-        Some(reader) => {
-            let s = step("state.load(Relaxed) + fence(Acquire)");
-            s.ok(format!("state 2 (acked) by reader pid {reader}"));
-            println!("writer: reader pid {reader} acknowledged");
-        }
+        Some(reader) => println!("writer: reader pid {reader} acknowledged"),
         None => warn(format!(
             "no reader acknowledged within {} s",
             o.timeout.as_secs()
@@ -469,11 +383,15 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 // ANCHOR_END: wait_ack
 
 /// `kept`: the object is still there for inspection (`--keep`, and nothing
-/// destroyed it).
-fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
+/// destroyed it). `gone`: the kernel destroyed it at the last `shmdt`, ours
+/// or the reader's (`kernel.shm_rmid_forced = 1`), so the writer removed
+/// nothing.
+fn finish(acked: Option<i32>, kept: bool, gone: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
         let what = if kept {
             "left in place (--keep)"
+        } else if gone {
+            "destroyed by the kernel at our shmdt (kernel.shm_rmid_forced = 1)"
         } else {
             "removed"
         };
@@ -487,6 +405,9 @@ fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
     } else if o.keep {
         "writer done: the reader acknowledged; --keep kept nothing, because the kernel \
          destroyed the segment at its last shmdt (kernel.shm_rmid_forced = 1)."
+    } else if gone {
+        "writer done: the reader acknowledged; the kernel destroyed the segment at its last \
+         shmdt (kernel.shm_rmid_forced = 1), so the writer had nothing to remove."
     } else {
         "writer done: the reader acknowledged, and the writer removed what it created."
     });

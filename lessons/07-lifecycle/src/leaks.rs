@@ -13,9 +13,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use common::args::{Hold, hold_point};
+use common::call::ipc_key;
 use common::children;
 use common::narrate::{compare, evidence, explain, fact, note, section, step, subsection};
-use common::{cleanup, fault, inspect, names, sysv};
+use common::sysv::{self, shmget};
+use common::{call, cleanup, fault, inspect, names};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -51,36 +53,21 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let size = inspect::page_size();
     let cname = CString::new(name.as_str())?; // built before fork: the child must not allocate
 
-    // ANCHOR: child
-    // Both must be free now; from here on, guards remove them on every path
-    // (Ctrl-C included), since the child will never remove them itself.
-    if shm_open(name.as_str(), OFlag::O_RDONLY, Mode::empty()).err() != Some(Errno::ENOENT)
-        || sysv::shmget(key, 0, 0) != Err(Errno::ENOENT)
-    {
-        bail!("{name} or key {} already exists", names::key_hex(key));
-    }
-    let object = cleanup::posix_object(&name);
-    let segment = cleanup::Guard::new(
-        format!(
-            "shmctl(shmget({}, 0, 0), IPC_RMID, NULL)",
-            names::key_hex(key)
-        ),
-        move || {
-            if let Ok(id) = sysv::shmget(key, 0, 0) {
-                let _ = sysv::shmctl_rmid(id);
-            }
-        },
-    );
+    let (object, segment) = guards(&name, key)?; // the child will never remove them
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
 
-    let s = step("fork()");
-    // SAFETY: the child makes only async-signal-safe calls (shm_open is open(2)
-    // on a path built on the stack, ftruncate, shmget, shmat, a volatile
-    // store, write, pause, _exit) on data prepared before the fork.
-    match s.check(unsafe { fork() })? {
-        // SAFETY: in the child, only the async-signal-safe calls listed above,
-        // on a C string and integers made before the fork; the volatile store
-        // goes to the start of the page shmat just attached.
+    // ANCHOR: child
+    // SAFETY: on data prepared before the fork, the child calls ftruncate,
+    // write, pause and _exit, which signal-safety(7) lists, makes a volatile
+    // store, and calls shmget, shmat and shm_open, which it does not (POSIX
+    // lists no shared memory call): in glibc shmget and shmat are one system
+    // call each, and since glibc 2.34 shm_open is open(2) on a path built on
+    // the stack (2.33 and older first searched the mount table with
+    // setmntent, which allocates: not safe here).
+    match unsafe { call!(fork()) }? {
+        // SAFETY: in the child, only the calls listed above, on a C string
+        // and integers made before the fork; the volatile store goes to the
+        // start of the page shmat just attached, which nothing else writes.
         ForkResult::Child => unsafe {
             children::die_with_parent();
             let fd = libc::shm_open(
@@ -107,8 +94,8 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
         ForkResult::Parent { child } => {
             let child_guard = cleanup::child(child);
             drop(ready_w);
-            s.ok(format!("{child}"));
             narrate_child(&name, key, size);
+            // ANCHOR_END: child
             if read_byte(&ready_r, Duration::from_secs(10))?.is_none() {
                 let status = waitpid(child, None).context("waitpid")?;
                 child_guard.disarm();
@@ -122,29 +109,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                     fault::describe(status)
                 );
             }
-            // ANCHOR_END: child
 
             // ANCHOR: kill
-            let s = step(format!("shmget({}, 0, 0)", names::key_hex(key)));
-            let shmid = s.check(sysv::shmget(key, 0, 0))?;
-            s.ok(format!(
-                "{shmid}: the parent finds the child's segment by its key"
-            ));
+            let shmid = call!(shmget(key => ipc_key, 0, 0))?; // the child's, by its key
             evidence(
                 &format!("ls -l /dev/shm/{file}"),
                 inspect::dev_shm_ls(&name),
             );
             evidence("ipcs -m", inspect::ipcs_rows(shmid));
-
-            let s = step(format!("kill({child}, SIGKILL)"));
-            s.check(kill(child, Signal::SIGKILL))?;
-            s.ok(0);
-            let s = step(format!("waitpid({child}, &status, 0)"));
-            let status = s
-                .check(children::wait_deadline(child, Duration::from_secs(10)))?
-                .status();
+            call!(kill(child, Signal::SIGKILL))?;
+            let status = call!(waitpid(child, None))?; // SIGKILL: it cannot linger
             child_guard.disarm();
-            s.ok(fault::describe(status));
             if status != WaitStatus::Signaled(child, Signal::SIGKILL, false) {
                 bail!(
                     "expected the child to die of SIGKILL: {}",
@@ -172,30 +147,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
             match (&seg, forced) {
                 (Some(s), Some(false) | None) if s.nattch == 0 && s.cpid == child.as_raw() => {
                     explain(format!(
-                        "Both survive. The segment's creator (cpid {child}) is dead and nothing \
-                         is attached (nattch 0), yet it stays until someone removes it: the \
-                         kernel frees the memory a dead process mapped, not the names it made."
+                        "Both survive: the segment's creator (cpid {child}) is dead and nattch \
+                         is 0, yet it stays until someone removes it."
                     ))
                 }
                 (None, Some(true)) => explain(
                     "The POSIX object survives. The System V segment is gone: \
                      kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed \
-                     it the moment its attach count fell to 0, here when the killed child's \
-                     attachment went away (proc(5)). With the default 0 it would have stayed.",
+                     it when the killed child's attachment went away (proc(5)).",
                 ),
                 _ => bail!(
                     "unexpected segment state after the crash: {seg:?}, shm_rmid_forced {forced:?}"
                 ),
             }
+            // ANCHOR_END: survive
             note(
-                "kernel.shm_rmid_forced = 1 (a sysctl of each IPC namespace) makes the kernel \
-                 destroy a System V segment as soon as its attach count falls to 0, whether by \
-                 exit or by a plain shmdt (proc(5)). It is 0 by default, because programs may \
-                 rely on a segment outliving them. And when an IPC namespace ends (the last \
-                 process of a container exits), every System V object in it is destroyed \
-                 (ipc_namespaces(7)): a leaked segment lives as long as its container, not \
-                 forever. Nothing similar exists for POSIX objects: /dev/shm is a filesystem, \
-                 and files stay as long as it is mounted.",
+                "Besides IPC_RMID, only kernel.shm_rmid_forced = 1 (0 by default; proc(5)) and \
+                 the end of the IPC namespace (ipc_namespaces(7)) remove a System V segment. \
+                 Nothing but an unlink removes a POSIX name.",
             );
             hold_point(
                 hold,
@@ -206,22 +175,20 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                     "scripts/cleanup     # the dry run lists both".to_string(),
                 ],
             );
-            // ANCHOR_END: survive
 
             another_user(&name, seg.as_ref().map(|s| s.shmid))?;
 
             // ANCHOR: remove
             subsection("Removing them: the calls, and the same from a shell");
-            let s = step(format!("shm_unlink({name:?})"));
-            s.check(shm_unlink(name.as_str()))?;
+            call!(shm_unlink(name.as_str()))?;
             object.disarm();
-            s.ok(format!("0   (from a shell: rm /dev/shm/{file})"));
+            fact("from a shell", format!("rm /dev/shm/{file}"));
             if seg.is_some() {
-                let s = step(format!("shmctl({shmid}, IPC_RMID, NULL)"));
-                s.check(sysv::shmctl_rmid(shmid))?;
-                s.ok(format!("0   (from a shell: ipcrm -m {shmid})"));
+                call!(sysv::shmctl_rmid(shmid))?;
+                fact("from a shell", format!("ipcrm -m {shmid}"));
             }
             segment.disarm();
+            // ANCHOR_END: remove
             evidence(
                 &format!("ls -l /dev/shm/{file}"),
                 inspect::dev_shm_ls(&name),
@@ -241,10 +208,32 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
                  and its next start fails with EEXIST. The table slot lasts at most as long \
                  as the IPC namespace (the container) it was made in.",
             );
-            // ANCHOR_END: remove
         }
     }
     Ok(())
+}
+
+/// Check that the name and the key are free, then guard both: from here on
+/// they are removed on every path (Ctrl-C included).
+fn guards(name: &str, key: libc::key_t) -> anyhow::Result<(cleanup::Guard, cleanup::Guard)> {
+    if shm_open(name, OFlag::O_RDONLY, Mode::empty()).err() != Some(Errno::ENOENT)
+        || sysv::shmget(key, 0, 0) != Err(Errno::ENOENT)
+    {
+        bail!("{name} or key {} already exists", names::key_hex(key));
+    }
+    let object = cleanup::posix_object(name);
+    let segment = cleanup::Guard::new(
+        format!(
+            "shmctl(shmget({}, 0, 0), IPC_RMID, NULL)",
+            names::key_hex(key)
+        ),
+        move || {
+            if let Ok(id) = sysv::shmget(key, 0, 0) {
+                let _ = sysv::shmctl_rmid(id);
+            }
+        },
+    );
+    Ok((object, segment))
 }
 
 /// The uid that part 3's second user takes (`nobody`).
@@ -291,11 +280,12 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     // ANCHOR: sticky
     let path = CString::new(format!("/dev/shm/{}", names::file_name(name)))?;
     let (r, w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-    let s = step("fork()");
-    // SAFETY: the child makes only async-signal-safe calls (setgroups,
-    // setgid, setuid, unlink, shmctl: plain system calls; write, _exit) on
+    // SAFETY: the child calls setgid, setuid, unlink, write and _exit, which
+    // signal-safety(7) lists, and shmctl and setgroups, which it does not
+    // (neither is in POSIX's list): shmctl is one system call in glibc, and
+    // glibc implements setgroups exactly as it does setgid and setuid. All on
     // data prepared before the fork.
-    match s.check(unsafe { fork() })? {
+    match unsafe { call!(fork()) }? {
         // SAFETY: see above; `path` and `shmid` were made before the fork.
         ForkResult::Child => unsafe {
             // errno of each call, 0 for success: [become nobody, unlink, IPC_RMID]
@@ -325,7 +315,6 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
         ForkResult::Parent { child } => {
             let guard = cleanup::child(child);
             drop(w);
-            s.ok(format!("{child}"));
             let status = children::wait_deadline(child, Duration::from_secs(10))
                 .context("waitpid")?
                 .status();

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use common::children;
 use common::narrate::{self, compare, evidence, explain, section, step, subsection, warn};
-use common::{cleanup, fault, inspect};
+use common::{attempt, call, cleanup, fault, inspect};
 
 use crate::posix_unlink;
 use nix::errno::Errno;
@@ -30,12 +30,12 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, kill, sigaction};
 use nix::sys::socket::{
-    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
-    sendmsg, socketpair,
+    self, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    socketpair,
 };
 use nix::sys::stat::fstat;
 use nix::sys::wait::WaitStatus;
-use nix::unistd::{close, ftruncate, getpid, read, write};
+use nix::unistd::{Pid, close, ftruncate, getpid, read, write};
 
 const MEMFD_NAME: &str = "shm-lessons-7-memfd";
 const MESSAGE: &[u8] = b"hello through a memfd\0";
@@ -55,6 +55,8 @@ const NEEDED: SealFlag = SealFlag::F_SEAL_SHRINK;
 /// Part 4's big memfd: 64 MiB, to stand out in `Shmem:`.
 const BIG: usize = 64 << 20;
 const BIG_KIB: i64 = (BIG >> 10) as i64;
+/// How long a receiver may take to end before we kill it (by its pid).
+const WAIT: Duration = Duration::from_secs(10);
 
 /// One byte from the socket, waiting at most 10 s.
 fn recv_byte(fd: &impl AsFd) -> anyhow::Result<u8> {
@@ -69,13 +71,27 @@ fn recv_byte(fd: &impl AsFd) -> anyhow::Result<u8> {
     }
 }
 
-fn seals_text(bits: i32) -> String {
-    let s = SealFlag::from_bits_truncate(bits);
+fn seals_text(bits: &i32) -> String {
+    let s = SealFlag::from_bits_truncate(*bits);
     if s.is_empty() {
         "0 (no seals)".into()
     } else {
         narrate::flags(s)
     }
+}
+
+/// Where `/proc/self/fd` still names the memfd: `4 -> /memfd:... (deleted)`.
+fn fds_naming(label: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?.display().to_string();
+            let fd = e.file_name().to_string_lossy().into_owned();
+            target.contains(label).then(|| format!("{fd} -> {target}"))
+        })
+        .collect()
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -84,35 +100,19 @@ pub fn run() -> anyhow::Result<()> {
     let pid = getpid();
 
     // ANCHOR: create
-    let s = step(format!(
-        "memfd_create({MEMFD_NAME:?}, MFD_CLOEXEC|MFD_ALLOW_SEALING)"
-    ));
-    let mfd = s.check(memfd_create(
-        MEMFD_NAME,
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    ))?;
-    s.ok(format!("fd {}", mfd.as_raw_fd()));
-    let s = step(format!("ftruncate({}, {size})", mfd.as_raw_fd()));
-    s.check(ftruncate(&mfd, size as libc::off_t))?;
-    s.ok(0);
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let mfd = call!(memfd_create(MEMFD_NAME, flags))?; // the name is only a label
+    call!(ftruncate(&mfd, size as libc::off_t))?;
     let len = NonZeroUsize::new(size).context("page size 0")?;
     let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {size}, {}, MAP_SHARED, {}, 0)",
-        narrate::flags(prot),
-        mfd.as_raw_fd()
-    ));
     // SAFETY: a fresh mapping at a kernel-chosen address; accessed only
     // through raw pointers, since the receiver maps the same pages.
-    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &mfd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
+    let ptr = unsafe { call!(mmap(None, len, prot, MapFlags::MAP_SHARED, &mfd, 0)) }?;
     put_message(ptr);
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", mfd.as_raw_fd()))
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let fd = mfd.as_raw_fd();
     evidence(
-        &format!("readlink /proc/{pid}/fd/{}", mfd.as_raw_fd()),
-        [link],
+        &format!("ls -l /proc/{pid}/fd | grep {fd}"),
+        fds_naming(MEMFD_NAME),
     );
     evidence(
         &format!("grep memfd: /proc/{pid}/maps"),
@@ -124,30 +124,20 @@ pub fn run() -> anyhow::Result<()> {
         .map(|e| e.ls_line())
         .collect();
     evidence(&format!("ls /dev/shm | grep {MEMFD_NAME}"), in_dev_shm);
-    explain(
-        "The name is only a label for /proc: there is no entry in /dev/shm or in ipcs to leak. \
-         The file was never linked anywhere, hence (deleted) from the start.",
-    );
     // ANCHOR_END: create
 
     // ANCHOR: unsealed
     subsection("Without seals: the sender shrinks the memfd under a trusting receiver");
     let status = with_receiver(&mfd, Trust::Blindly, |sock| {
-        let s = step(format!("ftruncate({}, 0)", mfd.as_raw_fd()));
-        s.check(ftruncate(&mfd, 0))?;
-        s.ok("0: nothing stops the sender");
+        call!(ftruncate(&mfd, 0))?; // nothing stops the sender
         write(sock, &[TOUCH]).context("write")?;
         Ok(())
     })?;
-    match status {
-        WaitStatus::Signaled(_, Signal::SIGBUS, _) => explain(
-            "The receiver's pages no longer exist in the file: its next access raised SIGBUS. A \
-             receiver that maps memory from someone it does not trust can be killed this way.",
-        ),
-        other => bail!(
+    if !matches!(status, WaitStatus::Signaled(_, Signal::SIGBUS, _)) {
+        bail!(
             "expected the receiver to die of SIGBUS, it {}",
-            fault::describe(other)
-        ),
+            fault::describe(status)
+        );
     }
     subsection("A careful receiver checks F_GET_SEALS first, and refuses");
     let status = with_receiver(&mfd, Trust::CheckSeals, |_| {
@@ -155,40 +145,25 @@ pub fn run() -> anyhow::Result<()> {
     })?;
     if status != WaitStatus::Exited(status.pid().unwrap_or(pid), REFUSED_EXIT) {
         bail!(
-            "expected the careful receiver to refuse the unsealed memfd (exit {REFUSED_EXIT}): \
-             it {}",
+            "expected the careful receiver to refuse (exit {REFUSED_EXIT}): it {}",
             fault::describe(status)
         );
     }
-    explain(format!(
-        "The careful receiver read the seals, found no F_SEAL_SHRINK, and refused before \
-         mapping anything (exit {REFUSED_EXIT}): the sender can no longer kill it with a shrink."
-    ));
     // ANCHOR_END: unsealed
 
     // ANCHOR: sealed
     subsection("With F_SEAL_SHRINK|F_SEAL_GROW: the size is fixed for everyone");
-    let s = step(format!("ftruncate({}, {size})", mfd.as_raw_fd()));
-    s.check(ftruncate(&mfd, size as libc::off_t))?;
-    s.ok(0);
+    call!(ftruncate(&mfd, size as libc::off_t))?;
     put_message(ptr);
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
-    let s = step(format!(
-        "fcntl({}, F_ADD_SEALS, {})",
-        mfd.as_raw_fd(),
-        narrate::flags(seals)
-    ));
-    s.check(fcntl(&mfd, FcntlArg::F_ADD_SEALS(seals)))?;
-    s.ok(0);
+    call!(fcntl(&mfd, FcntlArg::F_ADD_SEALS(seals)))?;
     let status = with_receiver(&mfd, Trust::CheckSeals, |sock| {
         for bad in [0, 2 * size] {
-            let s = step(format!("ftruncate({}, {bad})", mfd.as_raw_fd()));
-            match s.outcome(ftruncate(&mfd, bad as libc::off_t), |_| "0".into()) {
-                Err(Errno::EPERM) => {}
+            match attempt!(ftruncate(&mfd, bad as libc::off_t)) {
+                Err(Errno::EPERM) => {} // the seals bind the sender too
                 other => bail!("expected EPERM from ftruncate on a sealed memfd, got {other:?}"),
             }
         }
-        explain("The seals make ftruncate fail with EPERM, for the sender too.");
         write(sock, &[TOUCH]).context("write")?;
         Ok(())
     })?;
@@ -202,36 +177,16 @@ pub fn run() -> anyhow::Result<()> {
 
     // ANCHOR: release
     subsection("Release: the last descriptor and mapping");
-    let s = step(format!("munmap({:p}, {size})", ptr.as_ptr()));
     // SAFETY: exactly the mapping made above; not used afterwards.
-    s.check(unsafe { munmap(ptr, size) })?;
-    s.ok(0);
-    let raw = mfd.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(mfd))?;
-    s.ok("0: the memory is freed; there was never a name to remove");
-    let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| {
-                    let target = std::fs::read_link(e.path()).ok()?;
-                    let target = target.display().to_string();
-                    target
-                        .contains(MEMFD_NAME)
-                        .then(|| format!("{} -> {target}", e.file_name().to_string_lossy()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    evidence(&format!("ls -l /proc/{pid}/fd | grep {MEMFD_NAME}"), fds);
+    unsafe { call!(munmap(ptr, size)) }?;
+    call!(close(mfd))?; // no name to remove: the memory is freed
+    evidence(
+        &format!("ls -l /proc/{pid}/fd | grep {MEMFD_NAME}"),
+        fds_naming(MEMFD_NAME),
+    );
     evidence(
         &format!("grep {MEMFD_NAME} /proc/{pid}/maps"),
         inspect::maps_lines_matching(MEMFD_NAME),
-    );
-    explain(
-        "No descriptor and no mapping refers to the memfd any more, and the receivers have \
-         exited: nothing can reach it, so the kernel frees its pages. One page is too small to \
-         see in Shmem; the next step measures 64 MiB, freed by a crash.",
     );
     // ANCHOR_END: release
     let freed = killed_holder(pid)?;
@@ -263,42 +218,21 @@ fn killed_holder(pid: nix::unistd::Pid) -> anyhow::Result<bool> {
     subsection("A crash: the last holder of a 64 MiB memfd dies of SIGKILL");
     let start = posix_unlink::shmem()?;
     evidence("grep Shmem: /proc/meminfo", [format!("Shmem: {start} kB")]);
-    let s = step(format!(
-        "memfd_create(\"{MEMFD_NAME}-big\", MFD_CLOEXEC|MFD_ALLOW_SEALING)"
-    ));
-    let big = s.check(memfd_create(
-        format!("{MEMFD_NAME}-big").as_str(),
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    ))?;
-    s.ok(format!("fd {}", big.as_raw_fd()));
-    let s = step(format!("ftruncate({}, {BIG})", big.as_raw_fd()));
-    s.check(ftruncate(&big, BIG as libc::off_t))?;
-    s.ok(0);
-    let s = step(format!("posix_fallocate({}, 0, {BIG})", big.as_raw_fd()));
-    s.check(posix_fallocate(&big, 0, BIG as libc::off_t))?;
-    s.ok("0: every page exists now (a memfd's pages are Shmem, not in /dev/shm)");
+    let flags = MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING;
+    let big = call!(memfd_create(format!("{MEMFD_NAME}-big").as_str(), flags))?;
+    call!(ftruncate(&big, BIG as libc::off_t))?;
+    call!(posix_fallocate(&big, 0, BIG as libc::off_t))?; // Shmem, not in /dev/shm
     let filled = posix_unlink::show_shmem("after allocating 64 MiB", start)?;
     let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
-    let s = step(format!(
-        "fcntl({}, F_ADD_SEALS, {})",
-        big.as_raw_fd(),
-        narrate::flags(seals)
-    ));
-    s.check(fcntl(&big, FcntlArg::F_ADD_SEALS(seals)))?;
-    s.ok(0);
+    call!(fcntl(&big, FcntlArg::F_ADD_SEALS(seals)))?;
     let receiver = start_receiver(&big, Trust::CheckSeals)?;
     if !receiver.mapped {
         bail!("the careful receiver refused a sealed memfd");
     }
-    let raw = big.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(big))?;
-    s.ok("0: the receiver's descriptor and mapping are now the only references");
+    call!(close(big))?; // now the receiver holds the only references
     let closed = posix_unlink::show_shmem("after our close", filled)?;
     let cpid = receiver.pid;
-    let s = step(format!("kill({cpid}, SIGKILL)"));
-    s.check(kill(cpid, Signal::SIGKILL))?;
-    s.ok(0);
+    call!(kill(cpid, Signal::SIGKILL))?;
     let status = finish_receiver(receiver)?;
     if status != WaitStatus::Signaled(cpid, Signal::SIGKILL, false) {
         bail!(
@@ -378,21 +312,50 @@ fn with_receiver(
     finish_receiver(r)
 }
 
-// ANCHOR: send
-fn start_receiver(mfd: &OwnedFd, trust: Trust) -> anyhow::Result<Receiver> {
-    let s = step("socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv)");
-    let (ours, theirs) = s.check(socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    ))?;
-    s.ok(format!(
-        "0, sv = [{}, {}]",
-        ours.as_raw_fd(),
-        theirs.as_raw_fd()
-    ));
+/// `sendmsg(sock, {iov "F", SCM_RIGHTS [fd]}, 0)`: one byte, and one
+/// descriptor for the kernel to install in the receiver's table.
+fn sendmsg(sock: &OwnedFd, fd: &OwnedFd) -> nix::Result<usize> {
+    let iov = [IoSlice::new(&[SENT])];
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    socket::sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
+}
 
+/// `recvmsg(sock, &msg, 0)` for one byte and the descriptor that came with
+/// it (SCM_RIGHTS), which the kernel installed in our table.
+fn recvmsg(sock: RawFd) -> nix::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = socket::recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::empty())?;
+    let mut got = None;
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the kernel just installed this descriptor in our
+            // table for us (SCM_RIGHTS); nothing else owns it.
+            got = fds.first().map(|&raw| unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+    }
+    Ok(got)
+}
+
+/// How `sendmsg` above reads in C.
+fn with_fd(fd: &&OwnedFd) -> String {
+    format!("{{iov \"F\", SCM_RIGHTS [{}]}}, 0", fd.as_raw_fd())
+}
+
+/// How `recvmsg` above returned: the descriptor SCM_RIGHTS gave us.
+fn got_fd(fd: &Option<OwnedFd>) -> String {
+    match fd {
+        Some(fd) => format!("1, SCM_RIGHTS gave us fd {}", fd.as_raw_fd()),
+        None => "1, but no descriptor came with it".into(),
+    }
+}
+
+/// Start a receiver: this program again, `--receive-fd`, with the other end
+/// of the socket pair as its stdin. A new program, not a fork: it inherits
+/// no memfd, only the socket.
+fn spawn_receiver(theirs: OwnedFd, trust: Trust) -> anyhow::Result<(Pid, cleanup::Guard)> {
     let exe = std::env::current_exe().context("current_exe")?;
     let trusting = if trust == Trust::Blindly {
         " --trusting"
@@ -410,47 +373,40 @@ fn start_receiver(mfd: &OwnedFd, trust: Trust) -> anyhow::Result<Receiver> {
         cmd.arg("--trusting");
     }
     let child = s.check(cmd.spawn())?;
-    let cpid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let cpid = Pid::from_raw(child.id() as i32);
     let guard = cleanup::child(cpid);
-    s.ok(format!(
-        "pid {cpid}: a new program, not a fork; it inherits no memfd, only the socket"
-    ));
+    s.ok(format!("pid {cpid}"));
+    Ok((cpid, guard))
+}
 
-    let fds = [mfd.as_raw_fd()];
-    let s = step(format!(
-        "sendmsg({}, {{iov \"F\", SCM_RIGHTS [{}]}}, 0)",
-        ours.as_raw_fd(),
-        mfd.as_raw_fd()
-    ));
-    s.check(sendmsg::<()>(
-        ours.as_raw_fd(),
-        &[IoSlice::new(&[SENT])],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    ))?;
-    s.ok(1);
+// ANCHOR: send
+fn start_receiver(mfd: &OwnedFd, trust: Trust) -> anyhow::Result<Receiver> {
+    let (family, kind, flags) = (
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+    );
+    let (ours, theirs) = call!(socketpair(family, kind, None, flags))?;
+    let (pid, guard) = spawn_receiver(theirs, trust)?;
+    call!(sendmsg(&ours, mfd => with_fd))?;
     let mapped = match recv_byte(&ours)? {
         MAPPED => true,
         REFUSED => false,
         other => bail!("unexpected byte {other:#x} from the receiver"),
     };
+    let sock = ours;
     Ok(Receiver {
-        sock: ours,
-        pid: cpid,
+        sock,
+        pid,
         guard,
         mapped,
     })
 }
 
 fn finish_receiver(r: Receiver) -> anyhow::Result<WaitStatus> {
-    let cpid = r.pid;
-    let waited = children::wait_deadline(cpid, Duration::from_secs(10));
-    let s = step(format!("waitpid({cpid}, &status, 0)"));
-    let status = s.check(waited)?.status();
+    // Printed once it returns: the receiver writes to our terminal meanwhile.
+    let status = call!(after children::wait_deadline(r.pid, WAIT))?.status();
     r.guard.disarm();
-    drop(r.sock);
-    s.ok(fault::describe(status));
     Ok(status)
 }
 // ANCHOR_END: send
@@ -460,32 +416,10 @@ fn finish_receiver(r: Receiver) -> anyhow::Result<WaitStatus> {
 // ANCHOR: receive
 pub fn receiver(trusting: bool) -> anyhow::Result<()> {
     let me = getpid();
-    let sock: RawFd = 0;
-    let mut byte = [0u8; 1];
-    let mut space = nix::cmsg_space!([RawFd; 1]);
-    let s = step(format!("[receiver {me}] recvmsg({sock}, &msg, 0)"));
-    let mut iov = [IoSliceMut::new(&mut byte)];
-    let msg = s.check(recvmsg::<()>(
-        sock,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    ))?;
-    let mut got = None;
-    for c in msg.cmsgs().context("cmsgs")? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            got = fds.first().copied();
-        }
-    }
-    let raw = got.context("no descriptor in the message")?;
-    // SAFETY: the kernel just installed this descriptor in our table for us
-    // (SCM_RIGHTS); nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    s.ok(format!("1, SCM_RIGHTS gave us fd {raw}"));
-
-    let s = step(format!("[receiver {me}] fcntl({raw}, F_GET_SEALS)"));
-    let seals = s.check(fcntl(&fd, FcntlArg::F_GET_SEALS))?;
-    s.ok(seals_text(seals));
+    narrate::name_calls(format_args!("receiver {me}")); // its lines share our terminal
+    let sock: RawFd = 0; // stdin
+    let fd = call!(recvmsg(sock) => got_fd)?.context("no descriptor in the message")?;
+    let seals = call!(fcntl(&fd, FcntlArg::F_GET_SEALS) => seals_text)?;
     if !SealFlag::from_bits_truncate(seals).contains(NEEDED) {
         if !trusting {
             println!(
@@ -495,35 +429,20 @@ pub fn receiver(trusting: bool) -> anyhow::Result<()> {
             write(fd_of(sock), &[REFUSED]).context("write")?;
             std::process::exit(REFUSED_EXIT);
         }
-        narrate::explain(format!(
-            "[receiver {me}] --trusting: maps it anyway, without F_SEAL_SHRINK"
-        ));
+        narrate::explain(format!("[receiver {me}] --trusting: maps it anyway"));
     }
-    let s = step(format!("[receiver {me}] fstat({raw})"));
-    let size = s.check(fstat(&fd))?.st_size as usize;
-    s.ok(format!("st_size {size}"));
+    let size = call!(fstat(&fd))?.st_size as usize;
     let len = NonZeroUsize::new(size).context("the memfd is empty")?;
-    let s = step(format!(
-        "[receiver {me}] mmap(NULL, {size}, PROT_READ, MAP_SHARED, {raw}, 0)"
-    ));
+    let (prot, flags) = (ProtFlags::PROT_READ, MapFlags::MAP_SHARED);
     // SAFETY: a fresh read-only mapping at a kernel-chosen address; read
     // only byte by byte through raw pointers (see read_message).
-    let ptr = s.check(unsafe {
-        mmap(
-            None,
-            len,
-            ProtFlags::PROT_READ,
-            MapFlags::MAP_SHARED,
-            &fd,
-            0,
-        )
-    })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
+    let ptr = unsafe { call!(mmap(None, len, prot, flags, &fd, 0)) }?;
     narrate::fact(
         &format!("[receiver {me}] read"),
         format!("{:?}", read_message(ptr)),
     );
     write(fd_of(sock), &[MAPPED]).context("write")?;
+    // ANCHOR_END: receive
 
     if recv_byte(&fd_of(sock))? != TOUCH {
         bail!("unexpected byte from the sender");
@@ -536,15 +455,13 @@ pub fn receiver(trusting: bool) -> anyhow::Result<()> {
     );
     // SAFETY: report_fault is async-signal-safe (see common::fault).
     unsafe { sigaction(Signal::SIGBUS, &action) }.context("sigaction")?;
-    narrate::explain(format!("[receiver {me}] reads the mapping again:"));
-    let text = read_message(ptr);
+    let text = read_message(ptr); // again, after the sender's ftruncate
     narrate::fact(
-        &format!("[receiver {me}] read"),
+        &format!("[receiver {me}] read again"),
         format!("{text:?}: still there"),
     );
     Ok(())
 }
-// ANCHOR_END: receive
 
 /// A borrowed view of a raw descriptor we do not own (our stdin).
 fn fd_of(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

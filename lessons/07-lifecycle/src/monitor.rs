@@ -3,8 +3,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::narrate::{self, step};
-use common::{inspect, names, sysv};
+use common::narrate;
+use common::{call, inspect, names, sysv};
 
 /// A time from `shmid_ds` as seconds since the epoch, and how long ago.
 fn when(t: libc::time_t) -> String {
@@ -36,9 +36,7 @@ pub fn mode_text(mode: u32) -> String {
 
 /// `shmctl(shmid, IPC_STAT, &ds)` and its fields, as one block.
 pub fn show(shmid: i32) -> anyhow::Result<libc::shmid_ds> {
-    let s = step(format!("shmctl({shmid}, IPC_STAT, &ds)"));
-    let ds = s.check(sysv::shmctl_stat(shmid))?;
-    s.ok(0);
+    let ds = call!(sysv::shmctl_stat(shmid))?;
     let p = &ds.shm_perm;
     narrate::block(
         [

@@ -6,12 +6,11 @@
 //! ENOENT, and the `Shmem:` line of `/proc/meminfo` falls only at `munmap`.
 
 use std::num::NonZeroUsize;
-use std::os::fd::AsRawFd;
 
 use anyhow::{Context, bail};
 use common::args::{Hold, hold_point};
-use common::narrate::{self, compare, evidence, explain, fact, section, step, warn};
-use common::{inspect, names, shm};
+use common::narrate::{compare, evidence, explain, fact, section, warn};
+use common::{attempt, call, inspect, names, shm};
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, posix_fallocate};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_open, shm_unlink};
@@ -49,45 +48,22 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let start = shmem()?;
     evidence("grep Shmem: /proc/meminfo", [format!("Shmem: {start} kB")]);
     let (fd, object) = shm::create(&name)?; // removed on every path from here on
-
-    let s = step(format!("ftruncate({}, {SIZE})", fd.as_raw_fd()));
-    s.check(ftruncate(&fd, SIZE as libc::off_t))?;
-    s.ok(0);
-
-    let s = step(format!("posix_fallocate({}, 0, {SIZE})", fd.as_raw_fd()));
-    s.check(posix_fallocate(&fd, 0, SIZE as libc::off_t))
-        .context("this part needs 64 MiB free in /dev/shm")?;
-    s.ok("0: every page of the object now exists in memory");
+    call!(ftruncate(&fd, SIZE as libc::off_t))?; // sparse: allocates nothing yet
+    call!(posix_fallocate(&fd, 0, SIZE as libc::off_t))
+        .context("this part needs 64 MiB free in /dev/shm")?; // every page, now
     let filled = show_shmem("after allocating 64 MiB", start)?;
-    explain(
-        "tmpfs pages are counted as Shmem in /proc/meminfo. ftruncate alone allocates \
-         nothing (the file is sparse); posix_fallocate allocates every page now, so a full \
-         /dev/shm fails here with ENOSPC instead of a SIGBUS at the first touch.",
-    );
 
     let len = NonZeroUsize::new(SIZE).context("size 0")?;
     let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
-    let s = step(format!(
-        "mmap(NULL, {SIZE}, {}, MAP_SHARED, {}, 0)",
-        narrate::flags(prot),
-        fd.as_raw_fd()
-    ));
     // SAFETY: a fresh mapping at a kernel-chosen address overlaps no Rust
     // object; only this process uses it, through raw pointers.
-    let ptr = s.check(unsafe { mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0) })?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
-
-    let raw = fd.as_raw_fd();
-    let s = step(format!("close({raw})"));
-    s.check(close(fd))?;
-    s.ok(0);
+    let ptr = unsafe { call!(mmap(None, len, prot, MapFlags::MAP_SHARED, &fd, 0)) }?;
+    call!(close(fd))?; // the mapping keeps its own reference
     // ANCHOR_END: create
 
     // ANCHOR: unlink
-    let s = step(format!("shm_unlink({name:?})"));
-    s.check(shm_unlink(name.as_str()))?;
+    call!(shm_unlink(name.as_str()))?;
     object.disarm(); // the name is gone; the memory goes with the mapping
-    s.ok(0);
     evidence(
         &format!("ls -l /dev/shm/{file}"),
         inspect::dev_shm_ls(&name),
@@ -97,33 +73,24 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     if !maps.ends_with(&format!("/dev/shm/{file} (deleted)")) {
         bail!("expected the mapping of /dev/shm/{file} to show (deleted), saw {maps:?}");
     }
-    explain(
-        "The directory entry is gone, but the mapping still refers to the file: the kernel \
-         marks it (deleted), exactly like an unlinked file that a process still holds open.",
-    );
 
     let word = ptr.as_ptr().cast::<u64>();
-    let s = step(format!("*(u64 *){word:p} = {MAGIC:#x}; read it back"));
     // SAFETY: word is the page-aligned start of our live, writable mapping;
     // no other process maps it.
     let back = unsafe {
         word.write_volatile(MAGIC);
         word.read_volatile()
     };
-    s.ok(format!("{back:#x}: the mapping still works"));
+    fact(
+        &format!("*(u64 *){word:p} = {MAGIC:#x}, read back"),
+        format!("{back:#x}: the mapping still works"),
+    );
     if back != MAGIC {
         bail!("read back {back:#x} instead of {MAGIC:#x}");
     }
 
-    let s = step(format!("shm_open({name:?}, O_RDWR, 0)"));
-    match s.outcome(
-        shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()),
-        |fd| format!("fd {}", fd.as_raw_fd()),
-    ) {
-        Err(Errno::ENOENT) => explain(
-            "A process that starts now can't find the object: the name is what shm_open \
-             looks up, and there is none.",
-        ),
+    match attempt!(shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty())) {
+        Err(Errno::ENOENT) => explain("shm_open looks up the name, and there is none."),
         other => bail!("expected ENOENT from shm_open after shm_unlink, got {other:?}"),
     }
     let unlinked = show_shmem("after shm_unlink", filled)?;
@@ -140,11 +107,9 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     );
 
     // ANCHOR: munmap
-    let s = step(format!("munmap({:p}, {SIZE})", ptr.as_ptr()));
     // SAFETY: exactly the mapping made above; no pointer into it is used
     // afterwards.
-    s.check(unsafe { munmap(ptr, SIZE) })?;
-    s.ok("0: the last reference is gone, and so is the memory");
+    unsafe { call!(munmap(ptr, SIZE)) }?; // the last reference
     let end = show_shmem("after munmap", unlinked)?;
     // ANCHOR_END: munmap
 

@@ -14,9 +14,10 @@ use common::pages::minor_faults;
 use common::{names, shm};
 use nix::fcntl::posix_fallocate;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap, shm_unlink};
+use nix::sys::statvfs::statvfs;
 use nix::unistd::{close, ftruncate};
 
-use crate::util::{self, word};
+use crate::util::word;
 
 /// What something cost: wall time and this process's minor faults.
 #[derive(Clone, Copy, Default)]
@@ -101,21 +102,20 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// The MiB this part may use: `--mib`, or less when /dev/shm has less free
-/// (at most half of it); `None` when not even 1 MiB fits.
-fn usable_mib(mib: usize) -> Option<usize> {
-    match util::dev_shm_free() {
-        Some(free) if (free >> 20) < mib as u64 * 2 => {
+/// The MiB this part may use: `--mib`, or less when /dev/shm has less free;
+/// 0 when not even 2 MiB are free (a touch beyond the free space is a SIGBUS).
+fn usable_mib(mib: usize) -> usize {
+    let free = statvfs("/dev/shm").map(|s| s.blocks_available() * s.fragment_size());
+    match free {
+        Ok(free) if (free >> 20) < mib as u64 * 2 => {
             let fit = ((free >> 20) / 2) as usize;
-            if fit > 0 {
-                warn(format!(
-                    "/dev/shm has only {} MiB free: touching {fit} MiB, not {mib}",
-                    free >> 20
-                ));
-            }
-            (fit > 0).then_some(fit)
+            warn(format!(
+                "/dev/shm has only {} KiB free: touching {fit} MiB, not {mib}",
+                free >> 10
+            ));
+            fit
         }
-        _ => Some(mib),
+        _ => mib,
     }
 }
 
@@ -128,13 +128,11 @@ pub struct Row {
 
 pub fn part4(page: usize, mib: usize) -> anyhow::Result<()> {
     section("4. The price of first touch");
-    let Some(mib) = usable_mib(mib) else {
-        warn(
-            "less than 2 MiB free in /dev/shm: a touch past the free space would be SIGBUS \
-             (lesson 3). Skipping part 4.",
-        );
+    let mib = usable_mib(mib);
+    if mib == 0 {
+        warn("the first page beyond the free space would raise SIGBUS. Skipping part 4.");
         return Ok(());
-    };
+    }
     let len = mib << 20;
     fact(
         "size",

@@ -11,7 +11,6 @@ use common::children::{Waited, wait_deadline};
 use common::cleanup::Guard;
 use common::fault;
 use common::report::CallResult;
-use nix::sys::statvfs::statvfs;
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
 
@@ -101,13 +100,4 @@ pub fn reap_ok(pid: Pid, guard: Guard) -> anyhow::Result<()> {
         WaitStatus::Exited(_, 0) => Ok(()),
         other => bail!("child {pid} {}", fault::describe(other)),
     }
-}
-
-/// The bytes free in /dev/shm for us (`statvfs`), if it can be read. A store
-/// into a page of a shm object that finds no room is SIGBUS (lesson 3), so
-/// parts 3 and 4 size themselves by this first.
-pub fn dev_shm_free() -> Option<u64> {
-    statvfs("/dev/shm")
-        .ok()
-        .map(|s| s.blocks_available() * s.fragment_size())
 }
