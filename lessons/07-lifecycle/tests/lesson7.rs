@@ -687,7 +687,7 @@ fn cleanup_lists_then_removes_exactly_our_leftovers() {
         &yes,
         &[
             &format!("shm_unlink(\"/{prefix}ours\") = 0"),
-            &format!("shmctl({our_seg}, IPC_RMID, NULL) = 0"),
+            &format!("shmctl_rmid({our_seg}) = 0"),
             &format!("removed: {}", path("ours")),
             "removed 2 object(s)",
         ],
