@@ -440,10 +440,28 @@ pub fn hex(v: &impl std::fmt::LowerHex) -> String {
 }
 
 /// The call's text, `name(arg, arg)`, from its path and rendered arguments.
+/// A wrapper whose Rust signature differs from the C call it makes is shown
+/// as the C call (see [`c_form`]).
 #[doc(hidden)]
 pub fn text(path: &str, args: &[String]) -> String {
     let name = path.rsplit("::").next().unwrap_or(path).trim();
-    format!("{name}({})", args.join(", "))
+    c_form(name, args).unwrap_or_else(|| format!("{name}({})", args.join(", ")))
+}
+
+/// The C spelling of a call whose Rust wrapper drops or merges arguments:
+/// `shmctl_rmid(7)` is `shmctl(7, IPC_RMID, NULL)`, nix's `waitpid(pid, 0)`
+/// is `waitpid(pid, &status, 0)`, `mmap_anonymous(..)` is `mmap(.., -1, 0)`.
+pub fn c_form(name: &str, args: &[String]) -> Option<String> {
+    Some(match (name, args) {
+        ("shmat", [id, flags]) => format!("shmat({id}, NULL, {flags})"),
+        ("shmctl_rmid", [id]) => format!("shmctl({id}, IPC_RMID, NULL)"),
+        ("shmctl_stat", [id]) => format!("shmctl({id}, IPC_STAT, &buf)"),
+        ("waitpid", [pid, options]) => format!("waitpid({pid}, &status, {options})"),
+        ("mmap_anonymous", [addr, len, prot, flags]) => {
+            format!("mmap({addr}, {len}, {prot}, {flags}|MAP_ANONYMOUS, -1, 0)")
+        }
+        _ => return None,
+    })
 }
 
 /// Narrate one system call in one line of source: announce it with its real
@@ -636,6 +654,14 @@ mod tests {
             "shm_open(\"/x\", 0600)"
         );
         assert_eq!(text("fork", &[]), "fork()");
+        assert_eq!(
+            text("common::sysv::shmctl_rmid", &["7".into()]),
+            "shmctl(7, IPC_RMID, NULL)"
+        );
+        assert_eq!(
+            text("waitpid", &["42".into(), "0".into()]),
+            "waitpid(42, &status, 0)"
+        );
     }
 
     #[test]

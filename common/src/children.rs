@@ -115,9 +115,10 @@ pub fn record_forks() {
 }
 
 /// In a forked child: ask the kernel to SIGKILL us if the parent dies, so a
-/// crashed lesson never leaves a child spinning. Async-signal-safe (prctl,
-/// getppid, getpid, kill and an atomic load), so it may be called right after
-/// `fork`.
+/// crashed lesson never leaves a child spinning. It may be called right after
+/// `fork`: getppid, getpid and kill are async-signal-safe (signal-safety(7)),
+/// prctl is Linux's own and not on that list but is one system call in
+/// glibc, and the rest is an atomic load.
 ///
 /// `PR_SET_PDEATHSIG` acts only on a death that happens after it: a parent
 /// that died between `fork` and this call has already left us with a new

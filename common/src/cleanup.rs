@@ -197,6 +197,28 @@ pub fn child(pid: Pid) -> Guard {
     })
 }
 
+/// Stop and reap, on every path, a child that runs a program of ours (this
+/// one again, [`crate::ns::spawn_self`]), which installed its own cleanup:
+/// SIGTERM first, so that its guards run (it removes what it made and stops
+/// and reaps its own children), then SIGKILL if it has not ended within
+/// `grace`. The action never parks: it also runs in the signal thread.
+/// Disarm it once the lesson has reaped the child itself.
+pub fn program(pid: Pid, grace: std::time::Duration) -> Guard {
+    Guard::new(format!("kill({pid}, SIGTERM); waitpid({pid})"), move || {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus};
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = std::time::Instant::now() + grace;
+        while let Ok(WaitStatus::StillAlive) = waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            if std::time::Instant::now() >= end {
+                let _ = kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    })
+}
+
 /// Run every registered cleanup now, newest first. Used by the signal thread.
 pub fn run_all() {
     run_entries(std::mem::take(&mut *registry()));
@@ -230,9 +252,18 @@ pub fn stop_signals() -> SigSet {
 /// Block SIGINT/SIGTERM/SIGHUP in every thread and wait for them in a thread
 /// of our own, which runs the cleanups and exits with 128 + signal.
 ///
-/// Forked children inherit the blocked mask, so a Ctrl-C sent to the whole
-/// foreground process group does not kill them half-way; the parent's cleanup
-/// stops them by pid. `std::process::Command` resets the mask before `exec`.
+/// Children inherit the blocked mask, and `exec` keeps it: forked children,
+/// and also programs started with `std::process::Command`, which since Rust
+/// 1.66 no longer resets the mask before `exec` (library/std/src/sys/process/
+/// unix/unix.rs: "Inherit the signal mask from the parent rather than
+/// resetting it"). So a Ctrl-C sent to the whole foreground process group
+/// does not kill them half-way; the parent's cleanup stops them by pid
+/// ([`child`], SIGKILL). A lesson started again as one of its own roles runs
+/// [`crate::run`], whose signal thread takes these signals; an internal role
+/// dispatched before it (`ns::spawn_self`) ignores Ctrl-C and SIGTERM, and
+/// dies by its parent's SIGKILL or PDEATHSIG. A program that must react to
+/// Ctrl-C itself (a tool, a student's exercise) is started with
+/// [`default_signals_on_exec`].
 pub fn install_signal_cleanup() {
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return;
@@ -282,5 +313,68 @@ pub fn install_signal_cleanup() {
         });
     if spawned.is_err() {
         let _ = set.thread_unblock();
+    }
+}
+
+/// Start the program of `cmd` as a shell starts a foreground job: no signal
+/// blocked, and SIGINT, SIGQUIT, SIGTERM and SIGHUP at their default actions.
+/// Without it the program inherits the mask [`install_signal_cleanup`] set
+/// (`exec` keeps it, and `Command` no longer clears it), so Ctrl-C and
+/// SIGTERM would not stop it (`SigBlk: 0000000000004003` in its
+/// `/proc/PID/status`).
+pub fn default_signals_on_exec(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: runs in the forked child before exec; sigemptyset, sigprocmask
+    // and signal are async-signal-safe and touch only the local set.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `SigBlk` mask of a child `cat` started with `cmd`'s settings.
+    fn child_sigblk(reset: bool) -> u64 {
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg("/proc/self/status");
+        if reset {
+            default_signals_on_exec(&mut cmd);
+        }
+        let out = cmd.output().expect("cat");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("SigBlk:"))
+            .expect("a SigBlk line");
+        u64::from_str_radix(line["SigBlk:".len()..].trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn a_command_inherits_the_blocked_stop_signals_unless_reset() {
+        // In a thread of our own, so the test harness's threads keep their mask.
+        std::thread::spawn(|| {
+            stop_signals().thread_block().unwrap();
+            let bits = (1u64 << (libc::SIGINT - 1))
+                | (1u64 << (libc::SIGTERM - 1))
+                | (1u64 << (libc::SIGHUP - 1));
+            assert_eq!(
+                child_sigblk(false) & bits,
+                bits,
+                "std::process::Command passed the blocked mask on through exec"
+            );
+            assert_eq!(child_sigblk(true), 0, "nothing blocked after the reset");
+        })
+        .join()
+        .unwrap();
     }
 }

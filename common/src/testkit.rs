@@ -401,3 +401,35 @@ pub fn run_in_ipc_namespace(
     }
     Some((pid, out))
 }
+
+/// Compile one C file the way the article's readers would, with
+/// `cc -Wall -Werror -o exe src` and no library flags (no `-lrt`). `None`,
+/// with the reason printed, when this machine has no `cc`: the caller then
+/// skips.
+pub fn cc(src: &Path, exe: &Path) -> Option<Output> {
+    match Command::new("cc")
+        .args(["-Wall", "-Werror", "-o"])
+        .arg(exe)
+        .arg(src)
+        .output()
+    {
+        Ok(out) => Some(out),
+        Err(e) => {
+            eprintln!("skipped: no C compiler (cc: {e})");
+            None
+        }
+    }
+}
+
+/// The shared libraries an executable names (`readelf -d`'s NEEDED lines),
+/// or `None` when `readelf` is missing.
+pub fn needed_libraries(exe: &Path) -> Option<Vec<String>> {
+    let out = Command::new("readelf").arg("-d").arg(exe).output().ok()?;
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("(NEEDED)"))
+            .filter_map(|l| Some(l.split('[').nth(1)?.trim_end_matches(']').to_string()))
+            .collect(),
+    )
+}

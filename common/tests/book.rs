@@ -130,9 +130,27 @@ const LINKED_CLAIMS: &[&str] = &[
     "claim-rmdir-hazard",
 ];
 
+/// Every page of the book: the Markdown files under docs/src, at any depth.
+fn book_pages() -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "md") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&root().join("docs/src"), &mut out);
+    out.sort();
+    out
+}
+
 /// The Markdown files whose links must resolve: the book and the README.
 fn markdown_files() -> Vec<PathBuf> {
-    let mut out = chapters();
+    let mut out = book_pages();
     out.push(root().join("README.md"));
     out
 }
@@ -335,6 +353,13 @@ fn check_well_formed_svg(text: &str) -> Result<(), String> {
         let close = rest.find(end).ok_or("a tag is never closed")?;
         let tag = &rest[1..close];
         rest = &rest[close + end.len()..];
+        // XML 1.0, section 2.5: "--" must not occur within a comment (nor
+        // may one end in "--->"). Browsers then refuse the whole picture.
+        if let Some(comment) = tag.strip_prefix("!--") {
+            if comment.contains("--") || comment.ends_with('-') {
+                return Err(format!("\"--\" inside a comment: <{tag}-->"));
+            }
+        }
         if skip {
             continue;
         }
@@ -400,6 +425,7 @@ fn the_svg_checker_rejects_what_it_should() {
         "<svg xmlns=\"http://www.w3.org/2000/svg\"><rect x=1/></svg>",
         "<svg><rect/></svg>",
         "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg><svg xmlns=\"http://www.w3.org/2000/svg\"></svg>",
+        "<svg xmlns=\"http://www.w3.org/2000/svg\"><!-- docker run --ipc=host --><rect/></svg>",
     ] {
         assert!(check_well_formed_svg(bad).is_err(), "accepted {bad}");
     }
@@ -899,11 +925,20 @@ const SNIPPET_MAX_LINES: usize = 40;
 /// `{{#include}}` at most `SNIPPET_MAX_LINES` lines (unless the paragraph
 /// before or after it says why, with the words "long because"), and at most a
 /// third of the included lines narration only. A chapter joins this list once
-/// its lesson uses the one-line narration of `common::call`; until then its
-/// figures are only printed.
+/// its snippets keep the limits (after its lesson moved to the one-line
+/// narration of `common::call`); until then its figures are only printed.
+/// Every chapter is on it now.
 const SNIPPET_LIMITS_ENFORCED: &[&str] = &[
-    "05-unrelated.md", // lesson-5 on call! (#14)
-    "07-lifecycle.md", // lesson-7 on call! (#14)
+    "01-posix-fork.md",
+    "02-sysv-fork.md",
+    "03-sigbus.md",
+    "04-devshm.md",
+    "05-unrelated.md",
+    "06-sync.md",
+    "07-lifecycle.md",
+    "08-speed.md",
+    "09-pages.md",
+    "10-containers.md",
 ];
 
 /// Whether `line` starts a narration-only statement: a call of one of the
@@ -1052,6 +1087,105 @@ fn snippets_show_the_core_per_chapter_figures() {
             "SNIPPET_LIMITS_ENFORCED names {name}, which is not a chapter"
         );
     }
+}
+
+#[test]
+fn links_from_the_book_stay_inside_the_book() {
+    // mdbook copies only docs/src into the built book: a link that leaves it
+    // (`../../lessons/…`) works on GitHub and 404s in the book. Source paths
+    // are written as code spans instead.
+    let src = root().join("docs/src");
+    let mut outside = Vec::new();
+    for chapter in book_pages() {
+        let text = fs::read_to_string(&chapter).unwrap();
+        for target in link_targets(&text) {
+            if target.is_empty() || target.contains("://") || target.starts_with('#') {
+                continue;
+            }
+            let path = target.split('#').next().unwrap();
+            if !normalize(&chapter.parent().unwrap().join(path)).starts_with(&src) {
+                outside.push(format!("{}: {target}", chapter.display()));
+            }
+        }
+    }
+    assert!(
+        outside.is_empty(),
+        "links that leave docs/src (dead in the built book; write the path as a code span):\n{}",
+        outside.join("\n")
+    );
+}
+
+/// The value of attribute `name` in the first tag of `tag`.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let at = tag.find(&format!(" {name}=\""))? + name.len() + 3;
+    let end = tag[at..].find('"')?;
+    Some(&tag[at..at + end])
+}
+
+/// Whether a `#rgb` or `#rrggbb` colour is light (relative luminance > 0.85).
+fn is_light(colour: &str) -> bool {
+    let hex = colour.trim_start_matches('#');
+    let hex: String = match hex.len() {
+        3 => hex.chars().flat_map(|c| [c, c]).collect(),
+        6 => hex.to_string(),
+        _ => return colour == "white",
+    };
+    let channel =
+        |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_or(0.0, |v| v as f64 / 255.0);
+    0.2126 * channel(0) + 0.7152 * channel(2) + 0.0722 * channel(4) > 0.85
+}
+
+#[test]
+fn every_picture_paints_its_own_light_background() {
+    // mdBook shows an <img> SVG as it is, on a white page in the light themes
+    // and a dark one in the others: dark ink on a transparent background
+    // disappears there. So the first shape of every picture is a light
+    // rectangle over the whole picture, and the ink is drawn on it.
+    let mut checked = 0;
+    for e in fs::read_dir(root().join("docs/src/img")).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "svg") {
+            continue;
+        }
+        let svg = fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let root_tag = &svg[svg.find("<svg").unwrap()..];
+        let root_tag = &root_tag[..root_tag.find('>').unwrap()];
+        let view: Vec<f64> = attribute(root_tag, "viewBox")
+            .unwrap_or_else(|| panic!("{name} has no viewBox"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        let after_root = svg.find("<svg").unwrap() + root_tag.len();
+        let body = svg
+            .find("</defs>")
+            .map_or(&svg[after_root..], |i| &svg[i..]);
+        let first = body
+            .match_indices('<')
+            .map(|(i, _)| &body[i..])
+            .find(|s| {
+                !s.starts_with("</")
+                    && !s.starts_with("<!--")
+                    && !s.starts_with("<title")
+                    && !s.starts_with("<desc")
+                    && !s.starts_with("<defs")
+            })
+            .unwrap_or_else(|| panic!("{name} draws nothing"));
+        let tag = &first[..first.find('>').unwrap()];
+        let number = |a: &str| attribute(tag, a).and_then(|v| v.parse::<f64>().ok());
+        let covers = tag.starts_with("<rect")
+            && number("x").is_some_and(|x| x <= view[0] + 2.0)
+            && number("y").is_some_and(|y| y <= view[1] + 2.0)
+            && number("width").is_some_and(|w| w >= view[2] - 4.0)
+            && number("height").is_some_and(|h| h >= view[3] - 4.0);
+        assert!(
+            covers && attribute(tag, "fill").is_some_and(is_light),
+            "{name}: the first shape must be a light rectangle over the whole picture (it reads \
+             in the dark themes too), not {tag}>"
+        );
+        checked += 1;
+    }
+    assert!(checked > 0);
 }
 
 /// mdbook, if this machine has it: `$MDBOOK`, then `PATH`, then cargo's bin.

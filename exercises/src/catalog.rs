@@ -809,7 +809,9 @@ fn judge_fork_heap(r: &mut Run) -> anyhow::Result<Verdict> {
             ),
             Some(v) => Err(format!("the parent read {v}, not 1000.")),
             None => Err("your program reported nothing: keep the kit::report_u64 call.".into()),
-        }
+        }?;
+        // A named object (shm_open) works too, if it is removed.
+        nothing_left(r)
     })())
 }
 

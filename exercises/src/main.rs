@@ -172,6 +172,8 @@ fn list() -> ExitCode {
 fn prebuild() -> ExitCode {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // Ctrl-C must stop cargo too (it would inherit our blocked SIGINT).
+    common::cleanup::default_signals_on_exec(&mut cmd);
     cmd.args(["build", "--target-dir"])
         .arg(target_dir())
         .current_dir(root());
@@ -221,7 +223,12 @@ fn hint(e: &'static Exercise) -> ExitCode {
 pub fn build(package: &str) -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let dir = target_dir();
-    let status = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // Ctrl-C during the build must stop cargo too: without this it inherits
+    // the SIGINT/SIGTERM/SIGHUP the checker blocks, and builds on after the
+    // checker has exited.
+    common::cleanup::default_signals_on_exec(&mut cmd);
+    let status = cmd
         .args(["build", "--quiet", "--package", package, "--target-dir"])
         .arg(&dir)
         .current_dir(root())

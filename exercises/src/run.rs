@@ -170,25 +170,12 @@ impl Run {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        // SAFETY: runs in the forked child before exec; sigemptyset,
-        // sigprocmask and signal are async-signal-safe and touch only the
-        // local set.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The checker blocks SIGINT/SIGTERM/SIGHUP for its cleanup
-                // thread, and exec keeps both the blocked mask and "ignored"
-                // dispositions (a shell's background job starts with SIGINT
-                // ignored). Give the program what a terminal's Ctrl-C
-                // expects: nothing blocked, default actions.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGHUP] {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-                Ok(())
-            });
-        }
+        // The checker blocks SIGINT/SIGTERM/SIGHUP for its cleanup thread,
+        // and exec keeps both the blocked mask and "ignored" dispositions (a
+        // shell's background job starts with SIGINT ignored). Give the
+        // program what a terminal's Ctrl-C expects: nothing blocked, default
+        // actions.
+        cleanup::default_signals_on_exec(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;

@@ -16,9 +16,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use common::args::{Cli, hold_point};
-use common::narrate::{self, compare, evidence, explain, fact, note, section, step};
-use common::sysv::{self, key_string, shmflg_string};
-use common::{children, cleanup, inspect, names};
+use common::call::{ipc_flags, ipc_key};
+use common::inspect::{show_ipcs, show_maps};
+use common::narrate::{self, compare, evidence, explain, fact, note, section};
+use common::sysv;
+use common::{attempt, call, children, cleanup, inspect, names};
+use nix::errno::Errno;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, SysconfVar, close, fork, getpid, pipe, sysconf};
 
@@ -32,6 +35,29 @@ const ABOUT: &str = "Lesson 2: the article's System V shared memory fork demo. A
 
 fn main() -> ExitCode {
     common::run(lesson)
+}
+
+/// Why shmget failed with --key: the key is taken.
+fn in_use(key: libc::key_t) -> String {
+    format!(
+        "key {} is already in use (another run of lesson-2, or someone else's segment: see \
+         ipcs -m); run without --key to use IPC_PRIVATE",
+        names::key_hex(key)
+    )
+}
+
+/// `1`, `0` or `(unreadable)`: a sysctl flag as /proc shows it.
+fn flag(v: Option<bool>) -> &'static str {
+    v.map_or("(unreadable)", |f| if f { "1" } else { "0" })
+}
+
+/// Narrated evidence: `$ cat /proc/sysvipc/shm`, the segment's row or its absence.
+fn show_sysvipc(smid: i32, seg: Option<&inspect::SysvSegment>) {
+    let row = seg.map_or_else(
+        || format!("(no segment with shmid {smid})"),
+        |s| s.line.clone(),
+    );
+    evidence("cat /proc/sysvipc/shm", [inspect::sysvipc_header(), row]);
 }
 
 /// `nattch` of a segment, as `/proc/sysvipc/shm` lists it right now.
@@ -59,109 +85,56 @@ fn lesson() -> anyhow::Result<()> {
 
     // ANCHOR: page_size
     section("1. The size of the segment: one page");
-    let s = step("sysconf(_SC_PAGE_SIZE)");
-    let region_size = s
-        .check(sysconf(SysconfVar::PAGE_SIZE))?
-        .context("sysconf(_SC_PAGE_SIZE) has no value")? as usize;
-    s.ok(region_size);
+    let region_size = call!(sysconf(SysconfVar::PAGE_SIZE))?.context("no page size")? as usize;
     // ANCHOR_END: page_size
 
     // ANCHOR: shmget
     section("2. Create the segment: shmget");
-    explain(
-        "A System V segment is named by a key, a 32-bit number, as a POSIX object is named by \
-         a path. The article picks the fixed key 12345678: any process on the machine that \
-         knows the number finds the segment, and two programs that picked the same number \
-         collide. ftok(path, id) makes a key from a file's inode, which is only a little \
-         better. IPC_PRIVATE (key 0) always creates a new segment that no key can find: the \
-         right choice when, as here, only a parent and the children it forks share it.",
-    );
-    let shmflg = libc::IPC_CREAT | libc::IPC_EXCL | 0o600;
-    let s = step(format!(
-        "shmget({}, {region_size}, {})",
-        key_string(mykey),
-        shmflg_string(shmflg)
-    ));
-    let smid = s
-        .check(sysv::shmget(mykey, region_size, shmflg))
-        .with_context(|| {
-            format!(
-                "key {} is already in use (another run of lesson-2, or someone else's \
-                 segment: see ipcs -m); run without --key to use IPC_PRIVATE",
-                names::key_hex(mykey)
-            )
-        })?;
+    let shmflg = libc::IPC_CREAT | libc::IPC_EXCL | 0o600; // article: IPC_CREAT|0666
+    let smid = call!(sysv::shmget(mykey => ipc_key, region_size, shmflg => ipc_flags)
+        => |id| format!("shmid {id}"))
+    .with_context(|| in_use(mykey))?;
     let segment = cleanup::sysv_segment(smid); // removed on every path from here on
-    s.ok(format!("shmid {smid}"));
     compare(
         "shmget(12345678, region_size, IPC_CREAT|0666)",
-        &format!(
-            "shmget({}, {region_size}, {})",
-            key_string(mykey),
-            shmflg_string(shmflg)
-        ),
-        "without IPC_EXCL, shmget silently hands back a segment someone else made with the \
-         same key, and 0666 lets every user on the machine read and write it. IPC_EXCL fails \
-         with EEXIST instead, and 0600 keeps the segment to us.",
+        "the call above: IPC_PRIVATE unless --key, IPC_EXCL and 0600",
+        "a fixed key is found by any process that knows the number, and two programs that \
+         picked it collide; without IPC_EXCL shmget hands back their segment, and 0666 lets \
+         every user read and write it. IPC_PRIVATE always makes a new segment no key finds.",
     );
-    evidence("ipcs -m", inspect::ipcs_rows(smid));
-    evidence(
-        "cat /proc/sysvipc/shm",
-        [inspect::sysvipc_header()]
-            .into_iter()
-            .chain(inspect::sysv_segment(smid).map(|s| s.line)),
-    );
-    explain(
-        "ipcs reads /proc/sysvipc/shm: key (0x00000000 is IPC_PRIVATE), shmid (what shmget \
-         returned: one id for the whole system, or rather for this IPC namespace, not a \
-         per-process handle like a file descriptor; any process with permission can shmat \
-         it), owner, perms, bytes, and nattch, the number of attachments, which is 0 as \
-         long as nothing has called shmat.",
-    );
+    show_ipcs(smid);
     fact("nattch", nattch(smid));
+    explain("shmid is one id for the whole IPC namespace, not a per-process handle like an fd.");
     // ANCHOR_END: shmget
 
     // ANCHOR: shmat
     section("3. Attach it: shmat");
-    let s = step(format!("shmat({smid}, NULL, 0)"));
-    let ptr = s.check(sysv::shmat(smid, 0))?;
-    s.ok(format!("{:p}", ptr.as_ptr()));
+    let ptr = call!(sysv::shmat(smid, 0))?;
     fact("nattch", nattch(smid));
     let sysv_file = format!("SYSV{:08x}", mykey as u32);
-    evidence(
-        &format!("grep {sysv_file} /proc/{pid}/maps"),
-        inspect::maps_line_for(ptr.as_ptr() as usize),
-    );
+    show_maps(&sysv_file, ptr.as_ptr());
     compare(
         "the memory zone created by System V api is invisible in any file system",
         &format!("/proc/{pid}/maps names the attachment /{sysv_file} (deleted)"),
-        "the kernel backs every segment with a file on an internal tmpfs that no one can \
-         mount, named SYSV and the key in hex. It has no link in any directory, so maps says \
-         \"(deleted)\" from the start, long before IPC_RMID. Invisible to ls, then, but not to \
-         /proc: /proc/sysvipc/shm lists every segment, and ipcs reads it.",
+        "the kernel backs every segment with an unlinked file on an internal tmpfs: \
+         invisible to ls, not to /proc (/proc/sysvipc/shm lists every segment; ipcs reads it).",
     );
     // ANCHOR_END: shmat
 
     // ANCHOR: fork
     section("4. fork: the child writes, the parent waits and reads");
-    let s = step("pipe()");
-    let (go_r, go_w) = s.check(pipe())?;
-    s.ok(format!("[{}, {}]", go_r.as_raw_fd(), go_w.as_raw_fd()));
-    explain(
-        "Not in the article: a pipe on which the child waits after its write, so that we can \
-         count its attachment while it is alive. Closing the write end lets it go.",
-    );
-    let s = step("fork()");
-    // SAFETY: the child only does async-signal-safe work: prctl, a volatile
-    // store, close, read and _exit. It touches no lock and no allocator.
-    match s.check(unsafe { fork() })? {
+    let (go_r, go_w) = call!(pipe())?; // not in the article: holds the child until we look
+    // SAFETY: the child calls die_with_parent (prctl, getppid: see there),
+    // makes a volatile store, and calls close, read and _exit, which are
+    // async-signal-safe. It touches no lock and no allocator.
+    let child = match unsafe { call!(fork()) }? {
+        ForkResult::Parent { child } => child,
         ForkResult::Child => {
             children::die_with_parent();
-            let d = ptr.as_ptr().cast::<libc::c_ulong>();
-            // SAFETY: d is the start of the attached, writable, page-aligned
+            // SAFETY: ptr is the start of the attached, writable, page-aligned
             // segment; the parent reads it only after waitpid has reaped us,
             // which orders this store before that read.
-            unsafe { d.write_volatile(MAGIC) };
+            unsafe { ptr.as_ptr().cast::<libc::c_ulong>().write_volatile(MAGIC) };
             let mut b = [0u8; 1];
             // SAFETY: close and read are async-signal-safe; the fds are ours
             // (inherited) and b is a valid one-byte buffer. read returns 0
@@ -174,36 +147,20 @@ fn lesson() -> anyhow::Result<()> {
             // flush); it also detaches the segment.
             unsafe { libc::_exit(0) }
         }
-        ForkResult::Parent { child } => {
-            let child_guard = cleanup::child(child);
-            s.ok(format!("{child} (in the parent; 0 in the child)"));
-            drop(go_r);
-            fact("nattch while the child is alive", nattch(smid));
-            evidence("ipcs -m", inspect::ipcs_rows(smid));
-            explain(
-                "fork copied our attachment into the child, which never called shmat: \
-                 nattch counts attachments, not shmat calls.",
-            );
-            let w = go_w.as_raw_fd();
-            let s = step(format!("close({w})"));
-            s.check(close(go_w))?;
-            s.ok("0 (the child's read returns 0 and it calls _exit)");
-
-            let s = step(format!("waitpid({child}, &status, 0)"));
-            let status = s.check(waitpid(child, None))?;
-            child_guard.disarm(); // reaped: the pid is no longer ours to signal
-            match status {
-                WaitStatus::Exited(_, 0) => s.ok("child exited with status 0"),
-                other => {
-                    s.ok(format!("{other:?}"));
-                    bail!("the child did not exit cleanly: {other:?}");
-                }
-            }
-            fact("nattch after the child exited", nattch(smid));
-            explain("_exit detached the child's copy; ours remains.");
-        }
+    };
+    // ANCHOR_END: fork
+    // ANCHOR: wait
+    let child_guard = cleanup::child(child);
+    drop(go_r);
+    fact("nattch while the child is alive", nattch(smid));
+    explain("fork copied our attachment: nattch counts attachments, not shmat calls.");
+    call!(close(go_w))?; // the child's read returns 0 and it calls _exit
+    let status = call!(waitpid(child, None))?;
+    child_guard.disarm(); // reaped: the pid is no longer ours to signal
+    if status != WaitStatus::Exited(child, 0) {
+        bail!("the child did not exit cleanly: {status:?}");
     }
-
+    fact("nattch after the child exited", nattch(smid));
     // SAFETY: the segment is still attached. The only writer, the child, has
     // exited and waitpid above reaped it: its store happens before this read,
     // so the read races with nothing (waitpid orders it, not the volatile).
@@ -212,14 +169,8 @@ fn lesson() -> anyhow::Result<()> {
     if value != MAGIC {
         bail!("expected {MAGIC:#x} in the segment, read {value:#x}");
     }
-    compare(
-        "Child wrote 0xdeadbeef",
-        &format!("child wrote {value:#x}"),
-        "the child's store went to the same physical page we have attached.",
-    );
-    // ANCHOR_END: fork
+    // ANCHOR_END: wait
 
-    // ANCHOR: hold
     section("5. The article's sleep(30): look from another terminal");
     hold_point(
         args.hold(),
@@ -231,88 +182,49 @@ fn lesson() -> anyhow::Result<()> {
             "cat /proc/sysvipc/shm".to_string(),
         ],
     );
-    // ANCHOR_END: hold
 
     // ANCHOR: cleanup
     section("6. Detach and remove: shmdt, shmctl(IPC_RMID)");
     let forced = sysv::rmid_forced();
     fact(
         "kernel.shm_rmid_forced (/proc/sys/kernel/shm_rmid_forced)",
-        forced.map_or("(unreadable)", |f| if f { "1" } else { "0" }),
+        flag(forced),
     );
-    let s = step(format!("shmdt({:p})", ptr.as_ptr()));
     // SAFETY: ptr came from shmat above and is not used after this call.
-    s.check(unsafe { sysv::shmdt(ptr) })?;
-    s.ok(0);
+    unsafe { call!(sysv::shmdt(ptr)) }?;
     let left = inspect::sysv_segment(smid);
-    evidence(
-        "cat /proc/sysvipc/shm",
-        [inspect::sysvipc_header()]
-            .into_iter()
-            .chain(Some(left.as_ref().map_or_else(
-                || format!("(no segment with shmid {smid})"),
-                |seg| seg.line.clone(),
-            ))),
-    );
+    show_sysvipc(smid, left.as_ref());
     if forced == Some(true) {
         // The last detach destroyed it (proc(5), shm_rmid_forced).
         if let Some(seg) = left {
             bail!("kernel.shm_rmid_forced is 1, yet segment {smid} survived shmdt: {seg:?}");
         }
         segment.disarm(); // gone: its id may be handed out again
-        explain(
-            "kernel.shm_rmid_forced is 1 in this IPC namespace, so the kernel destroyed the \
-             segment the moment its attach count fell to 0, here at our shmdt, without any \
-             IPC_RMID (proc(5)). On most machines the setting is 0 and the segment would \
-             stay, with its data, until someone removed it.",
-        );
-        let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));
-        let rmid = s.outcome(sysv::shmctl_rmid(smid), |()| "0".into());
-        if rmid != Err(nix::errno::Errno::EINVAL) {
+        explain("shm_rmid_forced=1: the last detach destroyed the segment, without IPC_RMID.");
+        let rmid = attempt!(sysv::shmctl_rmid(smid));
+        if rmid != Err(Errno::EINVAL) {
             bail!("IPC_RMID on the destroyed segment {smid} gave {rmid:?}, not EINVAL");
         }
-        explain(
-            "EINVAL: the article's IPC_RMID finds no segment with this id, because there is \
-             nothing left to remove. A program that must work everywhere treats this EINVAL \
-             after its own last shmdt as success.",
-        );
+        explain("Portable code treats this EINVAL after its own last shmdt as success.");
     } else {
         let Some(seg) = left else {
             bail!("segment {smid} vanished at shmdt although kernel.shm_rmid_forced is not 1");
         };
         fact("nattch", seg.nattch);
-        explain(
-            "Detaching does not destroy the segment: with nattch 0 it stays, holding its \
-             data, until someone removes it (unless kernel.shm_rmid_forced is 1, or its IPC \
-             namespace ends). This is how System V segments outlive crashed programs.",
-        );
-
-        let s = step(format!("shmctl({smid}, IPC_RMID, NULL)"));
-        s.check(sysv::shmctl_rmid(smid))?;
+        explain("With nattch 0 the segment stays, with its data: System V outlives crashes.");
+        call!(sysv::shmctl_rmid(smid))?;
         segment.disarm(); // removed by the lesson itself
-        s.ok(0);
     }
-    let s = step(format!("shmctl({smid}, IPC_STAT, &buf)"));
-    let gone = s.outcome(sysv::shmctl_stat(smid), |st| {
-        format!("0 (still there, nattch {})", st.shm_nattch)
-    });
-    if gone != Err(nix::errno::Errno::EINVAL) {
+    let gone = attempt!(sysv::shmctl_stat(smid));
+    if gone != Err(Errno::EINVAL) {
         bail!("the segment {smid} still exists: {gone:?}");
     }
-    evidence("ipcs -m", inspect::ipcs_rows(smid));
-    if forced != Some(true) {
-        explain(
-            "EINVAL: no segment has this id any more. With nattch 0, IPC_RMID destroyed it \
-             at once; with attachments left it would only be marked (status dest) and \
-             destroyed at the last shmdt.",
-        );
-    }
-    note(
-        "the article checks this call with error_out(\"shmdt\"), copied from the line above: \
-         a failing IPC_RMID would print \"shmdt: ...\" and send the reader to the wrong call. \
-         Here every failure names its own call and errno.",
-    );
+    show_ipcs(smid);
     // ANCHOR_END: cleanup
+    note(
+        "the article checks IPC_RMID with error_out(\"shmdt\"), copied from the line above: \
+         a failure would name the wrong call. Here every failure names its own call and errno.",
+    );
 
     section("Notes");
     note(

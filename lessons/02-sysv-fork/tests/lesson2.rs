@@ -24,7 +24,7 @@ fn the_parent_reads_what_the_child_wrote_and_nothing_is_left() {
     let text = stdout(&out);
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     assert!(text.contains("\nchild wrote 0xdeadbeef\n"), "{text}");
-    assert!(text.contains("child exited with status 0"), "{text}");
+    assert!(text.contains(": exited with status 0\n"), "{text}");
     testkit::assert_nothing_left_by(2, pid);
 }
 

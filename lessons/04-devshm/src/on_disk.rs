@@ -46,7 +46,10 @@ pub fn run(name: &str, scratch: &Path, hold: Hold) -> anyhow::Result<()> {
     look(hold, &[&format!("ls -l {dir}"), "findmnt -N PID /dev/shm"]);
     write_back(&fd, page)?;
     remove(name, fd, object)?;
-    explain("An ordinary file: written back to the disk, and still there after a reboot.");
+    explain(
+        "An ordinary file on the disk: its pages go to the device (fsync above), and had we \
+         not unlinked it, it would still be there after a reboot, unlike anything on tmpfs.",
+    );
     result(2, "on disk", &format!("shm_open worked; {fs}"));
     Ok(())
 }

@@ -182,7 +182,7 @@ pub fn explain_without_namespaces(from: usize) {
             .into(),
         "2. On a disk: a directory on ext4 (or overlay, ...) bind-mounted over /dev/shm; \
          shm_open works and makes an ordinary disk file (f_type 0xef53 on ext4): written back \
-         to disk, and still there after a reboot."
+         to disk, and, left unlinked, still there after a reboot."
             .into(),
         "3. Removed: shm_open fails with ENOENT on glibc 2.34+. glibc 2.33 searched \
          /proc/mounts for the first tmpfs instead, and in 2010 that was udev's /dev: hence the \

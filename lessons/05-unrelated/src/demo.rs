@@ -128,7 +128,7 @@ pub fn run(o: &Opts) -> anyhow::Result<()> {
     ]);
     narrate::conclude(
         "lesson-5 done: two unrelated processes exchanged a message through shared memory, \
-         found by name and by key, and the writer removed what it created.",
+         found by name and by key, and nothing either of them created is left.",
     );
     Ok(())
 }

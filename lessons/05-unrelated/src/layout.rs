@@ -143,9 +143,11 @@ impl Segment {
     fn atomic_u32(&self, off: usize) -> &AtomicU32 {
         // SAFETY: the mapping is live while `self` is (see `new`), `off` is
         // 4-aligned inside it (checked in `at`), and AtomicU32 has the layout
-        // of u32. Other processes only ever access these bytes atomically
-        // too (the C reader with __atomic, the writer and reader here), and
-        // atomics may be modified while shared references to them exist.
+        // of u32. This program only ever accesses these bytes atomically,
+        // and so do the Rust writer and reader in other processes and the C
+        // reader (__atomic); the Python reader can't (plain loads and stores,
+        // correct on x86-64's TSO only: see scripts/lesson5_reader.py).
+        // Atomics may be modified while shared references to them exist.
         unsafe { AtomicU32::from_ptr(self.at::<u32>(off)) }
     }
 

@@ -97,7 +97,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
         object.disarm();
         evidence(&format!("ls -l /dev/shm/{file}"), inspect::dev_shm_ls(name));
     }
-    finish(acked, o.keep, o)
+    finish(acked, o.keep, false, o)
 }
 
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
@@ -219,7 +219,7 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
     // falls to 0, by a plain shmdt too (proc(5)): then there is nothing to
     // remove, and nothing --keep could keep.
     let forced = sysv::rmid_forced() == Some(true);
-    let gone = forced && inspect::sysv_segment(shmid).is_none();
+    let mut gone = forced && inspect::sysv_segment(shmid).is_none();
     if forced {
         fact("kernel.shm_rmid_forced", 1);
     }
@@ -258,10 +258,13 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
         match attempt!(sysv::shmctl_rmid(shmid)) {
             Ok(()) => {}
             // The reader's shmdt, just after our check, took nattch to 0.
-            Err(Errno::EINVAL) if forced => explain(
-                "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
-                 = 1 its shmdt destroyed the segment (proc(5)).",
-            ),
+            Err(Errno::EINVAL) if forced => {
+                gone = true; // by the reader's shmdt, not by us
+                explain(
+                    "EINVAL: the reader detached in the meantime, and with kernel.shm_rmid_forced \
+                     = 1 its shmdt destroyed the segment (proc(5)).",
+                )
+            }
             Err(e) => return Err(e).call(format!("shmctl({shmid}, IPC_RMID, NULL)")),
         }
         segment.disarm();
@@ -270,7 +273,7 @@ fn sysv_writer(o: &Opts) -> anyhow::Result<()> {
             inspect::sysv_segment(shmid).map(|s| s.line),
         );
     }
-    finish(acked, kept, o)
+    finish(acked, kept, gone, o)
 }
 
 /// `IPC_STAT`'s result as the writer judges it: size, mode, owner, creator.
@@ -380,11 +383,15 @@ fn wait_for_ack(seg: &Segment, o: &Opts, commands: &[String]) -> Option<i32> {
 // ANCHOR_END: wait_ack
 
 /// `kept`: the object is still there for inspection (`--keep`, and nothing
-/// destroyed it).
-fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
+/// destroyed it). `gone`: the kernel destroyed it at the last `shmdt`, ours
+/// or the reader's (`kernel.shm_rmid_forced = 1`), so the writer removed
+/// nothing.
+fn finish(acked: Option<i32>, kept: bool, gone: bool, o: &Opts) -> anyhow::Result<()> {
     let Some(_) = acked else {
         let what = if kept {
             "left in place (--keep)"
+        } else if gone {
+            "destroyed by the kernel at our shmdt (kernel.shm_rmid_forced = 1)"
         } else {
             "removed"
         };
@@ -398,6 +405,9 @@ fn finish(acked: Option<i32>, kept: bool, o: &Opts) -> anyhow::Result<()> {
     } else if o.keep {
         "writer done: the reader acknowledged; --keep kept nothing, because the kernel \
          destroyed the segment at its last shmdt (kernel.shm_rmid_forced = 1)."
+    } else if gone {
+        "writer done: the reader acknowledged; the kernel destroyed the segment at its last \
+         shmdt (kernel.shm_rmid_forced = 1), so the writer had nothing to remove."
     } else {
         "writer done: the reader acknowledged, and the writer removed what it created."
     });

@@ -721,3 +721,47 @@ fn the_demo_stops_at_the_first_failure_with_that_sides_reason() {
     assert!(stdout.contains("), 143)"), "{stdout}");
     assert!(!stdout.contains("within 300 s"), "{stdout}");
 }
+
+/// With kernel.shm_rmid_forced = 1 (a private IPC namespace of the test's own)
+/// the whole demo still exits 0, and the System V writer never claims to have
+/// removed the segment the kernel destroyed at its shmdt.
+#[test]
+fn with_shm_rmid_forced_the_demo_succeeds_and_the_writer_claims_no_removal() {
+    let Some((_, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--timeout", "30"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let flat = text
+        .lines()
+        .map(|l| l.trim_start_matches("    writer |"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let flat = flat.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(out.status.success(), "{text}");
+    assert!(flat.contains("kernel.shm_rmid_forced: 1"), "{text}");
+    // The System V part. The writer's shmdt was the last (nothing left to
+    // remove), or the reader's came between the writer's check and its
+    // IPC_RMID (EINVAL), or the reader was still attached and the writer's
+    // IPC_RMID marked the segment (= 0). Only then did the writer remove it.
+    let sysv = flat.split("--- System V").nth(1).unwrap();
+    let marked = sysv.contains("IPC_RMID, NULL) = 0");
+    assert!(
+        marked
+            || sysv.contains("EINVAL: the reader detached in the meantime")
+            || sysv.contains("the segment when its attach count fell to 0, here at our shmdt"),
+        "{text}"
+    );
+    assert_eq!(
+        sysv.contains("the writer removed what it created"),
+        marked,
+        "{text}"
+    );
+    if !marked {
+        assert!(
+            sysv.contains("so the writer had nothing to remove"),
+            "{text}"
+        );
+    }
+}

@@ -281,8 +281,7 @@ fn the_value_is_visible_without_msync_and_ordering_holds() {
         .unwrap_or_else(|| panic!("no Release/Acquire count: {text}"));
     assert!(weak <= 100_000, "{text}");
     if text.contains("no disk-backed directory found") {
-        assert!(text.contains("no disk-backed directory found"), "{text}");
-        return;
+        return; // no file on disk to read back with pread
     }
     // read(2) returned the bytes stored through the mapping, without msync.
     assert!(
@@ -297,8 +296,7 @@ fn the_value_is_visible_without_msync_and_ordering_holds() {
 fn ms_async_cleans_nothing_and_ms_sync_cleans_only_the_disk_page() {
     let text = run_ok(&["--part", "6"]);
     if text.contains("no disk-backed directory found") {
-        assert!(text.contains("no disk-backed directory found"), "{text}");
-        return;
+        return; // nothing on disk to compare tmpfs with
     }
     // The kernel's own dirty figures (/proc/self/smaps), in KiB: after the
     // store, after msync(MS_ASYNC), after msync(MS_SYNC).

@@ -57,13 +57,17 @@ pub fn run(hold: Hold) -> anyhow::Result<()> {
     let (ready_r, ready_w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
 
     // ANCHOR: child
-    // SAFETY: the child makes only async-signal-safe calls (shm_open is open(2)
-    // on a path built on the stack, ftruncate, shmget, shmat, a volatile
-    // store, write, pause, _exit) on data prepared before the fork.
+    // SAFETY: on data prepared before the fork, the child calls ftruncate,
+    // write, pause and _exit, which signal-safety(7) lists, makes a volatile
+    // store, and calls shmget, shmat and shm_open, which it does not (POSIX
+    // lists no shared memory call): in glibc shmget and shmat are one system
+    // call each, and since glibc 2.34 shm_open is open(2) on a path built on
+    // the stack (2.33 and older first searched the mount table with
+    // setmntent, which allocates: not safe here).
     match unsafe { call!(fork()) }? {
-        // SAFETY: in the child, only the async-signal-safe calls listed above,
-        // on a C string and integers made before the fork; the volatile store
-        // goes to the start of the page shmat just attached.
+        // SAFETY: in the child, only the calls listed above, on a C string
+        // and integers made before the fork; the volatile store goes to the
+        // start of the page shmat just attached, which nothing else writes.
         ForkResult::Child => unsafe {
             children::die_with_parent();
             let fd = libc::shm_open(
@@ -276,8 +280,10 @@ fn another_user(name: &str, shmid: Option<i32>) -> anyhow::Result<()> {
     // ANCHOR: sticky
     let path = CString::new(format!("/dev/shm/{}", names::file_name(name)))?;
     let (r, w) = pipe2(OFlag::O_CLOEXEC).context("pipe2")?;
-    // SAFETY: the child makes only async-signal-safe calls (setgroups,
-    // setgid, setuid, unlink, shmctl: plain system calls; write, _exit) on
+    // SAFETY: the child calls setgid, setuid, unlink, write and _exit, which
+    // signal-safety(7) lists, and shmctl and setgroups, which it does not
+    // (neither is in POSIX's list): shmctl is one system call in glibc, and
+    // glibc implements setgroups exactly as it does setgid and setuid. All on
     // data prepared before the fork.
     match unsafe { call!(fork()) }? {
         // SAFETY: see above; `path` and `shmid` were made before the fork.

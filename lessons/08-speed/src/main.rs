@@ -157,7 +157,7 @@ fn lesson() -> anyhow::Result<()> {
 
     // ANCHOR: region
     section("2. The shared-memory ring: one mapping made before fork");
-    let region = Region::map()?; // mmap(NULL, len, .., MAP_SHARED|MAP_ANONYMOUS, -1, 0)
+    let region = Region::map()?;
     inspect::show_maps(&format!("{:x}", region.addr()), region.addr() as *const _);
     block(format!(
         "offset  what\n\

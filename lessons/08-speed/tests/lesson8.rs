@@ -221,8 +221,7 @@ fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
     );
     for expected in [
         "sched_getaffinity(0) = CPUs [",
-        "mmap_anonymous(NULL, ",
-        "PROT_READ|PROT_WRITE, MAP_SHARED) = 0x",
+        "PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0) = 0x",
         " rw-s ",
         "pipe2(O_CLOEXEC) = [",
         "F_GETPIPE_SZ) = ",

@@ -135,8 +135,11 @@ fn explain_cost(cost: &[i64], private_now: u64, shared_now: u64) {
              read-only. The first write cost exactly one fault: the kernel copied the page \
              for the child (copy-on-write) and the second write cost nothing. The shared page \
              is different: fork does not copy page-table entries of shared mappings (the \
-             kernel fills them on demand: vma_needs_copy in mm/memory.c), so the first read cost one fault that maps the \
-             same page, copying nothing; the write then cost no fault at all.",
+             kernel fills them on demand: vma_needs_copy in mm/memory.c), so the first read \
+             cost one fault that maps the same page, copying nothing. The write then cost no \
+             fault at all: the read fault had mapped the page writable already, since tmpfs \
+             has no write-back to a disk, so the kernel need not see a first write \
+             (vma_wants_writenotify in mm/vma.c).",
         );
     } else {
         warn(format!(

@@ -227,7 +227,9 @@ impl Peer {
                 let generation = unsafe { word(peer, GENERATION) }.load(Ordering::Acquire);
                 let (mut p, mut size) = (peer, old as u64);
                 if generation != mapped_at {
-                    size = unsafe { word(peer, SIZE) }.load(Ordering::Relaxed); // ordered by the acquire load
+                    // SAFETY: the header is in the live mapping. The load is
+                    // ordered by the acquire load of the generation above.
+                    size = unsafe { word(peer, SIZE) }.load(Ordering::Relaxed);
                     // SAFETY: peer/old is exactly this child's mapping.
                     match unsafe {
                         mremap(peer, old, size as usize, MRemapFlags::MREMAP_MAYMOVE, None)

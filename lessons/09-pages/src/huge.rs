@@ -53,16 +53,21 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
     subsection("MAP_HUGETLB and MFD_HUGETLB: pages from a pool reserved in advance");
     let huge = (meminfo("Hugepagesize") as usize) << 10;
     let (total, free) = (meminfo("HugePages_Total"), meminfo("HugePages_Free"));
+    let sysctl = |f: &str| {
+        std::fs::read_to_string(format!("/proc/sys/vm/{f}"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    let surplus = sysctl("nr_overcommit_hugepages");
     evidence(
-        "grep -E '^(HugePages_Total|HugePages_Free|Hugepagesize):' /proc/meminfo; cat /proc/sys/vm/nr_hugepages",
+        "grep -E '^(HugePages_Total|HugePages_Free|Hugepagesize):' /proc/meminfo; cd /proc/sys/vm; grep . nr_hugepages nr_overcommit_hugepages",
         [
             format!("HugePages_Total: {total}"),
             format!("HugePages_Free: {free}"),
             format!("Hugepagesize: {} kB", huge >> 10),
-            std::fs::read_to_string("/proc/sys/vm/nr_hugepages")
-                .unwrap_or_default()
-                .trim()
-                .to_string(),
+            format!("nr_hugepages:{}", sysctl("nr_hugepages")),
+            format!("nr_overcommit_hugepages:{surplus}"),
         ],
     );
     // ANCHOR: hugetlb
@@ -88,9 +93,10 @@ fn hugetlb(page: usize) -> anyhow::Result<()> {
             "Both failed with ENOMEM: there are {free} free huge pages of {} kB, and a \
              MAP_HUGETLB mapping (or a hugetlbfs file, which is what MFD_HUGETLB makes) takes \
              its pages only from that pool. The pool holds vm.nr_hugepages pages, {total} \
-             here; an administrator sets it (sysctl vm.nr_hugepages=N) for the whole \
-             machine, and that memory is then set aside for huge pages alone \
-             (Documentation/admin-guide/mm/hugetlbpage.rst). This lesson never changes it: \
+             here, and may grow on demand by vm.nr_overcommit_hugepages surplus pages, \
+             {surplus} here. An administrator sets them (sysctl vm.nr_hugepages=N) for the \
+             whole machine, and that memory is then set aside for huge pages alone \
+             (Documentation/admin-guide/mm/hugetlbpage.rst). This lesson never changes them: \
              that is the machine owner's decision.",
             huge >> 10
         )),
@@ -252,9 +258,18 @@ fn measure_both(dir: &Path) -> anyhow::Result<()> {
                 kib("FilePmdMapped")
             ),
         );
-        faults.push(n);
+        faults.push((n, kib("ShmemPmdMapped")));
     }
-    let (small, big) = (faults[0], faults[1]);
+    let ((small, _), (big, pmd_mapped)) = (faults[0], faults[1]);
+    if pmd_mapped == 0 {
+        warn(format!(
+            "huge=always got no huge page here ({big} faults against {small}, ShmemPmdMapped \
+             0 kB): the kernel falls back to small pages when it finds no free {} KiB block \
+             (memory too fragmented, or used up).",
+            pmd >> 10
+        ));
+        return Ok(());
+    }
     explain(format!(
         "With huge=always the same {} MiB took {big} faults instead of {small}: {:.0} times \
          fewer. The most it can be is {} (a huge page of {pmd} bytes over pages of {page}): \

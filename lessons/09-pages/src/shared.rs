@@ -230,10 +230,11 @@ fn frames(parent: Pid, child: Pid, shared: usize, private: usize) {
         ));
     } else {
         explain(format!(
-            "The frame numbers read as 0: this process (euid {}) lacks CAP_SYS_ADMIN. Since \
-             Linux 4.2 the kernel zeroes the PFN field of pagemap for such readers, because \
-             physical addresses help Rowhammer attacks (Documentation/admin-guide/mm/\
-             pagemap.rst). Run as root to see them. The other bits still speak: the child's \
+            "The frame numbers read as 0: this process (euid {}) lacks CAP_SYS_ADMIN (in the \
+             host's user namespace; root in a container may lack it too). Since Linux 4.2 the \
+             kernel zeroes the PFN field of pagemap for such readers, because physical \
+             addresses help Rowhammer attacks (Documentation/admin-guide/mm/pagemap.rst). Run \
+             as root on the host to see them. The other bits still speak: the child's \
              MAP_PRIVATE page is exclusive={} (mapped by it alone), its MAP_SHARED page \
              exclusive={} (mapped by both).",
             geteuid(),

@@ -208,42 +208,73 @@ fn table(rows: &[Row], mib: usize) {
     block(out);
 }
 
-/// What the table says, computed from its numbers.
+/// What the table says, computed from its numbers: each sentence is said
+/// only where this run's counts bear it out.
 fn conclude(rows: &[Row], mib: usize, page: usize) {
     let [fresh, populate, fallocate, second] = rows else {
         return;
     };
     let pages = (mib << 20) / page;
     let per_fault = |c: Cost| ms(c.time) * 1e3 / c.faults.max(1) as f64;
+    let (first, mapped) = (fresh.touch.faults, fallocate.touch.faults);
+    if first == pages as i64 {
+        explain(format!(
+            "First touch of a fresh mapping: {first} faults for {pages} pages ({} per MiB), \
+             {:.1} ms, {:.2} µs a fault: the kernel allocates a page, zeroes it and maps it, \
+             one page at a time.",
+            first / mib as i64,
+            ms(fresh.touch.time),
+            per_fault(fresh.touch)
+        ));
+    } else {
+        warn(format!(
+            "First touch of a fresh mapping: {first} faults for {pages} pages, not one a page: \
+             some faults mapped more than one page (huge pages on /dev/shm? see part 5), or \
+             something else faulted meanwhile."
+        ));
+    }
+    if populate.prepare.faults > 0 && populate.touch.faults == 0 {
+        explain(format!(
+            "MAP_POPULATE moved that work into mmap ({} faults, {:.1} ms), and the touch after \
+             it took 0 faults: the cost is paid up front, not avoided.",
+            populate.prepare.faults,
+            ms(populate.prepare.time)
+        ));
+    } else {
+        warn(format!(
+            "MAP_POPULATE: {} faults inside mmap, {} in the touch after it",
+            populate.prepare.faults, populate.touch.faults
+        ));
+    }
+    let (cheap, dear) = (per_fault(fallocate.touch), per_fault(fresh.touch));
     explain(format!(
-        "First touch of a fresh mapping: {} faults for {pages} pages ({} per MiB), {:.1} ms, \
-         {:.2} µs a fault: the kernel allocates a page, zeroes it and maps it, one page at \
-         a time.",
-        fresh.touch.faults,
-        fresh.touch.faults / mib as i64,
-        ms(fresh.touch.time),
-        per_fault(fresh.touch)
-    ));
-    explain(format!(
-        "MAP_POPULATE moved that work into mmap ({} faults, {:.1} ms), and the touch after it \
-         took {} faults: the cost is paid up front, not avoided.",
-        populate.prepare.faults,
-        ms(populate.prepare.time),
-        populate.touch.faults
-    ));
-    explain(format!(
-        "posix_fallocate allocated the pages first ({:.1} ms, {} faults); the touch \
-         still took {} faults, one per page to map it, but {:.2} µs a fault instead of {:.2}.",
+        "posix_fallocate allocated the pages first ({:.1} ms, {} faults). The touch still \
+         took {mapped} faults{}. Each cost {cheap:.2} µs against {dear:.2} on the fresh \
+         mapping: {}.",
         ms(fallocate.prepare.time),
         fallocate.prepare.faults,
-        fallocate.touch.faults,
-        per_fault(fallocate.touch),
-        per_fault(fresh.touch)
+        if mapped == first {
+            ", as many as on the fresh mapping: a page that exists is not yet mapped"
+        } else {
+            ""
+        },
+        if cheap < dear {
+            "cheaper, because the page was already allocated"
+        } else {
+            "no cheaper in this run (times are noisy; the counts are not)"
+        }
     ));
-    explain(format!(
-        "A second touch: {} faults, {:.1} ms. Once mapped, a page costs nothing more to \
-         reach: only the first touch pays.",
-        second.touch.faults,
-        ms(second.touch.time)
-    ));
+    if second.touch.faults == 0 {
+        explain(format!(
+            "A second touch: 0 faults, {:.1} ms. Once mapped, a page costs nothing more to \
+             reach: only the first touch pays.",
+            ms(second.touch.time)
+        ));
+    } else {
+        warn(format!(
+            "A second touch took {} faults: something unmapped pages meanwhile (memory \
+             pressure?)",
+            second.touch.faults
+        ));
+    }
 }

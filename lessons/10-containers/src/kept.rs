@@ -124,7 +124,10 @@ pub fn start(role: &str, args: &[String]) -> anyhow::Result<Kept> {
     argv.extend(args.iter().cloned());
     let (child, mut link) = ns::spawn_self_linked(&argv).context("starting a child")?;
     let pid = Pid::from_raw(child.id() as i32);
-    let guard = cleanup::child(pid); // stopped and reaped on every path
+    // Stopped and reaped on every path: SIGTERM first, so the child's own
+    // cleanup removes what it made (on the host too, for --ipc=host) and
+    // reaps its own children; SIGKILL if it has not ended in 5 s.
+    let guard = cleanup::program(pid, Duration::from_secs(5));
     let mut kept = Kept {
         pid,
         info: String::new(),
@@ -168,7 +171,7 @@ impl Kept {
         let status = match waited {
             Waited::Ended(s) => s,
             Waited::TimedOut(_) => {
-                drop(guard); // kill and reap it
+                guard.disarm(); // wait_deadline killed and reaped it
                 bail!("the {} child did not finish in time", self.role);
             }
         };

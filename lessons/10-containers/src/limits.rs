@@ -8,7 +8,7 @@
 //! SHMMAX, ENOSPC when SHMMNI segments exist or SHMALL pages are in use.
 
 use anyhow::bail;
-use common::narrate::{evidence, explain, fact, section, subsection};
+use common::narrate::{self, evidence, explain, fact, section, subsection};
 use common::{attempt, call, cleanup, inspect, ns, sysv};
 use nix::errno::Errno;
 
@@ -49,6 +49,18 @@ fn set(name: &str, value: &str, host_ipc: &str) -> anyhow::Result<()> {
     Ok(())
 }
 // ANCHOR_END: set
+
+/// Write `kernel.shmmni`'s own value back (a change of nothing, in our own
+/// IPC namespace only): the errno when the kernel refuses us the write.
+/// Kernels whose ipc/ipc_sysctl.c has no ipc_permissions() let only real
+/// root write these files, whatever namespace they belong to.
+fn refused(host_ipc: &str) -> anyhow::Result<Option<Errno>> {
+    if ns::identity(None, "ipc").as_deref() == Some(host_ipc) {
+        bail!("refusing to write kernel.shmmni: this is the host's IPC namespace");
+    }
+    let now = host::sysctl("shmmni");
+    Ok(attempt!(std::fs::write("/proc/sys/kernel/shmmni", now)).err())
+}
 
 /// `shmget(IPC_PRIVATE, size, IPC_CREAT|0600)`, narrated; the segment is
 /// guarded. `Err` is the errno, as a result to show.
@@ -96,6 +108,24 @@ pub fn inside(args: &[String]) -> anyhow::Result<()> {
         "ipcs -l -m   # inside, as the namespace starts",
         host::ipcs_limits(),
     );
+
+    if let Some(errno) = refused(host_ipc)? {
+        narrate::warn(if errno == Errno::EROFS {
+            "/proc/sys is mounted read-only here (as in a container): not even the limits of \
+             an IPC namespace of our own can be written. Run the lesson on the host or a VM \
+             to see the limits at work."
+                .to_string()
+        } else {
+            format!(
+                "the kernel refuses ({}) the root of our user namespace a write to the limits \
+                 of an IPC namespace of our own: here only real root may set them. Run the \
+                 lesson as root (sudo) to see the limits at work.",
+                common::report::errno_name(errno)
+            )
+        });
+        fact("result limits", format!("refused ({})", name(Some(errno))));
+        return Ok(());
+    }
 
     subsection("kernel.shmmax, shmall and shmmni: size, total pages, count");
     // ANCHOR: limits

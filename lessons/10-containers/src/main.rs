@@ -17,8 +17,8 @@
 //! The lesson process stays in the host's namespaces. Each scenario runs in
 //! a child: this program again, started with `--internal ROLE ...`
 //! ([`kept`]), which makes or joins namespaces while it is still
-//! single-threaded (`unshare` and `setns` refuse a multi-threaded process),
-//! then narrates its part. As root it unshares directly, like Docker; as
+//! single-threaded (`unshare` of a user namespace and `setns` into a user or
+//! mount namespace refuse a multi-threaded process), then narrates its part. As root it unshares directly, like Docker; as
 //! anyone else it adds a user namespace, like `unshare -Urim`.
 //!
 //! Run it: `cargo run -p lesson-10` (all parts), `-- --part 2` (one part),

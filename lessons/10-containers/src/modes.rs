@@ -175,10 +175,14 @@ pub fn container(mode: &str, _args: &[String]) -> anyhow::Result<()> {
     call!(ftruncate(&fd, page as libc::off_t))?;
     call!(pwrite(&fd, &MAGIC.to_ne_bytes()[..] => |_: &&[u8]| format!("&{MAGIC:#x}"), 0))?;
     kept::ready(&format!("{key} {shmid} {name}"));
+    drop(fd);
+    // IPC_RMID while still attached, then shmdt: right whatever
+    // kernel.shm_rmid_forced says (with 1, a shmdt first would already have
+    // destroyed the segment, and IPC_RMID would fail with EINVAL; proc(5)).
+    crate::ipcns::remove(shmid, segment, &name, object)?;
     // SAFETY: `at` came from shmat; nothing uses it after this.
     unsafe { sysv::shmdt(at) }.context("shmdt")?;
-    drop(fd);
-    crate::ipcns::remove(shmid, segment, &name, object)
+    Ok(())
 }
 
 /// Docker's `/dev/shm` in our own mount namespace: a 64 MiB tmpfs, as

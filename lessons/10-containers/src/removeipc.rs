@@ -76,7 +76,8 @@ pub fn run() -> anyhow::Result<()> {
          the System V semaphores, shared memory segments and message queues and the POSIX \
          shared memory and message queues that the user owns. Root and system users are \
          spared: run daemons as system users, or set RemoveIPC=no in a drop-in such as \
-         /etc/systemd/logind.conf.d/ipc.conf.",
+         /etc/systemd/logind.conf.d/ipc.conf. (systemd's clean-ipc.c also skips a segment \
+         that a process still has attached.)",
     );
     kept::run("removeipc", &[sys_uid_max.to_string()])?;
     Ok(())
@@ -189,10 +190,11 @@ fn objects_of(uid: u32) -> anyhow::Result<()> {
 
 // ANCHOR: sweep
 /// What logind does when the last session of `user` ends (systemd's
-/// clean-ipc.c, for shared memory): nothing for a system user; otherwise
-/// IPC_RMID on every segment, and unlink of every /dev/shm file, that the
-/// user owns (uid or gid). `inside` is the same user as seen in this
-/// namespace. Returns (segments, files) removed.
+/// clean_ipc_by_uid in src/shared/clean-ipc.c, for shared memory): nothing
+/// for a system user; otherwise IPC_RMID on every segment whose owner uid is
+/// the user's and that no process has attached (nattch 0), and unlink of
+/// every /dev/shm file the user owns. `inside` is the same user as seen in
+/// this namespace. Returns (segments, files) removed.
 fn logout(user: u32, inside: u32, sys_uid_max: u32) -> anyhow::Result<(usize, usize)> {
     if user <= sys_uid_max {
         explain(format!(
@@ -202,14 +204,14 @@ fn logout(user: u32, inside: u32, sys_uid_max: u32) -> anyhow::Result<(usize, us
     }
     let mut segments = 0;
     for seg in inspect::sysv_segments() {
-        if seg.uid == inside || seg.gid == inside {
+        if seg.uid == inside && seg.nattch == 0 {
             call!(sysv::shmctl_rmid(seg.shmid))?;
             segments += 1;
         }
     }
     let mut files = 0;
     for e in inspect::dev_shm_entries() {
-        if e.uid == inside || e.gid == inside {
+        if e.uid == inside {
             let name = format!("/{}", e.name);
             call!(shm_unlink(name.as_str()))?;
             files += 1;

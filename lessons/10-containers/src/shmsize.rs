@@ -41,8 +41,8 @@ pub fn run(_hold: Hold) -> anyhow::Result<()> {
     );
     explain(
         "The emptyDir's pages count against the container's memory limit (filling /dev/shm \
-         can get the container OOM-killed), and a pod that writes more than sizeLimit is \
-         evicted.",
+         can get the container OOM-killed), and what it may hold is the smaller of sizeLimit \
+         and the sum of the pod's memory limits: set both.",
     );
     // ANCHOR_END: sizes
     Ok(())
@@ -115,10 +115,14 @@ fn touch_every_page(base: *mut u8) -> anyhow::Result<(String, u64)> {
         SaFlags::SA_SIGINFO | SaFlags::SA_RESETHAND,
         SigSet::empty(),
     );
-    // SAFETY: the child only calls sigaction, does volatile stores and atomic
-    // progress updates, and leaves with _exit: all async-signal-safe.
+    // SAFETY: the child only calls prctl/getppid/kill (die_with_parent) and
+    // sigaction, does volatile stores and atomic progress updates, and
+    // leaves with _exit: all async-signal-safe.
     match unsafe { call!(fork()) }? {
         ForkResult::Child => {
+            // Killed with us if this process is killed (SIGKILL runs no
+            // cleanup); on SIGTERM our own cleanup stops and reaps it.
+            common::children::die_with_parent();
             // SAFETY: sigaction is async-signal-safe; report_fault is too.
             unsafe {
                 let _ = sigaction(Signal::SIGBUS, &action);

@@ -35,16 +35,24 @@ fn fact<'a>(text: &'a str, label: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no {label:?} in:\n{text}"))
 }
 
-/// Each of `pids` has exited, or (its pid reused by a stranger) is not in
-/// the namespace `identity`. Not "no process is in it": once a namespace
-/// is gone, the kernel may give its inode number to a new one (another
-/// run's), so a scan of every process could find strangers.
+/// Each of `pids` is gone: reaped (by `waitpid`, so not even a zombie is
+/// left), or its pid already reused by a stranger (alive, not a zombie, and
+/// not in the namespace `identity`). Not "no process is in it": once a
+/// namespace is gone, the kernel may give its inode number to a new one
+/// (another run's), so a scan of every process could find strangers. Called
+/// right after the lesson exited, it proves the lesson reaped its children
+/// itself: an orphan is reaped by init only later, and one killed by
+/// `PR_SET_PDEATHSIG` dies only after the lesson is gone.
 fn all_gone(pids: &[i32], kind: &str, identity: &str) {
     for &p in pids {
+        if !Path::new(&format!("/proc/{p}")).exists() {
+            continue;
+        }
+        let state = common::children::state(Pid::from_raw(p));
         let now = ns::identity(Some(Pid::from_raw(p)), kind);
         assert!(
-            !inspect::pid_alive(p) || now.as_deref() != Some(identity),
-            "pid {p} is still in {identity}"
+            state.is_some_and(|s| s != 'Z') && now.as_deref() != Some(identity),
+            "pid {p} was not reaped: state {state:?}, {kind} {now:?} (was {identity})"
         );
     }
 }
@@ -289,6 +297,13 @@ fn part2_sigterm_while_a_shareable_container_holds() {
     run.signal(nix::sys::signal::Signal::SIGTERM);
     let (code, err) = run.finish(Duration::from_secs(30));
     assert_eq!(code, Some(143), "{err}");
+    // The lesson stopped the container with SIGTERM, not SIGKILL: its own
+    // cleanup ran (what it removed, it says on stderr), then the lesson
+    // reaped it before exiting.
+    assert!(
+        err.contains(&format!("cleanup: shm_unlink(\"/{name}\")")),
+        "the container's own cleanup did not run:\n{err}"
+    );
     all_gone(&[one], "ipc", &theirs.0);
     testkit::assert_nothing_left_by(10, lesson);
     testkit::assert_nothing_left_by(10, one as u32);
@@ -382,10 +397,13 @@ fn the_whole_lesson_runs_as_nobody() {
             "result 1",
             "result none",
             "result ftruncate",
-            "result shmmni",
             "result host limits",
         ] {
             fact(&text, r);
+        }
+        // Part 4 sets the limits, or shows the kernel refusing the write.
+        if !text.contains("result limits: refused (") {
+            fact(&text, "result shmmni");
         }
         assert_eq!(
             fact(&text, "result logout 65534"),
@@ -434,4 +452,62 @@ fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
         }
     }
     testkit::assert_nothing_left_by(10, pid);
+}
+
+/// proc(5): with kernel.shm_rmid_forced = 1 in the namespace the lesson runs
+/// in (a private IPC namespace of the test's own), part 2's --ipc=host
+/// container, which shares that namespace, still removes its segment: it
+/// marks it with IPC_RMID while attached, then detaches (a shmdt first would
+/// already destroy it, and IPC_RMID would fail with EINVAL).
+#[test]
+fn part2_host_mode_removes_its_segment_under_shm_rmid_forced() {
+    let Some((_, out)) =
+        testkit::run_in_ipc_namespace(bin(), &["--part", "2"], &[("shm_rmid_forced", "1")])
+    else {
+        return;
+    };
+    if !ran(&out) {
+        return;
+    }
+    let text = stdout(&out);
+    let (_, host) = text
+        .split_once("--ipc=host: docker run --ipc=host IMAGE")
+        .unwrap_or_else(|| panic!("no --ipc=host part:\n{text}"));
+    let host = host.split("  · ").next().unwrap();
+    assert!(
+        host.lines().any(|l| l.contains("IPC_RMID, NULL) = 0")),
+        "{text}"
+    );
+}
+
+#[test]
+fn part4_a_read_only_proc_sys_is_shown_not_hidden() {
+    // /proc/sys read-only, as in a container: staged with a read-only bind
+    // mount in a private mount namespace of the test's own (never the host's).
+    if !testkit::is_root() {
+        eprintln!("skipped: staging a read-only /proc/sys needs root");
+        return;
+    }
+    let before = host_sysctls();
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind -o ro /proc/sys /proc/sys || exit 125; exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(["--part", "4"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run unshare");
+    if out.status.code() == Some(125) {
+        eprintln!("skipped: no private mount namespace for the test");
+        return;
+    }
+    assert_eq!(host_sysctls(), before, "the host's kernel.shm* changed");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("write(\"/proc/sys/kernel/shmmni\", ") && text.contains(") = -1 EROFS"),
+        "{text}"
+    );
+    assert_eq!(fact(&text, "result limits"), "refused (EROFS)", "{text}");
+    assert_eq!(fact(&text, "result host limits"), "unchanged");
 }
