@@ -360,7 +360,11 @@ fn part5_hugetlb_errno_and_thp_faults_and_the_host_is_unchanged() {
     let free = inspect::meminfo_kib("HugePages_Free").unwrap_or(0);
     let surplus = std::fs::read_to_string("/proc/sys/vm/nr_overcommit_hugepages")
         .map_or(0, |s| s.trim().parse::<u64>().unwrap_or(0));
-    let hugetlb = line(&text, "▸ mmap_anonymous(NULL, ");
+    let hugetlb = text
+        .lines()
+        .map(str::trim_start)
+        .find(|l| l.starts_with("▸ mmap(NULL, ") && l.contains("MAP_HUGETLB"))
+        .unwrap_or_else(|| panic!("no MAP_HUGETLB mmap line in:\n{text}"));
     if free == 0 && surplus == 0 {
         assert!(
             hugetlb.ends_with("= -1 ENOMEM (Out of memory)"),
