@@ -60,8 +60,6 @@ pub fn find(id: &str) -> Result<&'static Exercise, String> {
     }
 }
 
-const PAGE: usize = 4096; // the checker's own objects; programs use sysconf
-
 /// The program must end with exit status 0.
 fn exited_cleanly(r: &Run, o: Outcome) -> Verdict {
     if o == Outcome::Exited(0) {
@@ -185,7 +183,7 @@ fn judge_ftruncate(r: &mut Run) -> anyhow::Result<Verdict> {
 const PER_WORKER: u64 = 20_000;
 
 fn judge_atomic_counter(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let count = shared.u64_at(0);
     Ok((|| {
@@ -540,7 +538,7 @@ fn judge_publish_order(r: &mut Run) -> anyhow::Result<Verdict> {
 const SEM_WORKER: u64 = 5_000;
 
 fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let count = shared.u64_at(0);
     let mut value: libc::c_int = -1;
@@ -577,7 +575,7 @@ fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
 }
 
 fn judge_robust_mutex(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let mutex = shared.ptr().cast::<libc::pthread_mutex_t>();
     // SAFETY: the program initialised a process-shared robust mutex at the
@@ -696,20 +694,24 @@ fn judge_memfd_seal(r: &mut Run) -> anyhow::Result<Verdict> {
 // Lesson 8
 // ---------------------------------------------------------------------------
 
+/// Where both lesson-8 exercises' consumer stores its sum (their `SUM_OFFSET`).
+const SUM_OFFSET: usize = 512;
+
 fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 20_000;
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let head = shared.u64_at(0);
     let tail = shared.u64_at(64);
-    let got = r.report_u64();
+    // The consumer's own store, read from the checker's mapping.
+    let got = shared.u64_at(SUM_OFFSET);
     Ok((|| {
         exited_cleanly(r, o)?;
         let want = COUNT * (COUNT + 1) / 2;
-        if got != Some(want) {
+        if got != want {
             return Err(format!(
-                "the consumer's sum is {got:?}, not {want}: a message was lost, repeated or read \
-                 before it was written."
+                "the consumer's sum (offset {SUM_OFFSET} of the shared object) is {got}, not \
+                 {want}: a message was lost, repeated or read before it was written."
             ));
         }
         if head != COUNT || tail != COUNT {
@@ -724,23 +726,36 @@ fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
 
 fn judge_futex_shared(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 2_000;
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
-    let got = r.report_u64();
+    // The consumer's own store, read from the checker's mapping.
+    let got = shared.u64_at(SUM_OFFSET);
     let (head, tail) = (shared.u32_at(0), shared.u32_at(64));
     Ok((|| {
         if o == Outcome::TimedOut {
             return Err(format!(
-                "your program hung (head {head}, tail {tail}: the consumer had taken everything \
-                 and slept) and was killed after {} s: the producer's FUTEX_WAKE never reached \
-                 the consumer sleeping in FUTEX_WAIT in another process.",
-                r.timeout.as_secs()
+                "your program hung and was killed after {} s, with head {head} and tail {tail} \
+                 ({}): the consumer slept in FUTEX_WAIT through the producer's FUTEX_WAKE. A wake \
+                 finds a waiter of another process only when both calls treat the futex as \
+                 shared between processes.",
+                r.timeout.as_secs(),
+                if head == tail {
+                    "the ring empty".to_string()
+                } else {
+                    format!(
+                        "{} messages in the ring, not taken",
+                        head.wrapping_sub(tail)
+                    )
+                }
             ));
         }
         exited_cleanly(r, o)?;
         let want = COUNT * (COUNT + 1) / 2;
-        if got != Some(want) {
-            return Err(format!("the consumer's sum is {got:?}, not {want}."));
+        if got != want {
+            return Err(format!(
+                "the consumer's sum (offset {SUM_OFFSET} of the shared object) is {got}, not \
+                 {want}."
+            ));
         }
         Ok(())
     })())

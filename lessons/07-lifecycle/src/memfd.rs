@@ -203,8 +203,9 @@ pub fn run() -> anyhow::Result<()> {
              were blurred by other processes)"
                 .to_string()
         },
-        "memfd_create (Linux 3.17) made anonymous shared memory a file descriptor. Wayland, \
-         systemd and Android pass buffers this way, sealed so the receiver can trust the size.",
+        "memfd_create (Linux 3.17) made anonymous shared memory a file descriptor. Wayland \
+         clients pass buffers this way (wl_shm), and systemd-journald maps a large message \
+         sent as a memfd without copying it only when the memfd is sealed.",
     );
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! and checked.
 //!
 //! Every transport does the same work. Throughput: the writer stamps a
-//! sequence number into a hot 64 KiB buffer and sends it (`write` copies it
-//! into the kernel; the ring copies it into a slot); the reader ends with the
-//! bytes in its own private buffer (`read` copies them out of the kernel; the
-//! ring copies them out of the slot) and folds them into a checksum. Latency:
-//! an 8-byte message goes over and comes back incremented.
+//! sequence number into a hot buffer of one message (64 KiB, or each size of
+//! `--sweep`) and sends it (`write` copies it into the kernel; the ring copies
+//! it into a slot); the reader ends with the bytes in its own private buffer
+//! (`read` copies them out of the kernel; the ring copies them out of the
+//! slot) and folds them into a checksum. Latency: a message (8 bytes, or the
+//! full size with `--sweep`) goes over and comes back with its stamp
+//! incremented; each round trip is timed on its own (CLOCK_MONOTONIC).
 //!
 //! After `fork`, the child does only async-signal-safe work (atomics, raw
 //! copies, read/write/futex/sched_yield/clock_gettime) and leaves with
@@ -31,7 +33,7 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
-use crate::ring::{CHUNK, Region, SLOTS, Wait, now_ns};
+use crate::ring::{Region, SLOTS, Wait, now_ns};
 
 /// `ready` value of a child that could not pin itself.
 const NOT_PINNED: u32 = 2;
@@ -76,6 +78,17 @@ impl Kind {
             Kind::Shm(Wait::Futex) => "shm ring, spin+futex",
         }
     }
+
+    /// How the receiving side waits: burning its CPU, or asleep in the kernel.
+    pub fn waits(self) -> &'static str {
+        match self {
+            Kind::Shm(Wait::Spin) => "busy-wait",
+            // spin+yield never sleeps either: sched_yield returns at once
+            // when nothing else wants the CPU.
+            Kind::Shm(Wait::Yield) => "busy-wait",
+            _ => "blocking",
+        }
+    }
 }
 
 pub const THROUGHPUT: [Kind; 6] = [
@@ -86,6 +99,18 @@ pub const THROUGHPUT: [Kind; 6] = [
     Kind::Shm(Wait::Yield),
     Kind::Shm(Wait::Futex),
 ];
+
+/// What `--sweep` measures at every size (eventfd carries 8 bytes only, a
+/// 1 MiB pipe would only repeat the pipe, and yield sits between spin and futex).
+pub const SWEEP: [Kind; 4] = [
+    Kind::Pipe,
+    Kind::Unix,
+    Kind::Shm(Wait::Spin),
+    Kind::Shm(Wait::Futex),
+];
+
+/// The message sizes of `--sweep`.
+pub const SWEEP_SIZES: [usize; 6] = [64, 1 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20];
 
 pub const LATENCY: [Kind; 6] = [
     Kind::Pipe,
@@ -185,8 +210,13 @@ fn make_fds_now(kind: Kind, latency: bool) -> anyhow::Result<Fds> {
             } else {
                 call!(fcntl(parent_tx.as_fd(), FcntlArg::F_GETPIPE_SZ) => kib)?;
             }
-            // The way back, its own pipe (the throughput test does not use it).
-            let (parent_rx, child_tx) = quietly(!latency, || call!(pipe2(OFlag::O_CLOEXEC)))?;
+            // The way back, its own pipe (the throughput test does not use it:
+            // made silently then; a nested quietly(false) would unsilence it).
+            let (parent_rx, child_tx) = if latency {
+                call!(pipe2(OFlag::O_CLOEXEC))?
+            } else {
+                quietly(true, || call!(pipe2(OFlag::O_CLOEXEC)))?
+            };
             Fds {
                 parent_tx,
                 parent_rx,
@@ -262,24 +292,42 @@ fn read_full(fd: RawFd, buf: *mut u8, len: usize) -> Result<(), i32> {
 
 // ---- checksums ----
 
-/// Write the sequence number into the first and last 8 bytes of a chunk.
-fn stamp(buf: *mut u8, seq: u64) {
-    // SAFETY: buf points to CHUNK writable bytes private to this process.
+/// Write the sequence number into the first and last 8 bytes of a message
+/// of `len` bytes (an 8-byte message is the number alone).
+fn stamp(buf: *mut u8, len: usize, seq: u64) {
+    // SAFETY: buf points to len >= 8 writable bytes private to this process.
     unsafe {
         buf.cast::<u64>().write_unaligned(seq);
-        buf.add(CHUNK - 8).cast::<u64>().write_unaligned(!seq);
+        if len >= 16 {
+            buf.add(len - 8).cast::<u64>().write_unaligned(!seq);
+        }
     }
 }
 
-/// Fold one received chunk into the running checksum: both stamps and a word
-/// from the middle (cheap, so it does not dominate the fast transports).
-fn fold(sum: u64, buf: *const u8) -> u64 {
-    // SAFETY: buf points to CHUNK readable bytes private to this process.
+/// The sequence number a message carries, if its two stamps agree.
+fn stamp_of(buf: *const u8, len: usize) -> Option<u64> {
+    // SAFETY: buf points to len >= 8 readable bytes private to this process.
+    let (a, z) = unsafe {
+        let a = buf.cast::<u64>().read_unaligned();
+        let z = if len >= 16 {
+            buf.add(len - 8).cast::<u64>().read_unaligned()
+        } else {
+            !a
+        };
+        (a, z)
+    };
+    (z == !a).then_some(a)
+}
+
+/// Fold one received message into the running checksum: both stamps and a
+/// word from the middle (cheap, so it does not dominate the fast transports).
+fn fold(sum: u64, buf: *const u8, len: usize) -> u64 {
+    // SAFETY: buf points to len >= 16 readable bytes private to this process.
     let (a, m, z) = unsafe {
         (
             buf.cast::<u64>().read_unaligned(),
-            buf.add(CHUNK / 2).cast::<u64>().read_unaligned(),
-            buf.add(CHUNK - 8).cast::<u64>().read_unaligned(),
+            buf.add(len / 2).cast::<u64>().read_unaligned(),
+            buf.add(len - 8).cast::<u64>().read_unaligned(),
         )
     };
     (sum.rotate_left(7) ^ a)
@@ -287,11 +335,11 @@ fn fold(sum: u64, buf: *const u8) -> u64 {
         .wrapping_add(m ^ z.rotate_left(29))
 }
 
-/// FNV-1a of a whole chunk: the last chunk is checked byte for byte.
-fn content(buf: *const u8) -> u64 {
+/// FNV-1a of a whole message: the last one is checked byte for byte.
+fn content(buf: *const u8, len: usize) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for i in 0..CHUNK {
-        // SAFETY: i < CHUNK, inside the caller's private buffer.
+    for i in 0..len {
+        // SAFETY: i < len, inside the caller's private buffer.
         h = (h ^ u64::from(unsafe { *buf.add(i) })).wrapping_mul(0x100_0000_01b3);
     }
     h
@@ -300,30 +348,37 @@ fn content(buf: *const u8) -> u64 {
 // ---- one measured run ----
 
 /// One run's result: the figure (GB/s or µs) and whether every check passed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Run {
     pub value: f64,
     pub ok: bool,
     /// FUTEX_WAIT calls per message (a round trip is two messages).
     pub sleeps: f64,
+    /// Latency only: every round trip, in µs.
+    pub samples: Vec<f64>,
 }
 
-/// The buffers and the shared region the runs use.
+/// The buffers and the shared region the runs use (each as long as the
+/// largest message a slot holds).
 pub struct Bench<'a> {
     region: &'a Region,
     hot: Vec<u8>,
     private: Vec<u8>,
+    /// Where the pinger receives the replies.
+    back: Vec<u8>,
     /// How long one run may take before the watchdog kills the child.
     pub timeout: Duration,
 }
 
 impl<'a> Bench<'a> {
     pub fn new(region: &'a Region, timeout: Duration) -> Bench<'a> {
-        let hot: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+        let room = region.room();
+        let hot: Vec<u8> = (0..room).map(|i| (i * 7 + 3) as u8).collect();
         Bench {
             region,
             hot,
-            private: vec![0; CHUNK],
+            private: vec![0; room],
+            back: vec![0; room],
             timeout,
         }
     }
@@ -447,37 +502,41 @@ impl<'a> Bench<'a> {
         }
     }
 
-    /// Parent → child, `chunks` chunks of 64 KiB. Returns GB/s.
+    /// Parent → child, `chunks` messages of `size` bytes. Returns GB/s.
     pub fn throughput(
         &mut self,
         kind: Kind,
         place: Placement,
-        chunks: u32,
+        (chunks, size): (u32, usize),
     ) -> anyhow::Result<Option<Run>> {
+        assert!((16..=self.region.room()).contains(&size), "size {size}");
         let (ends, own, [parent_tx, _, child_rx, _]) = split(kind, false)?;
         let region = self.region;
         let hot = self.hot.as_mut_ptr();
         let private = self.private.as_mut_ptr();
-        let child = || reader(region, kind, child_rx, private, chunks);
+        let child = || reader(region, kind, child_rx, private, (chunks, size));
         // ANCHOR: writer
         let parent = || {
             let t0 = now_ns();
+            let mut tail = 0; // the reader's count as last seen: look again only when full
             for seq in 0..chunks {
-                stamp(hot, u64::from(seq));
+                stamp(hot, size, u64::from(seq));
                 match kind {
                     Kind::Shm(wait) => {
                         let h = region.header();
-                        region
-                            .wait_for(&h.tail, wait, |t| seq.wrapping_sub(t) < SLOTS as u32)
-                            .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
+                        if seq.wrapping_sub(tail) >= SLOTS as u32 {
+                            tail = region
+                                .wait_for(&h.tail, wait, |t| seq.wrapping_sub(t) < SLOTS as u32)
+                                .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
+                        }
                         // SAFETY: slot(seq) is free (the reader released it:
-                        // tail > seq - SLOTS) and CHUNK long; hot is ours.
-                        unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(seq), CHUNK) };
+                        // tail > seq - SLOTS) and holds size bytes; hot is ours.
+                        unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(seq, size), size) };
                         region.publish(&h.head, seq.wrapping_add(1), wait);
                     }
                     _ => io(
-                        write_full(parent_tx, hot, CHUNK),
-                        format!("write({parent_tx}, buf, {CHUNK})"),
+                        write_full(parent_tx, hot, size),
+                        format!("write({parent_tx}, buf, {size})"),
                     )?,
                 }
             }
@@ -491,85 +550,112 @@ impl<'a> Bench<'a> {
         let ctl = &self.region.header().ctl;
         let end = ctl.end_ns.load(Ordering::SeqCst);
         let secs = (end.saturating_sub(t0)).max(1) as f64 / 1e9;
-        let bytes = f64::from(chunks) * CHUNK as f64;
+        let bytes = f64::from(chunks) * size as f64;
         // What the reader must have seen: recompute with our own stamps.
         let mut expect = 0u64;
         for seq in 0..chunks {
-            stamp(hot, u64::from(seq));
-            expect = fold(expect, hot);
+            stamp(hot, size, u64::from(seq));
+            expect = fold(expect, hot, size);
         }
         let ok = ctl.checksum.load(Ordering::SeqCst) == expect
-            && ctl.content.load(Ordering::SeqCst) == content(hot)
+            && ctl.content.load(Ordering::SeqCst) == content(hot, size)
             && ctl.count.load(Ordering::SeqCst) == u64::from(chunks);
         let sleeps = ctl.sleeps.load(Ordering::SeqCst) as f64 / f64::from(chunks);
         Ok(Some(Run {
             value: bytes / secs / 1e9,
             ok,
             sleeps,
+            samples: Vec::new(),
         }))
     }
 
-    /// `trips` 8-byte round trips. Returns µs per round trip.
+    /// `trips` round trips of `size` bytes each way, each one timed.
+    /// Returns µs per round trip (the mean of the run) and every sample.
     pub fn latency(
         &mut self,
         kind: Kind,
         place: Placement,
-        trips: u32,
+        (trips, size): (u32, usize),
     ) -> anyhow::Result<Option<Run>> {
+        assert!(size == 8 || (16..=self.region.room()).contains(&size));
         let (ends, own, [ptx, prx, crx, ctx]) = split(kind, true)?;
         let region = self.region;
-        let child = || ponger(region, kind, crx, ctx, trips);
+        let private = self.private.as_mut_ptr();
+        let (hot, back) = (self.hot.as_mut_ptr(), self.back.as_mut_ptr());
+        let child = || ponger(region, kind, [crx, ctx], private, (trips, size));
         // ANCHOR: ping
         let parent = || {
             let mut bad = 0u64;
-            let t0 = now_ns();
+            let mut samples = Vec::with_capacity(trips as usize);
             for i in 0..trips {
                 let m = u64::from(i) + 1;
+                let t = now_ns();
                 let r = match kind {
-                    Kind::Shm(wait) => {
+                    // 8 bytes: the message sits on the counter's cache line.
+                    Kind::Shm(wait) if size == 8 => {
                         let h = region.header();
                         h.head.msg.store(m, Ordering::Relaxed);
                         region.publish(&h.head, i.wrapping_add(1), wait);
                         region
                             .wait_for(&h.tail, wait, |t| t == i.wrapping_add(1))
                             .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
-                        h.tail.msg.load(Ordering::Relaxed)
+                        Some(h.tail.msg.load(Ordering::Relaxed))
+                    }
+                    Kind::Shm(wait) => {
+                        let h = region.header();
+                        stamp(hot, size, m);
+                        // SAFETY: slot 0 is ours until we publish head; the
+                        // child wrote slot 1 before it published tail.
+                        unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(0, size), size) };
+                        region.publish(&h.head, i.wrapping_add(1), wait);
+                        region
+                            .wait_for(&h.tail, wait, |t| t == i.wrapping_add(1))
+                            .map_err(|_| anyhow::anyhow!("the watchdog stopped the run"))?;
+                        // SAFETY: see above; back is ours.
+                        unsafe { std::ptr::copy_nonoverlapping(region.slot(1, size), back, size) };
+                        stamp_of(back, size)
                     }
                     _ => {
-                        io(
-                            write_full(ptx, m.to_ne_bytes().as_ptr(), 8),
-                            format!("write({ptx}, &msg, 8)"),
-                        )?;
-                        let mut r = [0u8; 8];
-                        io(
-                            read_full(prx, r.as_mut_ptr(), 8),
-                            format!("read({prx}, &msg, 8)"),
-                        )?;
-                        u64::from_ne_bytes(r)
+                        stamp(hot, size, m);
+                        let ping = write_full(ptx, hot, size);
+                        io(ping, format!("write({ptx}, buf, {size})"))?;
+                        let pong = read_full(prx, back, size);
+                        io(pong, format!("read({prx}, buf, {size})"))?;
+                        stamp_of(back, size)
                     }
                 };
-                if r != m + 1 {
+                samples.push(now_ns() - t);
+                if r != Some(m + 1) {
                     bad += 1;
                 }
                 if region.aborted() {
                     bail!("the watchdog stopped the run");
                 }
             }
-            Ok((now_ns() - t0, bad))
+            Ok((samples, bad))
         };
         // ANCHOR_END: ping
         let out = self.forked(place, ends, child, parent);
         drop(own);
-        let Some((ns, bad)) = out? else {
+        let Some((samples, bad)) = out? else {
             return Ok(None);
         };
         let ctl = &self.region.header().ctl;
-        let ok = bad == 0 && ctl.count.load(Ordering::SeqCst) == u64::from(trips);
+        // The middle of the last reply is the pinger's own bytes, unchanged.
+        let mid = |p: *const u8| {
+            // SAFETY: size >= 8 bytes of a buffer of ours; the offset is
+            // at most size - 8.
+            unsafe { p.add(size / 2 / 8 * 8).cast::<u64>().read_unaligned() }
+        };
+        let intact = size == 8 || mid(self.back.as_ptr()) == mid(self.hot.as_ptr());
+        let ok = bad == 0 && intact && ctl.count.load(Ordering::SeqCst) == u64::from(trips);
         let sleeps = ctl.sleeps.load(Ordering::SeqCst) as f64 / (2.0 * f64::from(trips));
+        let samples: Vec<f64> = samples.iter().map(|&ns| ns as f64 / 1e3).collect();
         Ok(Some(Run {
-            value: ns as f64 / 1e3 / f64::from(trips),
+            value: samples.iter().sum::<f64>() / samples.len().max(1) as f64,
             ok,
             sleeps,
+            samples,
         }))
     }
 }
@@ -661,45 +747,52 @@ fn split(kind: Kind, latency: bool) -> anyhow::Result<(Ends, Vec<OwnedFd>, [RawF
 }
 
 /// The child's side of the throughput test. Returns its exit status.
-fn reader(region: &Region, kind: Kind, rx: RawFd, private: *mut u8, chunks: u32) -> i32 {
+fn reader(region: &Region, kind: Kind, rx: RawFd, private: *mut u8, n: (u32, usize)) -> i32 {
+    let (chunks, size) = n;
     let ctl = &region.header().ctl;
     // Touch the private buffer now: its first writes would copy-on-write.
-    // SAFETY: private points to CHUNK bytes of this process's own copy.
-    unsafe { std::ptr::write_bytes(private, 0, CHUNK) };
+    // SAFETY: private points to at least size bytes of this process's own copy.
+    unsafe { std::ptr::write_bytes(private, 0, size) };
     ctl.ready.store(1, Ordering::Release);
     let mut sum = 0u64;
     // ANCHOR: reader
+    let mut head = 0; // the writer's count as last seen: look again only when caught up
     for seq in 0..chunks {
         match kind {
             Kind::Shm(wait) => {
                 let h = region.header();
-                if region.wait_for(&h.head, wait, |v| v != seq).is_err() {
-                    return 4;
+                if head == seq {
+                    match region.wait_for(&h.head, wait, |v| v != seq) {
+                        Ok(v) => head = v,
+                        Err(_) => return 4,
+                    }
                 }
                 // SAFETY: the writer published slot(seq) (head > seq) and
                 // will not reuse it until we advance tail; private is ours.
-                unsafe { std::ptr::copy_nonoverlapping(region.slot(seq), private, CHUNK) };
+                unsafe { std::ptr::copy_nonoverlapping(region.slot(seq, size), private, size) };
                 region.publish(&h.tail, seq.wrapping_add(1), wait);
             }
             _ => {
-                if let Err(e) = read_full(rx, private, CHUNK) {
+                if let Err(e) = read_full(rx, private, size) {
                     ctl.error.store(e as u32, Ordering::SeqCst);
                     return 5;
                 }
             }
         }
-        sum = fold(sum, private);
+        sum = fold(sum, private, size);
     }
     // ANCHOR_END: reader
     ctl.end_ns.store(now_ns(), Ordering::SeqCst);
     ctl.checksum.store(sum, Ordering::SeqCst);
-    ctl.content.store(content(private), Ordering::SeqCst);
+    ctl.content.store(content(private, size), Ordering::SeqCst);
     ctl.count.store(u64::from(chunks), Ordering::SeqCst);
     0
 }
 
-/// The child's side of the ping-pong: answer each message with message + 1.
-fn ponger(region: &Region, kind: Kind, rx: RawFd, tx: RawFd, trips: u32) -> i32 {
+/// The child's side of the ping-pong: answer each message with its stamp
+/// incremented, the rest of the bytes as they came.
+fn ponger(region: &Region, kind: Kind, [rx, tx]: [RawFd; 2], buf: *mut u8, n: (u32, usize)) -> i32 {
+    let (trips, size) = n;
     let ctl = &region.header().ctl;
     ctl.ready.store(1, Ordering::Release);
     for i in 0..trips {
@@ -712,15 +805,27 @@ fn ponger(region: &Region, kind: Kind, rx: RawFd, tx: RawFd, trips: u32) -> i32 
                 {
                     return 4;
                 }
-                let m = h.head.msg.load(Ordering::Relaxed);
-                h.tail.msg.store(m + 1, Ordering::Relaxed);
+                if size == 8 {
+                    let m = h.head.msg.load(Ordering::Relaxed);
+                    h.tail.msg.store(m + 1, Ordering::Relaxed);
+                } else {
+                    // SAFETY: the pinger published slot 0 (head = i + 1) and
+                    // waits for our tail before it touches slot 0 or 1; buf
+                    // is this process's own copy, size bytes long.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(region.slot(0, size), buf, size);
+                        let m = stamp_of(buf, size).unwrap_or(0);
+                        stamp(buf, size, m.wrapping_add(1));
+                        std::ptr::copy_nonoverlapping(buf, region.slot(1, size), size);
+                    }
+                }
                 region.publish(&h.tail, i.wrapping_add(1), wait);
             }
             _ => {
-                let mut b = [0u8; 8];
-                let r = read_full(rx, b.as_mut_ptr(), 8).and_then(|()| {
-                    let reply = (u64::from_ne_bytes(b) + 1).to_ne_bytes();
-                    write_full(tx, reply.as_ptr(), 8)
+                let r = read_full(rx, buf, size).and_then(|()| {
+                    let m = stamp_of(buf, size).unwrap_or(0);
+                    stamp(buf, size, m.wrapping_add(1));
+                    write_full(tx, buf, size)
                 });
                 if let Err(e) = r {
                     ctl.error.store(e as u32, Ordering::SeqCst);
@@ -746,21 +851,28 @@ pub fn memcpy(src: &[u8], dst: &mut [u8]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::CHUNK;
 
     /// The checksum a reader would compute after receiving these chunks.
-    fn sum_of(seqs: &[u64]) -> u64 {
-        let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
+    fn sum_of(seqs: &[u64], len: usize) -> u64 {
+        let mut buf: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
         seqs.iter().fold(0, |sum, &seq| {
-            stamp(buf.as_mut_ptr(), seq);
-            fold(sum, buf.as_ptr())
+            stamp(buf.as_mut_ptr(), len, seq);
+            fold(sum, buf.as_ptr(), len)
         })
     }
 
     #[test]
     fn the_checksum_catches_a_lost_repeated_or_reordered_chunk() {
+        for len in [CHUNK, SWEEP_SIZES[0]] {
+            catches_at(len);
+        }
+    }
+
+    fn catches_at(len: usize) {
         let good: Vec<u64> = (0..64).collect();
-        let expect = sum_of(&good);
-        assert_eq!(sum_of(&good), expect, "deterministic");
+        let expect = sum_of(&good, len);
+        assert_eq!(sum_of(&good, len), expect, "deterministic");
         let mut lost = good.clone();
         lost.remove(17);
         let mut repeated = good.clone();
@@ -768,15 +880,28 @@ mod tests {
         let mut swapped = good.clone();
         swapped.swap(3, 4);
         for (what, seqs) in [("lost", lost), ("repeated", repeated), ("swapped", swapped)] {
-            assert_ne!(sum_of(&seqs), expect, "a {what} chunk went unnoticed");
+            assert_ne!(sum_of(&seqs, len), expect, "a {what} chunk went unnoticed");
         }
     }
 
     #[test]
     fn the_last_chunk_is_checked_byte_for_byte() {
         let mut buf: Vec<u8> = (0..CHUNK).map(|i| (i * 7 + 3) as u8).collect();
-        let before = content(buf.as_ptr());
+        let before = content(buf.as_ptr(), CHUNK);
         buf[CHUNK / 3] ^= 1;
-        assert_ne!(content(buf.as_ptr()), before);
+        assert_ne!(content(buf.as_ptr(), CHUNK), before);
+    }
+
+    #[test]
+    fn a_reply_counts_only_with_both_stamps_right() {
+        for len in [8, 64, CHUNK] {
+            let mut buf = vec![0u8; len];
+            stamp(buf.as_mut_ptr(), len, 41);
+            assert_eq!(stamp_of(buf.as_ptr(), len), Some(41));
+            if len >= 16 {
+                buf[len - 1] ^= 0x80; // the tail of the message was lost
+                assert_eq!(stamp_of(buf.as_ptr(), len), None);
+            }
+        }
     }
 }

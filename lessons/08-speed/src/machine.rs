@@ -14,6 +14,9 @@ pub struct Machine {
     /// The 1-minute load average from /proc/loadavg when the lesson started:
     /// how many other programs were competing for the CPUs.
     pub load1: Option<f64>,
+    /// The kernel release, from /proc/sys/kernel/osrelease (what `uname -r`
+    /// prints).
+    pub kernel: String,
 }
 
 /// Read /proc/cpuinfo and sysconf.
@@ -23,6 +26,9 @@ pub fn read() -> Machine {
     m.load1 = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse().ok());
+    if let Ok(r) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        m.kernel = r.trim().to_string();
+    }
     m
 }
 
@@ -51,6 +57,25 @@ pub fn parse(info: &str, online: usize) -> Machine {
         online,
         virtualized,
         load1: None,
+        kernel: "unknown".into(),
+    }
+}
+
+impl Machine {
+    /// One line for a chart's caption: model, CPUs, VM or not, kernel, load.
+    pub fn describe(&self, usable: usize) -> String {
+        format!(
+            "{}, {usable} of {} CPUs{}, Linux {}, load average {}",
+            self.model,
+            self.online,
+            if self.virtualized {
+                " (virtual machine)"
+            } else {
+                ""
+            },
+            self.kernel,
+            self.load1.map_or("?".to_string(), |l| format!("{l:.2}"))
+        )
     }
 }
 

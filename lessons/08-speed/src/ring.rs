@@ -1,4 +1,5 @@
-//! The shared-memory ring: a header of atomics and 16 slots of 64 KiB, in one
+//! The shared-memory ring: a header of atomics and 16 slots (64 KiB each, 1 MiB
+//! for `--sweep`), in one
 //! `MAP_SHARED|MAP_ANONYMOUS` mapping made before `fork`, so parent and child
 //! see the same physical pages.
 //!
@@ -8,7 +9,8 @@
 //!   0  head  (u32 counter + "reader sleeps" flag)  written by the producer
 //!  64  tail  (u32 counter + "writer sleeps" flag)  written by the consumer
 //! 128  control: ready, abort, end time, checksums  (start/stop of one run)
-//! 4096 slot 0 .. slot 15, 64 KiB each
+//! 4096 slot 0 .. slot 15, each as long as one message (room for 64 KiB,
+//!      or for 1 MiB with --sweep)
 //! ```
 //!
 //! head and tail sit on separate 64-byte cache lines: each side writes only
@@ -33,15 +35,15 @@ use common::{call, futex};
 use nix::sched::sched_yield;
 use nix::sys::mman::{MapFlags, ProtFlags, mmap_anonymous, munmap};
 
-/// Bytes moved per message in the throughput test.
+/// Bytes moved per message in the throughput test (without `--sweep`).
 pub const CHUNK: usize = 64 * 1024;
+/// The largest message of `--sweep`.
+pub const MAX_MSG: usize = 1024 * 1024;
 /// Slots in the ring (at least 16).
 pub const SLOTS: usize = 16;
 /// Where the slots start: 4096 bytes in, after the header (one page with
 /// 4 KiB pages; c/ring.c uses the same layout).
 pub const SLOTS_OFFSET: usize = 4096;
-/// The whole mapping.
-pub const MAP_LEN: usize = SLOTS_OFFSET + SLOTS * CHUNK;
 /// Pause instructions before a yielding or futex waiter gives up the CPU.
 pub const SPIN_BEFORE_YIELD: u32 = 16;
 pub const SPIN_BEFORE_FUTEX: u32 = 16;
@@ -98,22 +100,30 @@ pub struct Aborted;
 /// The mapping: created before `fork`, inherited by the child.
 pub struct Region {
     base: NonNull<libc::c_void>,
+    /// The whole mapping: the header page and SLOTS slots of `room` bytes.
+    len: usize,
+    /// The largest message a slot holds.
+    room: usize,
 }
 
 impl Region {
-    /// `mmap(NULL, MAP_LEN, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)`
-    /// (nix's `mmap_anonymous`), narrated.
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0)`
+    /// (nix's `mmap_anonymous`), narrated; slots of `room` bytes each.
     // ANCHOR: map
-    pub fn map() -> anyhow::Result<Region> {
-        let len = NonZeroUsize::new(MAP_LEN).expect("MAP_LEN > 0");
+    pub fn map(room: usize) -> anyhow::Result<Region> {
+        let len = NonZeroUsize::new(SLOTS_OFFSET + SLOTS * room).expect("len > 0");
         let prot = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
         // SAFETY: a fresh anonymous mapping chosen by the kernel overlaps no
         // Rust object; it is zero-filled, a valid state for every atomic.
         let base = unsafe { call!(mmap_anonymous(None, len, prot, MapFlags::MAP_SHARED)) }?;
-        let region = Region { base };
+        let region = Region {
+            base,
+            len: len.get(),
+            room,
+        };
         // Touch every page now so page faults are not timed.
-        for off in (SLOTS_OFFSET..MAP_LEN).step_by(common::inspect::page_size()) {
-            // SAFETY: off < MAP_LEN, inside the mapping; no other process
+        for off in (SLOTS_OFFSET..region.len).step_by(common::inspect::page_size()) {
+            // SAFETY: off < len, inside the mapping; no other process
             // exists yet.
             unsafe { region.byte(off).write_volatile(0) };
         }
@@ -121,22 +131,27 @@ impl Region {
     }
     // ANCHOR_END: map
 
-    /// `munmap(base, MAP_LEN)`, narrated (dropping a Region unmaps silently).
+    /// `munmap(base, len)`, narrated (dropping a Region unmaps silently).
     pub fn unmap(self) -> anyhow::Result<()> {
-        let base = self.base;
+        let (base, len) = (self.base, self.len);
         std::mem::forget(self);
-        // SAFETY: base/MAP_LEN are exactly the mapping made in map(); self
-        // is gone, so no reference into it remains.
-        unsafe { call!(munmap(base, MAP_LEN)) }
+        // SAFETY: base/len are exactly the mapping made in map(); self is
+        // gone, so no reference into it remains.
+        unsafe { call!(munmap(base, len)) }
     }
 
     pub fn addr(&self) -> usize {
         self.base.as_ptr() as usize
     }
 
+    /// The largest message a slot holds.
+    pub fn room(&self) -> usize {
+        self.room
+    }
+
     fn byte(&self, off: usize) -> *mut u8 {
-        debug_assert!(off < MAP_LEN);
-        // SAFETY: callers pass off < MAP_LEN, so the result stays inside the
+        assert!(off < self.len, "offset {off} outside the ring");
+        // SAFETY: off < len (checked above), so the result stays inside the
         // mapping.
         unsafe { self.base.as_ptr().cast::<u8>().add(off) }
     }
@@ -148,9 +163,18 @@ impl Region {
         unsafe { &*self.base.as_ptr().cast::<Header>() }
     }
 
-    /// The start of slot `i % SLOTS`, as a raw pointer (never a reference).
-    pub fn slot(&self, i: u32) -> *mut u8 {
-        self.byte(SLOTS_OFFSET + (i as usize % SLOTS) * CHUNK)
+    /// The start of slot `i % SLOTS` for messages of `size` bytes, as a raw
+    /// pointer (never a reference). Slots are packed at `size` rounded up to
+    /// a cache line, so 16 small messages share a few lines instead of
+    /// sitting a megabyte apart.
+    pub fn slot(&self, i: u32, size: usize) -> *mut u8 {
+        assert!(
+            size <= self.room,
+            "a {size}-byte message in a {}-byte slot",
+            self.room
+        );
+        let stride = size.div_ceil(64) * 64;
+        self.byte(SLOTS_OFFSET + (i as usize % SLOTS) * stride)
     }
 
     /// Zero the counters and the control block before a run.
@@ -238,9 +262,9 @@ impl Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: base/MAP_LEN are exactly the mapping made in map(), and no
+        // SAFETY: base/len are exactly the mapping made in map(), and no
         // reference into it outlives self.
-        let _ = unsafe { munmap(self.base, MAP_LEN) };
+        let _ = unsafe { munmap(self.base, self.len) };
     }
 }
 

@@ -147,7 +147,150 @@ fn assert_group_complete(g: &Value, placement: &str, skipped: &[&str]) {
         } else {
             assert!(v.is_some_and(|v| v > 0.0), "{k} not measured: {g}");
             assert_eq!(g["replies_ok"][k], true, "{k} replies: {g}");
+            let p = |which: &str| num(g, &[&format!("latency_{which}_us"), k]);
+            assert_spread(p("p50"), p("p99"), p("max"), k);
+            assert_eq!(g["waits"][k], waits(k), "{k}: {g}");
         }
+    }
+}
+
+/// How each transport's receiver waits, as the table and the chart say.
+fn waits(key: &str) -> &'static str {
+    match key {
+        "shm_spin" | "shm_yield" => "busy-wait",
+        _ => "blocking",
+    }
+}
+
+/// p50 <= p99 <= max, all measured.
+fn assert_spread(p50: Option<f64>, p99: Option<f64>, max: Option<f64>, what: &str) {
+    let (Some(p50), Some(p99), Some(max)) = (p50, p99, max) else {
+        panic!("{what}: a percentile is missing: {p50:?} {p99:?} {max:?}");
+    };
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= max,
+        "{what}: {p50} {p99} {max}"
+    );
+}
+
+const SWEEP: [&str; 4] = ["pipe", "unix_socket", "shm_spin", "shm_futex"];
+const SIZES: [u64; 6] = [64, 1024, 16384, 65536, 262144, 1048576];
+
+#[test]
+fn sweep_quick_checks_every_size_and_draws_one_line_per_transport() {
+    let svg = std::env::temp_dir().join(format!(
+        "shm-lessons-test-{}-lesson8-sweep.svg",
+        std::process::id()
+    ));
+    let out = run(
+        &[
+            "--sweep",
+            "--quick",
+            "--json",
+            "--svg",
+            svg.to_str().unwrap(),
+        ],
+        None,
+    );
+    let text = std::fs::read_to_string(&svg);
+    let _ = std::fs::remove_file(&svg);
+    let v = json_of(&out);
+    let text = text.expect("the chart was written");
+
+    // The JSON: every size × transport, measured and checked.
+    let one_cpu = v["usable_cpus"].as_u64().unwrap() < 2;
+    let sizes: Vec<u64> = v["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes, SIZES, "{v}");
+    for size in SIZES {
+        for k in SWEEP {
+            let c = &v["sweep"][size.to_string()][k];
+            let what = format!("{k} at {size} B");
+            assert_eq!(c["size_bytes"], size, "{what}: {c}");
+            assert_eq!(c["waits"], waits(k), "{what}: {c}");
+            if one_cpu && k == "shm_spin" {
+                assert!(c["skipped"].is_string(), "{what}: {c}");
+                continue;
+            }
+            assert_eq!(c["checksum_ok"], true, "{what}: {c}");
+            assert_eq!(c["replies_ok"], true, "{what}: {c}");
+            assert!(
+                num(c, &["throughput_gbps"]).is_some_and(|g| g > 0.0),
+                "{what}: {c}"
+            );
+            // Every round trip was timed: as many samples as round trips.
+            assert!(
+                c["round_trips"].as_u64().is_some_and(|n| n >= 100),
+                "{what}: {c}"
+            );
+            let p = |which: &str| num(c, &[&format!("latency_{which}_us")]);
+            assert_spread(p("p50"), p("p99"), p("max"), &what);
+        }
+    }
+
+    // The chart: well-formed XML, one line per transport in each panel,
+    // labelled axes, the machine in the caption.
+    let doc = roxmltree::Document::parse(&text).expect("the chart is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or("").trim().to_string())
+        .collect();
+    let has = |needle: &str| texts.iter().filter(|t| t.contains(needle)).count();
+    assert_eq!(has("message size (bytes"), 2, "{texts:?}");
+    assert_eq!(has("throughput (GB/s"), 1, "{texts:?}");
+    assert_eq!(has("round trip (µs"), 1, "{texts:?}");
+    let model = v["cpu_model"].as_str().unwrap();
+    assert!(
+        texts
+            .iter()
+            .any(|t| t.starts_with("measured on:") && t.contains(model)),
+        "no caption with {model:?}: {texts:?}"
+    );
+    let title = doc.descendants().find(|n| n.has_tag_name("title"));
+    assert!(
+        title
+            .and_then(|t| t.text())
+            .is_some_and(|t| t.contains(model)),
+        "no <title> naming the machine"
+    );
+    // A data line has a point per measured size; the axes' own lines have 2.
+    let lines: Vec<(String, usize)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .map(|n| {
+            let points = n
+                .attribute("points")
+                .unwrap_or("")
+                .split_whitespace()
+                .count();
+            (n.attribute("stroke").unwrap_or("").to_string(), points)
+        })
+        .filter(|&(_, points)| points > 2)
+        .collect();
+    let drawn = if one_cpu { 3 } else { 4 };
+    assert_eq!(lines.len(), 2 * drawn, "{lines:?}");
+    for (stroke, points) in &lines {
+        assert_eq!(*points, SIZES.len(), "{stroke}: {lines:?}");
+        assert_eq!(
+            lines.iter().filter(|l| &l.0 == stroke).count(),
+            2,
+            "{lines:?}"
+        );
+    }
+    // Each line is named in the legends, with how it waits.
+    for label in [
+        "pipe (default size) [blocking]",
+        "unix socketpair [blocking]",
+        "shm ring, spin+futex [blocking]",
+        "shm ring, spin [busy-wait]",
+    ] {
+        assert_eq!(has(label), 2, "{label}: {texts:?}");
     }
 }
 
@@ -211,6 +354,39 @@ fn one_usable_cpu_skips_pure_spin_and_finishes() {
 }
 
 #[test]
+fn one_usable_cpu_sweep_skips_pure_spin_and_checks_the_rest() {
+    let out = run(&["--sweep", "--quick", "--json"], Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["usable_cpus"], 1, "{v}");
+    assert_eq!(v["placement"], "same-cpu", "{v}");
+    for size in SIZES {
+        for k in SWEEP {
+            let c = &v["sweep"][size.to_string()][k];
+            if k == "shm_spin" {
+                assert!(
+                    c["skipped"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("one usable CPU")),
+                    "{c}"
+                );
+                assert!(
+                    c["checksum_ok"].is_null() && c["throughput_gbps"].is_null(),
+                    "{c}"
+                );
+            } else {
+                assert_eq!(c["checksum_ok"], true, "{k} at {size}: {c}");
+                assert_eq!(c["replies_ok"], true, "{k} at {size}: {c}");
+            }
+        }
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shm ring, spin: skipped: one usable CPU"),
+        "{err}"
+    );
+}
+
+#[test]
 fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
     let out = run(&["--quick", "--runs", "1"], None);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -262,6 +438,8 @@ fn bad_arguments_print_usage_and_exit_2() {
             &["--runs", "51"],
             &["--json=yes"],
             &["extra"],
+            &["--svg"],
+            &["--svg", ""],
         ],
     );
 }
