@@ -458,7 +458,17 @@ pub fn c_form(name: &str, args: &[String]) -> Option<String> {
         ("shmctl_stat", [id]) => format!("shmctl({id}, IPC_STAT, &buf)"),
         ("waitpid", [pid, options]) => format!("waitpid({pid}, &status, {options})"),
         ("mmap_anonymous", [addr, len, prot, flags]) => {
-            format!("mmap({addr}, {len}, {prot}, {flags}|MAP_ANONYMOUS, -1, 0)")
+            // nix adds MAP_ANONYMOUS; the caller may already have said so
+            // (bitflags spells that bit MAP_ANON): name it once.
+            let mut names: Vec<&str> = flags
+                .split('|')
+                .map(|f| if f == "MAP_ANON" { "MAP_ANONYMOUS" } else { f })
+                .filter(|f| *f != "0")
+                .collect();
+            if !names.contains(&"MAP_ANONYMOUS") {
+                names.push("MAP_ANONYMOUS");
+            }
+            format!("mmap({addr}, {len}, {prot}, {}, -1, 0)", names.join("|"))
         }
         _ => return None,
     })
@@ -563,6 +573,28 @@ mod tests {
 
     fn fine(_fd: i32, _len: usize) -> Result<(), Errno> {
         Ok(())
+    }
+
+    #[test]
+    fn mmap_anonymous_names_map_anonymous_once() {
+        let form = |flags: MapFlags| {
+            let args = ["NULL", "4096", "PROT_READ"].map(String::from);
+            let all = [
+                args[0].clone(),
+                args[1].clone(),
+                args[2].clone(),
+                flags.arg(),
+            ];
+            c_form("mmap_anonymous", &all).unwrap()
+        };
+        assert_eq!(
+            form(MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS | MapFlags::MAP_HUGETLB),
+            "mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_HUGETLB, -1, 0)"
+        );
+        assert_eq!(
+            form(MapFlags::MAP_SHARED),
+            "mmap(NULL, 4096, PROT_READ, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
+        );
     }
 
     #[test]

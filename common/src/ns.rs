@@ -261,9 +261,9 @@ fn enter_user_namespace(flags: CloneFlags, uid: u32, gid: u32) -> Result<Sandbox
     try_unshare(flags, &clone_flags(flags))?;
     explain(format!(
         "a user namespace: inside it we may be root (uid 0), mapped to uid {uid} outside, with \
-         the right to mount tmpfs and bind mounts in our own mount namespace, set the IPC \
-         sysctls of our own IPC namespace, and nothing more. setgroups must be denied before \
-         an unprivileged gid map is accepted."
+         the right to mount tmpfs and bind mounts in our own mount namespace and (on kernels \
+         that allow it) set the IPC sysctls of our own IPC namespace, and no right over the \
+         host's. setgroups must be denied before an unprivileged gid map is accepted."
     ));
     write_proc("/proc/self/setgroups", "deny")?;
     write_proc("/proc/self/uid_map", &format!("0 {uid} 1"))?;

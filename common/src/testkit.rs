@@ -433,3 +433,388 @@ pub fn needed_libraries(exe: &Path) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// How [`check_transcript`] compares a fresh run with a lesson's transcript.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Every line, after normalising.
+    Everything,
+    /// Only the lines that give the lesson its shape: section and
+    /// subsection headings, `▸` steps and `$` commands. For a lesson whose
+    /// prose is computed from what it measures (lesson-8's conclusions), so
+    /// that its wording changes from run to run.
+    Structure,
+}
+
+/// `docs/src/transcripts/lesson-N.txt`.
+pub fn transcript_path(lesson: u8) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/src/transcripts")
+        .join(format!("lesson-{lesson}.txt"))
+}
+
+/// Rerun lesson `lesson` (the binary `bin`) as `scripts/update-transcripts`
+/// recorded it (the transcript's first line gives the arguments) and compare
+/// its output with the transcript after [`normalise`]. Lines are compared as
+/// a multiset, so that lines two processes print at the same time may come
+/// in another order. Skips, printing why, when this machine differs from the
+/// one that recorded the transcript in a way the lesson reports: exit status
+/// 77 (it can't run here), or a differing `machine_facts` line (a fact whose
+/// label starts with one of these, e.g. `kernel.shm_rmid_forced`). The
+/// sections whose headings start with one of `volatile_sections` are left
+/// out: what they show depends on what else is on the machine (lesson-7's
+/// scan for leftovers). Panics, naming `scripts/update-transcripts`, when
+/// the text differs.
+pub fn check_transcript(
+    bin: &Path,
+    lesson: u8,
+    compare: Compare,
+    machine_facts: &[&str],
+    volatile_sections: &[&str],
+) {
+    let path = transcript_path(lesson);
+    let recorded = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/update-transcripts {lesson}",
+            path.display()
+        )
+    });
+    let (command, recorded) = recorded.split_once('\n').unwrap_or((&recorded, ""));
+    let args: Vec<&str> = command
+        .split_once(" -- ")
+        .map_or(Vec::new(), |(_, a)| a.split_whitespace().collect());
+    // One pipe for stdout and stderr, as `2>&1` in the script: a child's
+    // line on stderr lands where a terminal would show it.
+    let (read_end, write_end) = nix::unistd::pipe().unwrap();
+    let mut child = Command::new(bin)
+        .args(&args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write_end.try_clone().unwrap()))
+        .stderr(Stdio::from(write_end))
+        .spawn()
+        .unwrap();
+    let mut bytes = Vec::new();
+    std::fs::File::from(read_end)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let out = Output {
+        status,
+        stdout: bytes,
+        stderr: Vec::new(),
+    };
+    let mut fresh = String::from_utf8_lossy(&out.stdout).into_owned();
+    match out.status.code() {
+        Some(0) => {}
+        Some(77) if !recorded.contains("(exit status 77)") => {
+            eprintln!("skipped: lesson-{lesson} can't run on this machine (exit status 77)");
+            return;
+        }
+        Some(code) => fresh.push_str(&format!("(exit status {code})\n")),
+        None => panic!("lesson-{lesson} was killed: {:?}\n{fresh}", out.status),
+    }
+    for label in machine_facts {
+        let fact = |text: &str| {
+            text.lines()
+                .map(str::trim)
+                .find(|l| l.starts_with(label))
+                .map(str::to_string)
+        };
+        if fact(recorded) != fact(&fresh) {
+            eprintln!(
+                "skipped: this machine differs from the one that recorded {}: {:?} here, {:?} there",
+                path.display(),
+                fact(&fresh),
+                fact(recorded)
+            );
+            return;
+        }
+    }
+    let keep = |text: &str| -> String {
+        let mut skipping = false;
+        let mut kept = String::new();
+        for line in text.lines() {
+            let t = line.trim_start();
+            if t.starts_with("--- ") {
+                skipping = volatile_sections
+                    .iter()
+                    .any(|v| t.trim_start_matches("--- ").starts_with(v));
+            }
+            if !skipping {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+        }
+        kept
+    };
+    let (recorded, fresh_kept) = (keep(recorded), keep(&fresh));
+    let lines = |text: &str| {
+        let mut v: Vec<String> = joined_lines(text)
+            .iter()
+            .filter(|l| compare == Compare::Everything || is_structure(l))
+            .map(|l| normalise(l))
+            .filter(|l| !l.is_empty())
+            .collect();
+        v.sort();
+        v
+    };
+    let (want, got) = (lines(&recorded), lines(&fresh_kept));
+    if want != got {
+        let missing: Vec<&String> = want.iter().filter(|l| !got.contains(l)).collect();
+        let extra: Vec<&String> = got.iter().filter(|l| !want.contains(l)).collect();
+        panic!(
+            "lesson-{lesson} no longer prints what {} shows (numbers, addresses and names \
+             normalised). If the change is intended, run scripts/update-transcripts {lesson} \
+             and commit the transcript.\n\nonly in the transcript:\n  {}\n\nonly in this run:\n  {}\n\nthis run:\n{fresh}",
+            path.display(),
+            join_or_none(&missing),
+            join_or_none(&extra),
+        );
+    }
+}
+
+fn join_or_none(lines: &[&String]) -> String {
+    if lines.is_empty() {
+        "(none: the same lines, a different count)".into()
+    } else {
+        lines
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  ")
+    }
+}
+
+/// Lines that stand alone: never the continuation of a wrapped paragraph,
+/// and never continued (steps, commands, evidence, headings, lines a child
+/// process writes).
+fn atomic(t: &str) -> bool {
+    const MARKS: &[&str] = &[
+        "▸",
+        "$",
+        "|",
+        "---",
+        "·",
+        "===",
+        "[",
+        "ERROR",
+        "(exit status",
+    ];
+    MARKS.iter().any(|m| t.starts_with(m))
+}
+
+/// A prose line that begins a paragraph of its own.
+fn starts_paragraph(t: &str) -> bool {
+    const MARKS: &[&str] = &[
+        "note:",
+        "warning:",
+        "the article says:",
+        "this machine shows:",
+        "because:",
+    ];
+    MARKS.iter().any(|m| t.starts_with(m))
+}
+
+/// `writer | text` (lesson-5 prefixes each of its two processes' lines):
+/// the stream's name and the line without the prefix.
+fn stream_of(line: &str) -> (&str, &str) {
+    let t = line.trim_start();
+    let (tag, rest) = match t.split_once(" |") {
+        Some((tag, rest)) => (tag, rest.strip_prefix(' ').unwrap_or(rest)),
+        None => return ("", line),
+    };
+    if !tag.is_empty() && tag.chars().all(|c| c.is_ascii_lowercase()) {
+        (tag, rest)
+    } else {
+        ("", line)
+    }
+}
+
+/// The output's lines with each wrapped paragraph joined into one, so that a
+/// number of another width, which moves the wrap, changes nothing. Lines of
+/// a prefixed stream (`writer | …`) are joined within their stream.
+pub fn joined_lines(text: &str) -> Vec<String> {
+    use std::collections::HashMap;
+    let mut out: Vec<String> = Vec::new();
+    // Per stream: the index in `out` of its open paragraph, and its indent.
+    let mut open: HashMap<String, (usize, usize)> = HashMap::new();
+    // Another process's line can land in the middle of a step line left
+    // open (`  ▸ fork()    [child 7] SIGBUS handler: …`, then ` = 7 (…)` on
+    // a line of its own): cut such lines in two.
+    let mut lines: Vec<&str> = Vec::new();
+    for mut line in text.lines() {
+        loop {
+            // Look from the second character on: a mark at the start of the
+            // line is where it belongs.
+            let from = line.char_indices().nth(1).map_or(line.len(), |(i, _)| i);
+            let rest = &line[from..];
+            let Some(at) = [rest.find("    ["), rest.find("  ▸ ")]
+                .into_iter()
+                .flatten()
+                .map(|at| at + from)
+                .filter(|&at| !line[..at].trim().is_empty())
+                .min()
+            else {
+                break;
+            };
+            lines.push(&line[..at]);
+            line = &line[at..];
+        }
+        lines.push(line);
+    }
+    for line in lines {
+        let (tag, body) = stream_of(line);
+        let t = body.trim();
+        let indent = body.len() - body.trim_start().len();
+        if t.is_empty() {
+            open.remove(tag);
+            continue;
+        }
+        match open.get(tag) {
+            Some(&(at, ind)) if ind == indent && !atomic(t) && !starts_paragraph(t) => {
+                out[at].push(' ');
+                out[at].push_str(t);
+            }
+            _ => {
+                out.push(format!(
+                    "{tag}{}{t}",
+                    if tag.is_empty() { "" } else { " | " }
+                ));
+                if atomic(t) {
+                    open.remove(tag);
+                } else {
+                    open.insert(tag.to_string(), (out.len() - 1, indent));
+                }
+            }
+        }
+    }
+    // A result printed apart from its step (above) is a line of its own:
+    // make it one always, so the two shapes compare equal.
+    out.iter()
+        .flat_map(|l| {
+            let mut parts = l.split(" = ");
+            let first = parts.next().unwrap_or("").to_string();
+            std::iter::once(first).chain(parts.map(|p| format!("= {p}")))
+        })
+        .collect()
+}
+
+fn is_structure(line: &str) -> bool {
+    let t = line.trim_start();
+    ["---", "·", "▸", "$", "==="]
+        .iter()
+        .any(|m| t.starts_with(m))
+}
+
+/// What may differ between two runs of the same lesson, replaced by a
+/// placeholder: hex strings of 8 digits or more (addresses, keys, SYSV
+/// names) become `H`, `0x…` becomes `0xH`, every other number (pids, shmids,
+/// inodes, devices, sizes, timings, measured figures) becomes `N`, a bar of a
+/// chart becomes `BAR`, and runs of spaces (table columns) become one.
+pub fn normalise(line: &str) -> String {
+    let mut s = String::new();
+    let chars: Vec<char> = line.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let hex_run = chars[i..]
+            .iter()
+            .take_while(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            .count();
+        if c == '0' && chars.get(i + 1) == Some(&'x') {
+            let n = chars[i + 2..]
+                .iter()
+                .take_while(|c| c.is_ascii_hexdigit())
+                .count();
+            s.push_str("0xH");
+            i += 2 + n;
+        } else if hex_run >= 8 && chars[i..i + hex_run].iter().any(char::is_ascii_digit) {
+            s.push('H');
+            i += hex_run;
+        } else if c.is_ascii_digit() {
+            // A number, with any hex letters that follow it (`1b` in a
+            // device number `00:1b`) and a decimal part.
+            while i < chars.len()
+                && (chars[i].is_ascii_digit()
+                    || ('a'..='f').contains(&chars[i])
+                    || chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+            {
+                i += 1;
+            }
+            s.push('N');
+        } else if c == '█'
+            || c == '▏'
+            || c == '▎'
+            || c == '▍'
+            || c == '▌'
+            || c == '▋'
+            || c == '▊'
+            || c == '▉'
+        {
+            while i < chars.len() && "█▏▎▍▌▋▊▉".contains(chars[i]) {
+                i += 1;
+            }
+            s.push_str("BAR");
+        } else if c == ' ' {
+            while i < chars.len() && chars[i] == ' ' {
+                i += 1;
+            }
+            s.push(' ');
+        } else {
+            s.push(c);
+            i += 1;
+        }
+    }
+    s.trim().to_string()
+}
+
+#[cfg(test)]
+mod transcript_tests {
+    use super::*;
+
+    #[test]
+    fn numbers_addresses_and_names_are_normalised() {
+        assert_eq!(
+            normalise("  ▸ mmap(NULL, 4096, PROT_READ, MAP_SHARED, 3, 0) = 0x7fc2248a6000"),
+            "▸ mmap(NULL, N, PROT_READ, MAP_SHARED, N, N) = 0xH"
+        );
+        assert_eq!(
+            normalise(
+                "| 7fc2248a6000-7fc2248a7000 rw-s 00000000 00:1b 533 /SYSV53c0ffee (deleted)"
+            ),
+            "| H-H rw-s H N:N N /SYSVH (deleted)"
+        );
+        assert_eq!(normalise("median 6.4 GB/s   ███▍ x"), "median N GB/s BAR x");
+        assert_ne!(
+            normalise("child wrote 0xdeadbeef"),
+            normalise("Child wrote 0xdeadbeef")
+        );
+    }
+
+    #[test]
+    fn wrapped_paragraphs_are_joined() {
+        let text = "    a b\n    c\n  ▸ call() = 0\n    d\n    | x\n    e\n";
+        assert_eq!(
+            joined_lines(text),
+            ["a b c", "▸ call()", "= 0", "d", "| x", "e"]
+        );
+        // A child's line inside an open step line compares equal to the
+        // same lines printed whole.
+        let sorted = |t: &str| {
+            let mut v = joined_lines(t);
+            v.sort();
+            v
+        };
+        assert_eq!(
+            sorted("  ▸ fork()    [child 7] handler\n = 7 (parent)\n"),
+            sorted("    [child 7] handler\n  ▸ fork() = 7 (parent)\n")
+        );
+        assert_eq!(
+            sorted("  ▸ spawn (x = 1)  ▸ [r 2] recv()\n = 9\n = 3\n"),
+            sorted("  ▸ spawn (x = 1) = 9\n  ▸ [r 2] recv() = 3\n")
+        );
+        let text = "  w | a b\n  r | x\n  w | c\n";
+        assert_eq!(joined_lines(text), ["w | a b c", "r | x"]);
+    }
+}

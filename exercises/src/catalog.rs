@@ -60,8 +60,6 @@ pub fn find(id: &str) -> Result<&'static Exercise, String> {
     }
 }
 
-const PAGE: usize = 4096; // the checker's own objects; programs use sysconf
-
 /// The program must end with exit status 0.
 fn exited_cleanly(r: &Run, o: Outcome) -> Verdict {
     if o == Outcome::Exited(0) {
@@ -185,7 +183,7 @@ fn judge_ftruncate(r: &mut Run) -> anyhow::Result<Verdict> {
 const PER_WORKER: u64 = 20_000;
 
 fn judge_atomic_counter(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let count = shared.u64_at(0);
     Ok((|| {
@@ -540,7 +538,7 @@ fn judge_publish_order(r: &mut Run) -> anyhow::Result<Verdict> {
 const SEM_WORKER: u64 = 5_000;
 
 fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let count = shared.u64_at(0);
     let mut value: libc::c_int = -1;
@@ -577,7 +575,7 @@ fn judge_semaphore(r: &mut Run) -> anyhow::Result<Verdict> {
 }
 
 fn judge_robust_mutex(r: &mut Run) -> anyhow::Result<Verdict> {
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let mutex = shared.ptr().cast::<libc::pthread_mutex_t>();
     // SAFETY: the program initialised a process-shared robust mutex at the
@@ -698,7 +696,7 @@ fn judge_memfd_seal(r: &mut Run) -> anyhow::Result<Verdict> {
 
 fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 20_000;
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let head = shared.u64_at(0);
     let tail = shared.u64_at(64);
@@ -724,7 +722,7 @@ fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
 
 fn judge_futex_shared(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 2_000;
-    let shared = Shared::create(&r.name, PAGE)?;
+    let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let got = r.report_u64();
     let (head, tail) = (shared.u32_at(0), shared.u32_at(64));

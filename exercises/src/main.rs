@@ -41,7 +41,8 @@ usage: exercises list
                class start at once
 
 ID is the folder name (03_ftruncate) or its number prefix (03_f...) if unique.
-Environment: SHM_EX_TARGET_DIR (where the exercises are built),
+Environment: SHM_EX_TARGET_DIR (where the exercises are built; default
+target/exercises, or $CARGO_TARGET_DIR/exercises-<uid>),
 XDG_STATE_HOME (where your hint and progress notes are kept).";
 
 fn main() -> ExitCode {
@@ -134,15 +135,19 @@ pub fn root() -> PathBuf {
 }
 
 /// Where the exercises are built: `$SHM_EX_TARGET_DIR`, or `exercises` in
-/// the workspace's target directory.
+/// the workspace's target directory. Under a shared `$CARGO_TARGET_DIR` (a
+/// classroom's), `exercises-<uid>`: every student has an `ex01_child_string`
+/// of their own, and cargo would copy each one's build to the same
+/// `debug/ex01_child_string`, so a check could run another student's program
+/// (and the progress notes kept beside it would be mixed up too).
 pub fn target_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("SHM_EX_TARGET_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"));
-    base.join("exercises")
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(shared) => PathBuf::from(shared).join(format!("exercises-{}", nix::unistd::getuid())),
+        None => root().join("target").join("exercises"),
+    }
 }
 
 fn list() -> ExitCode {
@@ -234,6 +239,14 @@ pub fn build(package: &str) -> Result<PathBuf, String> {
         .current_dir(root())
         .status()
         .map_err(|e| format!("could not run cargo: {e}"))?;
+    // Ctrl-C during the build stopped cargo too: the signal thread is
+    // cleaning up and exits with 130; say nothing about the code.
+    common::cleanup::park_if_interrupted();
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&status) {
+        return Err(format!(
+            "the build was stopped by signal {sig} before it finished: check again"
+        ));
+    }
     if !status.success() {
         return Err(
             "your code does not compile: fix the first error cargo printed above, then check again"

@@ -494,10 +494,21 @@ impl Shared {
     /// Copy `n` bytes out from `off`.
     pub fn read(&self, off: usize, n: usize) -> Vec<u8> {
         assert!(off + n <= self.len);
-        // SAFETY: in bounds (checked above); volatile, because a program may
-        // still be writing (the caller orders it with an acquire load first).
+        // SAFETY: in bounds (checked above). Byte atomics, not volatile: a
+        // wrong program may still be writing these bytes (05_publish_order
+        // publishes READY before the message, and the checker must read what
+        // a reader would); a correct one is ordered by the caller's acquire
+        // load. An atomic load is defined either way; volatile is not.
         (0..n)
-            .map(|i| unsafe { self.ptr.as_ptr().cast::<u8>().add(off + i).read_volatile() })
+            .map(|i| unsafe {
+                (*self
+                    .ptr
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(off + i)
+                    .cast::<std::sync::atomic::AtomicU8>())
+                .load(Ordering::Relaxed)
+            })
             .collect()
     }
 

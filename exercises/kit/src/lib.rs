@@ -54,8 +54,9 @@ pub fn report(bytes: &[u8]) {
         shm_open(name.as_str(), OFlag::O_RDWR, Mode::empty()).expect("the checker's report object");
     let len = NonZeroUsize::new(REPORT_SIZE).unwrap();
     // SAFETY: a fresh mapping of the checker's report object, which the
-    // checker created REPORT_SIZE bytes long and reads only after we exit
-    // (waitpid orders it); nothing else maps it.
+    // checker created REPORT_SIZE bytes long and reads only after the flag's
+    // release store below (its acquire load) or after we exit (waitpid);
+    // nothing else maps it.
     let p = unsafe {
         mmap(
             None,

@@ -144,8 +144,8 @@ fn part2_rmid_while_attached() {
     has(
         &out,
         &[
-            &format!("shmctl_rmid({shmid}) = 0"),
-            &format!("shmctl_stat({shmid}) = -1 EINVAL (Invalid argument)"),
+            &format!("shmctl({shmid}, IPC_RMID, NULL) = 0"),
+            &format!("shmctl({shmid}, IPC_STAT, &buf) = -1 EINVAL (Invalid argument)"),
         ],
     );
     let detached = out
@@ -471,7 +471,7 @@ fn monitor_prints_the_ipc_stat_record() {
     has(
         &stdout,
         &[
-            &format!("shmctl_stat({id}) = 0"),
+            &format!("shmctl({id}, IPC_STAT, &buf) = 0"),
             "segsz   4096",
             "nattch  0",
             &format!("cpid    {}", std::process::id()),
@@ -488,7 +488,7 @@ fn monitor_prints_the_ipc_stat_record() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains(&format!(
-            "ERROR [EINVAL Invalid argument] shmctl_stat({id})"
+            "ERROR [EINVAL Invalid argument] shmctl({id}, IPC_STAT, &buf)"
         )),
         "{}",
         text(&out.stderr)

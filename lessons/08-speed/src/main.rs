@@ -214,7 +214,7 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR: region
     section("2. The shared-memory ring: one mapping made before fork");
     let room = if sweep { MAX_MSG } else { CHUNK }; // the largest message
-    let region = Region::map(room)?;
+    let region = Region::map(room)?; // mmap(NULL, len, .., MAP_SHARED|MAP_ANONYMOUS, -1, 0)
     inspect::show_maps(&format!("{:x}", region.addr()), region.addr() as *const _);
     block(format!(
         "offset  what\n\

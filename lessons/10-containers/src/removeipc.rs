@@ -118,14 +118,19 @@ fn effective_remove_ipc() -> (Option<String>, Vec<(PathBuf, Option<String>)>) {
     (value, files)
 }
 
-/// The last uncommented `RemoveIPC=` line of the `[Login]` section.
+/// The last uncommented `RemoveIPC=` line of the `[Login]` section (systemd
+/// strips the blanks around `=`: `RemoveIPC = no` counts too).
 fn remove_ipc_in(text: &str) -> Option<String> {
     let mut section = "";
     let mut found = None;
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             section = line;
-        } else if section == "[Login]" && line.starts_with("RemoveIPC=") {
+        } else if section == "[Login]"
+            && line
+                .split_once('=')
+                .is_some_and(|(k, _)| k.trim() == "RemoveIPC")
+        {
             found = Some(line.to_string());
         }
     }
@@ -276,4 +281,17 @@ pub fn inside(args: &[String]) -> anyhow::Result<()> {
     }
     explain("What is left dies with this namespace when the child exits.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_ipc_in;
+
+    #[test]
+    fn the_last_remove_ipc_of_the_login_section_counts() {
+        let conf = "[Login]\n#RemoveIPC=yes\nRemoveIPC = no\n[Other]\nRemoveIPC=yes\n";
+        assert_eq!(remove_ipc_in(conf).as_deref(), Some("RemoveIPC = no"));
+        assert_eq!(remove_ipc_in("[Login]\n#RemoveIPC=no\n"), None);
+        assert_eq!(remove_ipc_in("[Login]\nRemoveIPCX=no\n"), None);
+    }
 }

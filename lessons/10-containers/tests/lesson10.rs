@@ -429,7 +429,11 @@ fn part5_removeipc_is_read_from_this_machine_and_emulated_in_namespaces() {
                 std::iter::once(main.into()).chain(dropins)
             })
             .filter_map(|p: std::path::PathBuf| std::fs::read_to_string(p).ok())
-            .any(|t| t.lines().any(|l| l.trim().starts_with("RemoveIPC=")));
+            .any(|t| {
+                t.lines()
+                    .filter_map(|l| l.split_once('='))
+                    .any(|(k, _)| k.trim() == "RemoveIPC")
+            });
         let effective = fact(&text, "RemoveIPC, effective");
         assert_eq!(
             effective.starts_with("yes (the default"),
