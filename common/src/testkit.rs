@@ -421,6 +421,35 @@ pub fn cc(src: &Path, exe: &Path) -> Option<Output> {
     }
 }
 
+/// Build a C program with plain `cc` and no `-lrt`, and check that it names
+/// no librt. `uses_posix_shm`: it calls `shm_open`/`shm_unlink`, which are in
+/// libc only since glibc 2.34; before that the link must fail (the article's
+/// `-lrt` was right then) and the caller skips, as it does without `cc` or on
+/// a libc other than glibc. `None` means skipped (the reason is printed).
+pub fn cc_without_lrt(src: &Path, exe: &Path, uses_posix_shm: bool) -> Option<PathBuf> {
+    let out = cc(src, exe)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if uses_posix_shm {
+        match inspect::glibc_at_least(2, 34) {
+            Some(true) => {}
+            Some(false) => {
+                assert!(!out.status.success(), "linked without -lrt on old glibc");
+                eprintln!("skipped: glibc < 2.34 needs -lrt, as the article says");
+                return None;
+            }
+            None => {
+                eprintln!("skipped: not glibc; the -lrt claim is about glibc");
+                return None;
+            }
+        }
+    }
+    assert!(out.status.success(), "cc without -lrt failed:\n{err}");
+    if let Some(libs) = needed_libraries(exe) {
+        assert!(!libs.iter().any(|l| l.starts_with("librt")), "{libs:?}");
+    }
+    Some(exe.to_path_buf())
+}
+
 /// The shared libraries an executable names (`readelf -d`'s NEEDED lines),
 /// or `None` when `readelf` is missing.
 pub fn needed_libraries(exe: &Path) -> Option<Vec<String>> {

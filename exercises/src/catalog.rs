@@ -694,20 +694,24 @@ fn judge_memfd_seal(r: &mut Run) -> anyhow::Result<Verdict> {
 // Lesson 8
 // ---------------------------------------------------------------------------
 
+/// Where both lesson-8 exercises' consumer stores its sum (their `SUM_OFFSET`).
+const SUM_OFFSET: usize = 512;
+
 fn judge_ring(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 20_000;
     let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
     let head = shared.u64_at(0);
     let tail = shared.u64_at(64);
-    let got = r.report_u64();
+    // The consumer's own store, read from the checker's mapping.
+    let got = shared.u64_at(SUM_OFFSET);
     Ok((|| {
         exited_cleanly(r, o)?;
         let want = COUNT * (COUNT + 1) / 2;
-        if got != Some(want) {
+        if got != want {
             return Err(format!(
-                "the consumer's sum is {got:?}, not {want}: a message was lost, repeated or read \
-                 before it was written."
+                "the consumer's sum (offset {SUM_OFFSET} of the shared object) is {got}, not \
+                 {want}: a message was lost, repeated or read before it was written."
             ));
         }
         if head != COUNT || tail != COUNT {
@@ -724,21 +728,34 @@ fn judge_futex_shared(r: &mut Run) -> anyhow::Result<Verdict> {
     const COUNT: u64 = 2_000;
     let shared = Shared::create(&r.name, common::inspect::page_size())?;
     let o = r.exec(&[])?;
-    let got = r.report_u64();
+    // The consumer's own store, read from the checker's mapping.
+    let got = shared.u64_at(SUM_OFFSET);
     let (head, tail) = (shared.u32_at(0), shared.u32_at(64));
     Ok((|| {
         if o == Outcome::TimedOut {
             return Err(format!(
-                "your program hung (head {head}, tail {tail}: the consumer had taken everything \
-                 and slept) and was killed after {} s: the producer's FUTEX_WAKE never reached \
-                 the consumer sleeping in FUTEX_WAIT in another process.",
-                r.timeout.as_secs()
+                "your program hung and was killed after {} s, with head {head} and tail {tail} \
+                 ({}): the consumer slept in FUTEX_WAIT through the producer's FUTEX_WAKE. A wake \
+                 finds a waiter of another process only when both calls treat the futex as \
+                 shared between processes.",
+                r.timeout.as_secs(),
+                if head == tail {
+                    "the ring empty".to_string()
+                } else {
+                    format!(
+                        "{} messages in the ring, not taken",
+                        head.wrapping_sub(tail)
+                    )
+                }
             ));
         }
         exited_cleanly(r, o)?;
         let want = COUNT * (COUNT + 1) / 2;
-        if got != Some(want) {
-            return Err(format!("the consumer's sum is {got:?}, not {want}."));
+        if got != want {
+            return Err(format!(
+                "the consumer's sum (offset {SUM_OFFSET} of the shared object) is {got}, not \
+                 {want}."
+            ));
         }
         Ok(())
     })())

@@ -107,7 +107,12 @@ impl Run {
                 },
             )
         };
-        remove_all(&prefix, key); // a previous checker with our pid was SIGKILLed
+        // A previous checker with our pid was SIGKILLed: its names (they
+        // carry our whole pid) are stale; a segment under our key only if
+        // nobody uses it (the key has 20 bits of the pid, and pid_max may
+        // be larger: a live checker with a pid 2^20 away has the same key).
+        remove_all(&prefix, None);
+        remove_stale_segments(key);
         let report_name = format!("{prefix}report");
         let fd = shm_open(
             report_name.as_str(),
@@ -346,9 +351,24 @@ fn stop_group(pgid: i32) {
     }
 }
 
+/// Remove the segments with `key` that nobody attaches and whose creator
+/// is gone: what a SIGKILLed checker's program left.
+fn remove_stale_segments(key: i32) {
+    for s in inspect::sysv_segments() {
+        if s.key == key
+            && s.nattch == 0
+            && common::children::state(Pid::from_raw(s.cpid)).is_none_or(|st| st == 'Z')
+        {
+            // SAFETY: IPC_RMID takes no buffer; a stale id only gives EINVAL.
+            unsafe { libc::shmctl(s.shmid, libc::IPC_RMID, std::ptr::null_mut()) };
+        }
+    }
+}
+
 /// Unlink every `/dev/shm/<prefix>*` (and `/tmp/<prefix>*`) and remove
-/// every segment with `key`.
-fn remove_all(prefix: &str, key: i32) {
+/// every segment with `key`, if given.
+fn remove_all(prefix: &str, key: impl Into<Option<i32>>) {
+    let key = key.into();
     let file_prefix = names::file_name(prefix);
     for e in inspect::dev_shm_entries() {
         if e.name.starts_with(file_prefix) {
@@ -364,7 +384,7 @@ fn remove_all(prefix: &str, key: i32) {
         }
     }
     for s in inspect::sysv_segments() {
-        if s.key == key {
+        if Some(s.key) == key {
             // SAFETY: IPC_RMID takes no buffer; a stale id only gives EINVAL.
             unsafe { libc::shmctl(s.shmid, libc::IPC_RMID, std::ptr::null_mut()) };
         }
@@ -523,5 +543,42 @@ impl Drop for Shared {
     fn drop(&mut self) {
         // SAFETY: exactly the mapping made in create; not used afterwards.
         let _ = unsafe { munmap(self.ptr, self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unused_segments_of_dead_creators_are_stale() {
+        // The key a checker with our pid would use: no checker has our pid.
+        let pid = std::process::id();
+        let key = ((common::names::KEY_MARK << 24) | (0xe << 20) | (pid & 0xf_ffff)) as i32;
+        // 1. Made by us, alive: not stale, even unattached.
+        let id = common::sysv::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600)
+            .expect("shmget");
+        remove_stale_segments(key);
+        let kept = common::inspect::sysv_segment(id).is_some();
+        let _ = common::sysv::shmctl_rmid(id);
+        assert!(kept, "removed a segment whose creator is alive");
+        // 2. Made by a child that exited: stale.
+        // SAFETY: the child only calls shmget and _exit (async-signal-safe).
+        let child = match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => unsafe {
+                let ok = libc::shmget(key, 4096, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) >= 0;
+                libc::_exit(if ok { 0 } else { 1 })
+            },
+            nix::unistd::ForkResult::Parent { child } => child,
+        };
+        assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+        let orphan = common::inspect::sysv_segments()
+            .into_iter()
+            .find(|s| s.key == key)
+            .expect("the child's segment");
+        remove_stale_segments(key);
+        let gone = common::inspect::sysv_segment(orphan.shmid).is_none();
+        let _ = common::sysv::shmctl_rmid(orphan.shmid);
+        assert!(gone, "left a segment nobody uses, whose creator is gone");
     }
 }

@@ -19,7 +19,16 @@ use nix::unistd::{ForkResult, SysconfVar, fork, sysconf};
 
 const PER_WORKER: u64 = 20_000;
 
-fn work(counter: &AtomicU64) {
+/// Where the workers meet before they start (another cache line).
+const START_OFFSET: usize = 128;
+
+fn work(counter: &AtomicU64, start: &AtomicU64) {
+    // Start together: each worker checks in, then waits for the other, so
+    // that the two really run at the same time even on a busy machine.
+    start.fetch_add(1, Ordering::SeqCst);
+    while start.load(Ordering::SeqCst) < 2 {
+        std::thread::yield_now();
+    }
     for _ in 0..PER_WORKER {
         // TODO: the other worker may change the counter between this load
         // and this store. Make the increment one indivisible step.
@@ -41,6 +50,14 @@ fn main() {
     // SAFETY: the page is mapped until the process ends, page-aligned (so
     // 8-byte aligned), and every process touches it only through atomics.
     let counter = unsafe { &*ptr.as_ptr().cast::<AtomicU64>() };
+    // SAFETY: as above, START_OFFSET + 8 <= the page, 8-byte aligned.
+    let start = unsafe {
+        &*ptr
+            .as_ptr()
+            .cast::<u8>()
+            .add(START_OFFSET)
+            .cast::<AtomicU64>()
+    };
 
     let mut workers = Vec::new();
     for _ in 0..2 {
@@ -48,7 +65,7 @@ fn main() {
         // _exit: async-signal-safe.
         match unsafe { fork() }.expect("fork") {
             ForkResult::Child => {
-                work(counter);
+                work(counter, start);
                 // SAFETY: leave without running the parent's destructors.
                 unsafe { libc::_exit(0) }
             }

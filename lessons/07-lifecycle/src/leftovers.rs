@@ -20,8 +20,9 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use anyhow::bail;
+use common::attempt;
 use common::inspect::{self, ShmEntry, SysvSegment};
-use common::narrate::{self, evidence, explain, fact, section, step};
+use common::narrate::{self, evidence, explain, fact, section};
 use common::{names, sysv};
 use nix::sys::mman::shm_unlink;
 use nix::unistd::getuid;
@@ -399,11 +400,7 @@ fn remove_posix(e: &ShmEntry, uid: u32) -> bool {
         }
     }
     let name = format!("/{}", e.name);
-    let s = step(format!("shm_unlink({name:?})"));
-    match s.outcome(shm_unlink(name.as_str()), |_| "0".into()) {
-        Ok(()) => true,
-        Err(_) => false,
-    }
+    attempt!(shm_unlink(name.as_str())).is_ok()
 }
 
 /// Check the segment is still the one listed (ids are reused), then
@@ -419,9 +416,7 @@ fn remove_sysv(seg: &SysvSegment, uid: u32) -> bool {
             return false;
         }
     }
-    let s = step(format!("shmctl({}, IPC_RMID, NULL)", seg.shmid));
-    s.outcome(sysv::shmctl_rmid(seg.shmid), |_| "0".into())
-        .is_ok()
+    attempt!(sysv::shmctl_rmid(seg.shmid)).is_ok()
 }
 
 /// Part 5 of the lesson: the dry run, explained.

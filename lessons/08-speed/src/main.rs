@@ -214,7 +214,7 @@ fn lesson() -> anyhow::Result<()> {
     // ANCHOR: region
     section("2. The shared-memory ring: one mapping made before fork");
     let room = if sweep { MAX_MSG } else { CHUNK }; // the largest message
-    let region = Region::map(room)?; // mmap(NULL, len, .., MAP_SHARED|MAP_ANONYMOUS, -1, 0)
+    let region = Region::map(room)?;
     inspect::show_maps(&format!("{:x}", region.addr()), region.addr() as *const _);
     block(format!(
         "offset  what\n\
@@ -518,6 +518,12 @@ fn sweep_lesson(
 
     section(format!("7. Results by message size, {}", place.key()));
     block(results::sweep_tables(&sweep));
+    if let Some((_, g)) = sweep.first() {
+        for s in g.throughput.iter().filter(|s| s.skipped.is_some()) {
+            let why = s.skipped.as_deref().unwrap_or("");
+            note(format!("{}: skipped: {why}", s.kind.label(false)));
+        }
+    }
     explain(
         "busy-wait: the receiver spins on its CPU and never sleeps; blocking: it sleeps in \
          the kernel (read, or FUTEX_WAIT after a short spin) and must be woken. Published \
@@ -594,6 +600,14 @@ fn sweep_conclusions(sweep: &[(usize, Group)]) -> Vec<String> {
                  than the system calls held the ring back, most often a CPU shared with \
                  another program."
             }
+        ));
+    }
+    let skipped = gs.tput("shm_spin").and_then(|s| s.skipped.as_deref());
+    if let (Some(why), Some(a), Some(b)) = (skipped, lead(gs, "shm_futex"), lead(gl, "shm_futex")) {
+        out.push(format!(
+            "Pure spin was not measured ({why}). The ring that sleeps, spin then futex, moved \
+             {a:.1}× a pipe's bytes at {small} and {b:.1}× at {large}: when the two sides take \
+             turns on one CPU, each wake-up costs about what a pipe's does."
         ));
     }
     let p50 = |g: &Group, key| g.lat(key).and_then(Series::spread).map(|s| s.p50);

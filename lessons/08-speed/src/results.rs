@@ -27,6 +27,7 @@ pub struct Spread {
     pub max: f64,
 }
 
+// ANCHOR: percentile
 /// The `p`th percentile (0 < p <= 100) of sorted samples, by the
 /// nearest-rank method: the smallest sample with at least p% of all samples
 /// at or below it. Always a sample that was measured, never an interpolation.
@@ -48,6 +49,7 @@ pub fn spread(samples: &[f64]) -> Option<Spread> {
         max: *v.last()?,
     })
 }
+// ANCHOR_END: percentile
 
 impl Series {
     pub fn new(kind: Kind) -> Series {

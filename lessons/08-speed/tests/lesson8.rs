@@ -252,6 +252,13 @@ fn sweep_quick_checks_every_size_and_draws_one_line_per_transport() {
             .any(|t| t.starts_with("measured on:") && t.contains(model)),
         "no caption with {model:?}: {texts:?}"
     );
+    let title = doc.descendants().find(|n| n.has_tag_name("title"));
+    assert!(
+        title
+            .and_then(|t| t.text())
+            .is_some_and(|t| t.contains(model)),
+        "no <title> naming the machine"
+    );
     // A data line has a point per measured size; the axes' own lines have 2.
     let lines: Vec<(String, usize)> = doc
         .descendants()
@@ -344,6 +351,39 @@ fn one_usable_cpu_skips_pure_spin_and_finishes() {
         "{err}"
     );
     assert!(err.contains("skipped: one usable CPU"), "{err}");
+}
+
+#[test]
+fn one_usable_cpu_sweep_skips_pure_spin_and_checks_the_rest() {
+    let out = run(&["--sweep", "--quick", "--json"], Some(0));
+    let v = json_of(&out);
+    assert_eq!(v["usable_cpus"], 1, "{v}");
+    assert_eq!(v["placement"], "same-cpu", "{v}");
+    for size in SIZES {
+        for k in SWEEP {
+            let c = &v["sweep"][size.to_string()][k];
+            if k == "shm_spin" {
+                assert!(
+                    c["skipped"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("one usable CPU")),
+                    "{c}"
+                );
+                assert!(
+                    c["checksum_ok"].is_null() && c["throughput_gbps"].is_null(),
+                    "{c}"
+                );
+            } else {
+                assert_eq!(c["checksum_ok"], true, "{k} at {size}: {c}");
+                assert_eq!(c["replies_ok"], true, "{k} at {size}: {c}");
+            }
+        }
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("shm ring, spin: skipped: one usable CPU"),
+        "{err}"
+    );
 }
 
 #[test]

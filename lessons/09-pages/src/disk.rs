@@ -10,7 +10,7 @@ use common::call;
 use common::narrate::{evidence, explain, fact, section, subsection, warn};
 use common::pages;
 use common::{cleanup, inspect, names, shm};
-use nix::fcntl::{OFlag, open};
+use nix::fcntl::{OFlag, open, posix_fallocate};
 use nix::sys::mman::{MapFlags, MsFlags, ProtFlags, mmap, msync, munmap, shm_unlink};
 use nix::sys::stat::Mode;
 use nix::sys::statvfs::statvfs;
@@ -104,6 +104,9 @@ pub fn part3(page: usize) -> anyhow::Result<()> {
     for fd in [&file, &obj] {
         call!(ftruncate(fd, SIZE as libc::off_t))?;
     }
+    // The file's blocks, reserved now: a full disk is ENOSPC here, not
+    // SIGBUS at a store into the mapping.
+    call!(posix_fallocate(&file, 0, SIZE as libc::off_t))?;
     let (len, rw) = (
         NonZeroUsize::new(SIZE).context("size 0")?,
         ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,

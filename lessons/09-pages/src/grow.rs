@@ -16,7 +16,7 @@ use nix::sys::mman::{
 };
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::wait::WaitStatus;
-use nix::unistd::{ForkResult, Pid, fork, ftruncate, pipe, write};
+use nix::unistd::{ForkResult, Pid, fork, ftruncate, getpid, pipe, write};
 
 use crate::util::{self, Report, word};
 
@@ -76,8 +76,9 @@ pub fn part6(page: usize) -> anyhow::Result<()> {
     unsafe { call!(munmap(tail, new - old)) }?;
     evidence(
         &format!(
-            "grep -A1 {:x} /proc/self/maps   # the peer's mapping, and what follows",
-            peer.as_ptr() as usize
+            "grep -A1 {:x} /proc/{}/maps   # the peer's mapping, and what follows",
+            peer.as_ptr() as usize,
+            getpid()
         ),
         [
             inspect::maps_line_for(peer.as_ptr() as usize).unwrap_or_default(),

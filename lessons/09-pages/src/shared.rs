@@ -235,12 +235,22 @@ fn frames(parent: Pid, child: Pid, shared: usize, private: usize) {
              kernel zeroes the PFN field of pagemap for such readers, because physical \
              addresses help Rowhammer attacks (Documentation/admin-guide/mm/pagemap.rst). Run \
              as root on the host to see them. The other bits still speak: the child's \
-             MAP_PRIVATE page is exclusive={} (mapped by it alone), its MAP_SHARED page \
-             exclusive={} (mapped by both).",
+             MAP_PRIVATE page is exclusive={} ({}), its MAP_SHARED page exclusive={} ({}).",
             geteuid(),
             u8::from(cp.exclusive()),
+            mapped_by(cp),
             u8::from(cs.exclusive()),
+            mapped_by(cs),
         ));
     }
     narrate::end_pending();
+}
+
+/// What pagemap's exclusive bit (56) says of a page.
+fn mapped_by(e: PagemapEntry) -> &'static str {
+    if e.exclusive() {
+        "mapped by one process only"
+    } else {
+        "mapped by more than one process"
+    }
 }
