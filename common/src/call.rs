@@ -189,7 +189,6 @@ flag_sets!(
     nix::fcntl::FallocateFlags,
     nix::fcntl::AtFlags,
     nix::sys::mman::ProtFlags,
-    nix::sys::mman::MapFlags,
     nix::sys::mman::MRemapFlags,
     nix::sys::mman::MsFlags,
     nix::sys::memfd::MFdFlags,
@@ -264,6 +263,20 @@ impl Arg for nix::sched::CpuSet {
 impl Ret for nix::sched::CpuSet {
     fn ret(&self) -> Option<String> {
         Some(self.arg())
+    }
+}
+
+/// `mmap`'s flags; nix names `MAP_ANONYMOUS` by its alias `MAP_ANON`.
+impl Arg for nix::sys::mman::MapFlags {
+    fn arg(&self) -> String {
+        narrate::flags(self)
+            .split('|')
+            .map(|f| if f == "MAP_ANON" { "MAP_ANONYMOUS" } else { f })
+            .collect::<Vec<_>>()
+            .join("|")
+    }
+    fn none() -> String {
+        "0".to_string()
     }
 }
 
@@ -643,6 +656,10 @@ mod tests {
         );
         assert_eq!(MapFlags::MAP_SHARED.arg(), "MAP_SHARED");
         assert_eq!(
+            (MapFlags::MAP_PRIVATE | MapFlags::MAP_ANONYMOUS).arg(),
+            "MAP_PRIVATE|MAP_ANONYMOUS"
+        );
+        assert_eq!(
             nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20).arg(),
             "F_SETPIPE_SZ, 1048576"
         );
@@ -726,6 +743,16 @@ mod tests {
         assert_eq!(
             text("waitpid", &["42".into(), "0".into()]),
             "waitpid(42, &status, 0)"
+        );
+        let args = ["NULL", "4096", "PROT_READ", "MAP_SHARED"].map(String::from);
+        assert_eq!(
+            text("mmap_anonymous", &args),
+            "mmap(NULL, 4096, PROT_READ, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
+        );
+        let args = ["NULL", "4096", "PROT_READ", "MAP_PRIVATE|MAP_ANONYMOUS"].map(String::from);
+        assert_eq!(
+            text("mmap_anonymous", &args),
+            "mmap(NULL, 4096, PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS, -1, 0)"
         );
     }
 

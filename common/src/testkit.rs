@@ -421,6 +421,35 @@ pub fn cc(src: &Path, exe: &Path) -> Option<Output> {
     }
 }
 
+/// Build a C program with plain `cc` and no `-lrt`, and check that it names
+/// no librt. `uses_posix_shm`: it calls `shm_open`/`shm_unlink`, which are in
+/// libc only since glibc 2.34; before that the link must fail (the article's
+/// `-lrt` was right then) and the caller skips, as it does without `cc` or on
+/// a libc other than glibc. `None` means skipped (the reason is printed).
+pub fn cc_without_lrt(src: &Path, exe: &Path, uses_posix_shm: bool) -> Option<PathBuf> {
+    let out = cc(src, exe)?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if uses_posix_shm {
+        match inspect::glibc_at_least(2, 34) {
+            Some(true) => {}
+            Some(false) => {
+                assert!(!out.status.success(), "linked without -lrt on old glibc");
+                eprintln!("skipped: glibc < 2.34 needs -lrt, as the article says");
+                return None;
+            }
+            None => {
+                eprintln!("skipped: not glibc; the -lrt claim is about glibc");
+                return None;
+            }
+        }
+    }
+    assert!(out.status.success(), "cc without -lrt failed:\n{err}");
+    if let Some(libs) = needed_libraries(exe) {
+        assert!(!libs.iter().any(|l| l.starts_with("librt")), "{libs:?}");
+    }
+    Some(exe.to_path_buf())
+}
+
 /// The shared libraries an executable names (`readelf -d`'s NEEDED lines),
 /// or `None` when `readelf` is missing.
 pub fn needed_libraries(exe: &Path) -> Option<Vec<String>> {
@@ -700,6 +729,28 @@ pub fn joined_lines(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// An absolute path into a build directory (`/work/main/target/debug/lesson-5`)
+/// as `target/debug/lesson-5`: where the workspace is checked out differs
+/// between machines and worktrees, not what the lesson does.
+fn without_build_dir(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("/target/") {
+        let start = rest[..at]
+            .rfind([' ', '(', '"', '\'', '='])
+            .map_or(0, |p| p + 1);
+        if rest[start..].starts_with('/') {
+            out.push_str(&rest[..start]);
+        } else {
+            out.push_str(&rest[..at + 1]);
+        }
+        out.push_str("target/");
+        rest = &rest[at + "/target/".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn is_structure(line: &str) -> bool {
     let t = line.trim_start();
     ["---", "·", "▸", "$", "==="]
@@ -713,6 +764,7 @@ fn is_structure(line: &str) -> bool {
 /// inodes, devices, sizes, timings, measured figures) becomes `N`, a bar of a
 /// chart becomes `BAR`, and runs of spaces (table columns) become one.
 pub fn normalise(line: &str) -> String {
+    let line = &without_build_dir(line);
     let mut s = String::new();
     let chars: Vec<char> = line.chars().collect();
     let mut i = 0;
@@ -816,5 +868,22 @@ mod transcript_tests {
         );
         let text = "  w | a b\n  r | x\n  w | c\n";
         assert_eq!(joined_lines(text), ["w | a b c", "r | x"]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkout_path_does_not_change_a_transcript_line() {
+        let main = "  ▸ spawn: /work/main/target/debug/lesson-5 reader --timeout 30 = pid 7";
+        let other = "  ▸ spawn: /work/wt/rev13/target/debug/lesson-5 reader --timeout 30 = pid 9";
+        assert_eq!(normalise(main), normalise(other));
+        assert!(normalise(main).contains("spawn: target/debug/lesson-N reader"));
+        assert_eq!(
+            without_build_dir("cargo build --target/x"),
+            "cargo build --target/x"
+        );
     }
 }

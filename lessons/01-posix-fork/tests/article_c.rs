@@ -5,34 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{inspect, testkit};
+use common::testkit;
 use nix::fcntl::OFlag;
 use nix::sys::mman::{shm_open, shm_unlink};
 use nix::sys::stat::Mode;
 
-/// `c/article.c` built with plain `cc`, or `None` (skipped) without `cc`.
+/// `c/article.c` built with plain `cc`, or `None` (skipped).
 fn build() -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/article.c");
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lesson1-article");
-    let out = testkit::cc(&src, &exe)?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    match inspect::glibc_at_least(2, 34) {
-        Some(true) => assert!(out.status.success(), "cc without -lrt failed:\n{err}"),
-        Some(false) => {
-            // Before 2.34 shm_open lived in librt: the link must fail.
-            assert!(!out.status.success(), "linked without -lrt on old glibc");
-            eprintln!("skipped: glibc < 2.34 needs -lrt, as the article says");
-            return None;
-        }
-        None => {
-            eprintln!("skipped: not glibc; the -lrt claim is about glibc");
-            return None;
-        }
-    }
-    if let Some(libs) = testkit::needed_libraries(&exe) {
-        assert!(!libs.iter().any(|l| l.starts_with("librt")), "{libs:?}");
-    }
-    Some(exe)
+    testkit::cc_without_lrt(&src, &exe, true)
 }
 
 #[test]

@@ -8,17 +8,11 @@ use std::process::Command;
 
 use common::{sysv, testkit};
 
-/// `c/article.c` built with plain `cc`, or `None` (skipped) without `cc`.
+/// `c/article.c` built with plain `cc`, or `None` (skipped).
 fn build() -> Option<PathBuf> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("c/article.c");
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lesson2-article");
-    let out = testkit::cc(&src, &exe)?;
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "cc without -lrt failed:\n{err}");
-    if let Some(libs) = testkit::needed_libraries(&exe) {
-        assert!(!libs.iter().any(|l| l.starts_with("librt")), "{libs:?}");
-    }
-    Some(exe)
+    testkit::cc_without_lrt(&src, &exe, false)
 }
 
 #[test]

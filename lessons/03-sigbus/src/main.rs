@@ -193,10 +193,11 @@ fn touch_in_child(
          with p = mapping + {offset}, then _exit(0)"
     ));
     // ANCHOR: touch
+    // `after`: the child may write its handler's line before we print ours.
     // SAFETY: the child only does async-signal-safe work: prctl, sigaction,
     // one volatile load and store, atomic stores and _exit. It touches no
     // lock and no allocator.
-    let child = match unsafe { call!(fork()) }? {
+    let child = match unsafe { call!(after fork()) }? {
         ForkResult::Parent { child } => child,
         ForkResult::Child => {
             children::die_with_parent();
