@@ -469,6 +469,7 @@ pub fn text(path: &str, args: &[String]) -> String {
 pub fn c_form(name: &str, args: &[String]) -> Option<String> {
     Some(match (name, args) {
         ("fstat", [fd]) => format!("fstat({fd}, &st)"),
+        ("statfs", [path]) => format!("statfs({path}, &buf)"),
         ("recvmsg", [sock]) => format!("recvmsg({sock}, &msg, 0)"),
         ("socketpair", [domain, kind, protocol, flags]) => {
             let kind = if flags == "0" {
@@ -630,6 +631,10 @@ mod tests {
         };
         assert_eq!(form("nix::sys::stat::fstat", &["3"]), "fstat(3, &st)");
         assert_eq!(form("recvmsg", &["0"]), "recvmsg(0, &msg, 0)");
+        assert_eq!(
+            form("show::statfs", &["\"/dev/shm\""]),
+            "statfs(\"/dev/shm\", &buf)"
+        );
         assert_eq!(
             form(
                 "socketpair",
