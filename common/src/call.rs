@@ -471,6 +471,10 @@ pub fn c_form(name: &str, args: &[String]) -> Option<String> {
         ("fstat", [fd]) => format!("fstat({fd}, &st)"),
         ("statfs", [path]) => format!("statfs({path}, &buf)"),
         ("recvmsg", [sock]) => format!("recvmsg({sock}, &msg, 0)"),
+        // children::wait_deadline: waitpid, with a kill past the deadline.
+        ("wait_deadline", [pid, deadline]) => {
+            format!("waitpid({pid}, &status, 0) (at most {deadline})")
+        }
         ("socketpair", [domain, kind, protocol, flags]) => {
             let kind = if flags == "0" {
                 kind.clone()
@@ -631,6 +635,10 @@ mod tests {
         };
         assert_eq!(form("nix::sys::stat::fstat", &["3"]), "fstat(3, &st)");
         assert_eq!(form("recvmsg", &["0"]), "recvmsg(0, &msg, 0)");
+        assert_eq!(
+            form("children::wait_deadline", &["42", "10s"]),
+            "waitpid(42, &status, 0) (at most 10s)"
+        );
         assert_eq!(
             form("show::statfs", &["\"/dev/shm\""]),
             "statfs(\"/dev/shm\", &buf)"
