@@ -471,6 +471,8 @@ pub fn c_form(name: &str, args: &[String]) -> Option<String> {
         ("fstat", [fd]) => format!("fstat({fd}, &st)"),
         ("statfs", [path]) => format!("statfs({path}, &buf)"),
         ("recvmsg", [sock]) => format!("recvmsg({sock}, &msg, 0)"),
+        ("pipe", []) => "pipe(fds)".to_string(),
+        ("pipe2", [flags]) => format!("pipe2(fds, {flags})"),
         // children::wait_deadline: waitpid, with a kill past the deadline.
         ("wait_deadline", [pid, deadline]) => {
             format!("waitpid({pid}, &status, 0) (at most {deadline})")
@@ -635,6 +637,8 @@ mod tests {
         };
         assert_eq!(form("nix::sys::stat::fstat", &["3"]), "fstat(3, &st)");
         assert_eq!(form("recvmsg", &["0"]), "recvmsg(0, &msg, 0)");
+        assert_eq!(form("nix::unistd::pipe", &[]), "pipe(fds)");
+        assert_eq!(form("pipe2", &["O_CLOEXEC"]), "pipe2(fds, O_CLOEXEC)");
         assert_eq!(
             form("children::wait_deadline", &["42", "10s"]),
             "waitpid(42, &status, 0) (at most 10s)"
