@@ -469,7 +469,14 @@ pub fn text(path: &str, args: &[String]) -> String {
 pub fn c_form(name: &str, args: &[String]) -> Option<String> {
     Some(match (name, args) {
         ("fstat", [fd]) => format!("fstat({fd}, &st)"),
+        ("statfs", [path]) => format!("statfs({path}, &buf)"),
         ("recvmsg", [sock]) => format!("recvmsg({sock}, &msg, 0)"),
+        ("pipe", []) => "pipe(fds)".to_string(),
+        ("pipe2", [flags]) => format!("pipe2(fds, {flags})"),
+        // children::wait_deadline: waitpid, with a kill past the deadline.
+        ("wait_deadline", [pid, deadline]) => {
+            format!("waitpid({pid}, &status, 0) (at most {deadline})")
+        }
         ("socketpair", [domain, kind, protocol, flags]) => {
             let kind = if flags == "0" {
                 kind.clone()
@@ -630,6 +637,16 @@ mod tests {
         };
         assert_eq!(form("nix::sys::stat::fstat", &["3"]), "fstat(3, &st)");
         assert_eq!(form("recvmsg", &["0"]), "recvmsg(0, &msg, 0)");
+        assert_eq!(form("nix::unistd::pipe", &[]), "pipe(fds)");
+        assert_eq!(form("pipe2", &["O_CLOEXEC"]), "pipe2(fds, O_CLOEXEC)");
+        assert_eq!(
+            form("children::wait_deadline", &["42", "10s"]),
+            "waitpid(42, &status, 0) (at most 10s)"
+        );
+        assert_eq!(
+            form("show::statfs", &["\"/dev/shm\""]),
+            "statfs(\"/dev/shm\", &buf)"
+        );
         assert_eq!(
             form(
                 "socketpair",

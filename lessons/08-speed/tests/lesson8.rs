@@ -399,7 +399,7 @@ fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
         "sched_getaffinity(0) = CPUs [",
         "PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS, -1, 0) = 0x",
         " rw-s ",
-        "pipe2(O_CLOEXEC) = [",
+        "pipe2(fds, O_CLOEXEC) = [",
         "F_GETPIPE_SZ) = ",
         "F_SETPIPE_SZ, 1048576) = 1048576",
         "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) = [",
