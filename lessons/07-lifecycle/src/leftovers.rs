@@ -850,12 +850,22 @@ mod tests {
             scratch("shm-lessons-9-77-disk", '-', ME, &[]),
             scratch("shm-lessons-6-77-msync", '-', ME, &[]),
             scratch("shm-lessons-9-77-thp", 'd', ME, &[]),
-            scratch("shm-lessons-4-77-disk", 'd', ME, &[object.clone()]),
+            scratch(
+                "shm-lessons-4-77-disk",
+                'd',
+                ME,
+                std::slice::from_ref(&object),
+            ),
             scratch("shm-lessons-9-4242-thp", 'd', ME, &[]),
             scratch("shm-lessons-9-78-thp", 'd', 1001, &[]),
             // A thp mount point holds nothing; lesson-4's directory holds
             // only its objects, as files of ours.
-            scratch("shm-lessons-9-79-thp", 'd', ME, &[object.clone()]),
+            scratch(
+                "shm-lessons-9-79-thp",
+                'd',
+                ME,
+                std::slice::from_ref(&object),
+            ),
             scratch("shm-lessons-4-79-disk", 'd', ME, &[entry("notes", ME)]),
             scratch(
                 "shm-lessons-4-80-disk",
