@@ -591,10 +591,15 @@ fn sweep_conclusions(sweep: &[(usize, Group)]) -> Vec<String> {
             x(lead(gl, "shm_futex")),
             x(lead(gs, "unix_socket")),
             x(lead(gl, "unix_socket")),
-            if a > b {
+            if a > b && b >= 1.0 {
                 "The lead shrinks as messages grow: a pipe pays a system call and a wake-up \
                  per message whatever its size, while copying the bytes, which both do \
                  twice, grows with it."
+            } else if a > b {
+                "The lead shrank as messages grew and turned around: at the largest size \
+                 the pipe was faster. Copying alone does not explain that, since both copy \
+                 each byte twice; most often another program took the spinning reader's \
+                 CPU. Run it again on a quieter machine."
             } else {
                 "Here the lead did not shrink with the size: at small sizes something other \
                  than the system calls held the ring back, most often a CPU shared with \
@@ -973,4 +978,41 @@ fn restore_stdout(saved: OwnedFd) -> anyhow::Result<()> {
         return Err(nix::errno::Errno::last()).call("dup2(saved, 1)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sweep of two sizes where each transport moved these GB/s.
+    fn sweep_of(small: [f64; 4], large: [f64; 4]) -> Vec<(usize, Group)> {
+        let group = |gbps: [f64; 4]| Group {
+            placement: "cross-cpu",
+            throughput: SWEEP
+                .iter()
+                .zip(gbps)
+                .map(|(&k, v)| Series {
+                    values: vec![v],
+                    ..Series::new(k)
+                })
+                .collect(),
+            latency: SWEEP.iter().map(|&k| Series::new(k)).collect(),
+        };
+        vec![(64, group(small)), (1 << 20, group(large))]
+    }
+
+    #[test]
+    fn the_throughput_conclusion_follows_the_numbers() {
+        // SWEEP: pipe, unix socket, spin, spin+futex.
+        let shrinks = sweep_conclusions(&sweep_of([0.1, 0.05, 3.0, 0.1], [1.0, 2.0, 10.0, 5.0]));
+        assert!(shrinks[0].contains("30.0× a pipe's bytes at 64 B and 10.0× at 1 MiB"));
+        assert!(shrinks[0].contains("The lead shrinks"), "{shrinks:?}");
+        // The ring ends slower than the pipe: no "lead" left to shrink.
+        let turned = sweep_conclusions(&sweep_of([0.1, 0.05, 0.3, 0.1], [0.5, 1.0, 0.1, 1.0]));
+        assert!(turned[0].contains("3.0× a pipe's bytes at 64 B and 0.2× at 1 MiB"));
+        assert!(turned[0].contains("the pipe was faster"), "{turned:?}");
+        assert!(!turned[0].contains("The lead shrinks"), "{turned:?}");
+        let grows = sweep_conclusions(&sweep_of([1.0, 0.05, 0.5, 0.1], [0.5, 1.0, 5.0, 1.0]));
+        assert!(grows[0].contains("did not shrink"), "{grows:?}");
+    }
 }
