@@ -96,7 +96,7 @@ fn lesson() -> anyhow::Result<()> {
         .option_with(
             "--runs",
             "N",
-            "runs of each measurement (default 5)",
+            "runs of each measurement (default 5; --sweep: 3, --sweep --quick: 1)",
             parse_runs,
         )
         .flag(
@@ -106,7 +106,7 @@ fn lesson() -> anyhow::Result<()> {
         .flag(
             "--sweep",
             "measure pipe, Unix socket and the ring at 64 B .. 1 MiB messages (default 3 runs; \
-             --quick: 1 run, smaller, under 15 s)",
+             with --quick 1 run of fewer messages)",
         )
         .option_with(
             "--svg",

@@ -180,18 +180,16 @@ fn check(s: &Series) -> &'static str {
 pub fn throughput_table(g: &Group, memcpy: Option<f64>) -> String {
     let pipe = g.gbps("pipe");
     let mut out = format!(
-        "{:<26} {:>8} {:>8} {:>8} {:>9}  {}\n",
-        "transport", "median", "min", "÷ pipe", "÷ memcpy", "checksum"
+        "{:<26} {:<9} {:>8} {:>8} {:>8} {:>9}  {}\n",
+        "transport", "waits by", "median", "min", "÷ pipe", "÷ memcpy", "checksum"
     );
-    out.push_str(&format!(
-        "{:<26} {:>8} {:>8}\n",
-        "(GB/s, higher is better)", "", ""
-    ));
+    out.push_str("(GB/s, higher is better)\n");
     for s in &g.throughput {
         let m = s.median();
         out.push_str(&format!(
-            "{:<26} {:>8} {:>8} {:>8} {:>9}  {}\n",
+            "{:<26} {:<9} {:>8} {:>8} {:>8} {:>9}  {}\n",
             s.kind.label(false),
+            s.kind.waits(),
             fmt(m),
             fmt(s.min()),
             fmt_ratio(ratio(m, pipe)),
@@ -210,10 +208,7 @@ pub fn latency_table(g: &Group) -> String {
         "{:<26} {:<9} {:>7} {:>7} {:>7} {:>7} {:>8} {:>11}  {}\n",
         "transport", "waits by", "median", "min", "p50", "p99", "max", "pipe ÷ this", "replies"
     );
-    out.push_str(
-        "(µs per round trip, lower is better; median and min of the runs' means, \
-         p50/p99/max of every round trip)\n",
-    );
+    out.push_str("(µs per round trip, lower is better)\n");
     for s in &g.latency {
         let m = s.median();
         let sp = s.spread();
@@ -230,6 +225,9 @@ pub fn latency_table(g: &Group) -> String {
             check(s)
         ));
     }
+    out.push_str(
+        "median, min: of the runs' mean round trips; p50, p99, max: of every round trip\n",
+    );
     out
 }
 

@@ -402,7 +402,7 @@ fn the_narration_shows_the_calls_the_tables_and_the_explanation() {
         "pipe2(O_CLOEXEC) = [",
         "F_GETPIPE_SZ) = ",
         "F_SETPIPE_SZ, 1048576) = 1048576",
-        "socketpair(AF_UNIX, SOCK_STREAM, 0, SOCK_CLOEXEC) = [",
+        "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv) = [",
         "eventfd(0, EFD_CLOEXEC) = fd ",
         "sched_setaffinity(0, CPUs [",
         "memcpy of 16 MiB: median ",

@@ -265,15 +265,19 @@ fn none() -> anyhow::Result<()> {
     ))?;
     let name = names::unique_name(10, "none");
     let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR;
-    let errno = match attempt!(shm_open(
-        name.as_str(),
-        flags,
-        Mode::from_bits_truncate(0o600)
-    )) {
-        Err(e) => e,
-        Ok(_) => {
-            let _ = shm_unlink(name.as_str());
-            bail!("shm_open worked without /dev/shm");
+    let errno = if glibc_searches() {
+        None // it would look for a tmpfs in the host's mount table (lesson 4)
+    } else {
+        match attempt!(shm_open(
+            name.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600)
+        )) {
+            Err(e) => Some(e),
+            Ok(_) => {
+                let _ = shm_unlink(name.as_str());
+                bail!("shm_open worked without /dev/shm");
+            }
         }
     };
     let page = inspect::page_size();
@@ -284,16 +288,54 @@ fn none() -> anyhow::Result<()> {
     // ANCHOR_END: none
     call!(sysv::shmctl_rmid(shmid))?;
     segment.disarm();
+    let shm_open = errno.map_or("not called".to_string(), common::report::errno_name);
     fact(
         "result none",
         format!(
-            "shm_open = {}, shmget = shmid {shmid} (pid {})",
-            common::report::errno_name(errno),
+            "shm_open = {shm_open}, shmget = shmid {shmid} (pid {})",
             getpid()
         ),
     );
-    if errno != Errno::ENOENT {
+    if errno.is_some_and(|e| e != Errno::ENOENT) {
         explain("(glibc before 2.34 searched the mount table for a tmpfs instead: see lesson 4)");
     }
     Ok(())
+}
+
+/// Set (by the tests only) to a glibc version such as `2.33`: the lesson
+/// then behaves as on that glibc. Lesson 4 reads the same variable.
+const SIMULATE_GLIBC: &str = "SHM_LESSONS_SIMULATE_GLIBC";
+
+/// Whether this C library's `shm_open`, finding no tmpfs at `/dev/shm`,
+/// would search the mount table for one (glibc before 2.34), which here
+/// would find one of the host's tmpfs mounts (`/run`): then the lesson does
+/// not call it, and says why.
+fn glibc_searches() -> bool {
+    let (version, simulated) = match std::env::var(SIMULATE_GLIBC) {
+        Ok(v) => (Some(v), true),
+        Err(_) => (inspect::libc_version(), false),
+    };
+    let Some(v) = version else { return false };
+    if inspect::version_at_least(&v, 2, 34) != Some(false) {
+        return false;
+    }
+    // The first other tmpfs it could pick: a mount copied from the host's.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let other = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let other_tmpfs = matches!(f.get(2), Some(&("tmpfs" | "shm")))
+            && !matches!(f.get(1), Some(&("/dev" | "/dev/shm")));
+        other_tmpfs.then(|| f[1].to_string())
+    });
+    let found = match other {
+        Some(dir) => format!("the first one here is {dir}, a mount of the host's"),
+        None => "there is none here".to_string(),
+    };
+    narrate::note(format!(
+        "glibc {v}{}: with no tmpfs at /dev/shm, its shm_open searches /proc/mounts for another \
+         tmpfs (lesson 4); {found}. So the lesson does not call it. glibc 2.34 and later fail \
+         with ENOENT.",
+        if simulated { " (simulated)" } else { "" },
+    ));
+    true
 }

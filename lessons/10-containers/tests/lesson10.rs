@@ -515,3 +515,30 @@ fn part4_a_read_only_proc_sys_is_shown_not_hidden() {
     assert_eq!(fact(&text, "result limits"), "refused (EROFS)", "{text}");
     assert_eq!(fact(&text, "result host limits"), "unchanged");
 }
+
+#[test]
+fn part2_none_on_a_glibc_that_searches_the_mount_table_never_calls_shm_open() {
+    // glibc before 2.34 would look for a tmpfs in the mount table, which in
+    // the container's namespace holds the host's mounts: the lesson must not
+    // create anything there. Simulated (the switch lesson 4 reads too).
+    let out = std::process::Command::new(bin())
+        .args(["--part", "2"])
+        .env("SHM_LESSONS_SIMULATE_GLIBC", "2.33")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    if !ran(&out) {
+        return;
+    }
+    let text = stdout(&out);
+    let none = child_pid(&text, "none");
+    assert!(
+        !text.contains(&format!("shm_open(\"/shm-lessons-10-{none}-none\"")),
+        "shm_open was called:\n{text}"
+    );
+    assert!(
+        fact(&text, "result none").starts_with("shm_open = not called, shmget = shmid "),
+        "{text}"
+    );
+    assert!(text.contains("glibc 2.33 (simulated)"), "{text}");
+}
