@@ -761,8 +761,10 @@ fn is_structure(line: &str) -> bool {
 /// What may differ between two runs of the same lesson, replaced by a
 /// placeholder: hex strings of 8 digits or more (addresses, keys, SYSV
 /// names) become `H`, `0x…` becomes `0xH`, every other number (pids, shmids,
-/// inodes, devices, sizes, timings, measured figures) becomes `N`, a bar of a
-/// chart becomes `BAR`, and runs of spaces (table columns) become one.
+/// inodes, devices, sizes, timings, measured figures) becomes `N`, the sign
+/// of a signed figure (`(+16436 kB)`, `(-16280 kB)`: a machine-wide delta
+/// that other programs move either way) becomes `±`, a bar of a chart
+/// becomes `BAR`, and runs of spaces (table columns) become one.
 pub fn normalise(line: &str) -> String {
     let line = &without_build_dir(line);
     let mut s = String::new();
@@ -784,6 +786,12 @@ pub fn normalise(line: &str) -> String {
         } else if hex_run >= 8 && chars[i..i + hex_run].iter().any(char::is_ascii_digit) {
             s.push('H');
             i += hex_run;
+        } else if (c == '+' || c == '-')
+            && chars.get(i + 1).is_some_and(char::is_ascii_digit)
+            && (i == 0 || chars[i - 1] == '(' || chars[i - 1] == ' ')
+        {
+            s.push('±');
+            i += 1;
         } else if c.is_ascii_digit() {
             // A number, with any hex letters that follow it (`1b` in a
             // device number `00:1b`) and a decimal part.
@@ -838,6 +846,11 @@ mod transcript_tests {
             "| H-H rw-s H N:N N /SYSVH (deleted)"
         );
         assert_eq!(normalise("median 6.4 GB/s   ███▍ x"), "median N GB/s BAR x");
+        assert_eq!(
+            normalise("| Cached 16307852 kB -> 16340572 kB (+32720 kB)"),
+            normalise("| Cached 16340572 kB -> 16324292 kB (-16280 kB)")
+        );
+        assert_eq!(normalise("= -1 ENOENT, pid-42"), "= ±N ENOENT, pid-N");
         assert_ne!(
             normalise("child wrote 0xdeadbeef"),
             normalise("Child wrote 0xdeadbeef")
