@@ -463,9 +463,28 @@ pub fn text(path: &str, args: &[String]) -> String {
 
 /// The C spelling of a call whose Rust wrapper drops or merges arguments:
 /// `shmctl_rmid(7)` is `shmctl(7, IPC_RMID, NULL)`, nix's `waitpid(pid, 0)`
-/// is `waitpid(pid, &status, 0)`, `mmap_anonymous(..)` is `mmap(.., -1, 0)`.
+/// is `waitpid(pid, &status, 0)`, `mmap_anonymous(..)` is `mmap(.., -1, 0)`,
+/// `fstat(3)` is `fstat(3, &st)`, nix's `socketpair(.., SOCK_CLOEXEC)` puts
+/// the flag in the type as C does and fills `sv`.
 pub fn c_form(name: &str, args: &[String]) -> Option<String> {
     Some(match (name, args) {
+        ("fstat", [fd]) => format!("fstat({fd}, &st)"),
+        ("statfs", [path]) => format!("statfs({path}, &buf)"),
+        ("recvmsg", [sock]) => format!("recvmsg({sock}, &msg, 0)"),
+        ("pipe", []) => "pipe(fds)".to_string(),
+        ("pipe2", [flags]) => format!("pipe2(fds, {flags})"),
+        // children::wait_deadline: waitpid, with a kill past the deadline.
+        ("wait_deadline", [pid, deadline]) => {
+            format!("waitpid({pid}, &status, 0) (at most {deadline})")
+        }
+        ("socketpair", [domain, kind, protocol, flags]) => {
+            let kind = if flags == "0" {
+                kind.clone()
+            } else {
+                format!("{kind}|{flags}")
+            };
+            format!("socketpair({domain}, {kind}, {protocol}, sv)")
+        }
         ("shmat", [id, flags]) => format!("shmat({id}, NULL, {flags})"),
         ("shmctl_rmid", [id]) => format!("shmctl({id}, IPC_RMID, NULL)"),
         ("shmctl_stat", [id]) => format!("shmctl({id}, IPC_STAT, &buf)"),
@@ -607,6 +626,37 @@ mod tests {
         assert_eq!(
             form(MapFlags::MAP_SHARED),
             "mmap(NULL, 4096, PROT_READ, MAP_SHARED|MAP_ANONYMOUS, -1, 0)"
+        );
+    }
+
+    #[test]
+    fn wrappers_read_as_the_c_calls_they_make() {
+        let form = |name: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+            text(name, &args)
+        };
+        assert_eq!(form("nix::sys::stat::fstat", &["3"]), "fstat(3, &st)");
+        assert_eq!(form("recvmsg", &["0"]), "recvmsg(0, &msg, 0)");
+        assert_eq!(form("nix::unistd::pipe", &[]), "pipe(fds)");
+        assert_eq!(form("pipe2", &["O_CLOEXEC"]), "pipe2(fds, O_CLOEXEC)");
+        assert_eq!(
+            form("children::wait_deadline", &["42", "10s"]),
+            "waitpid(42, &status, 0) (at most 10s)"
+        );
+        assert_eq!(
+            form("show::statfs", &["\"/dev/shm\""]),
+            "statfs(\"/dev/shm\", &buf)"
+        );
+        assert_eq!(
+            form(
+                "socketpair",
+                &["AF_UNIX", "SOCK_STREAM", "0", "SOCK_CLOEXEC"]
+            ),
+            "socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, sv)"
+        );
+        assert_eq!(
+            form("socketpair", &["AF_UNIX", "SOCK_STREAM", "0", "0"]),
+            "socketpair(AF_UNIX, SOCK_STREAM, 0, sv)"
         );
     }
 

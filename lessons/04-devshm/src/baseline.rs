@@ -9,7 +9,7 @@ use crate::show::{self, locate, look, remove, result};
 // ANCHOR: baseline
 pub fn run(name: &str, hold: Hold) -> anyhow::Result<()> {
     explain("No namespace is needed to look: this child sees the host's /dev/shm.");
-    call!(show::statfs("/dev/shm") => |t: &common::inspect::FsType| t.to_string())?;
+    call!(show::statfs("/dev/shm") => show::fs_shown)?;
     let (fd, object) = shm::create(name)?;
     let fs = locate(name)?;
     look(

@@ -39,7 +39,7 @@ pub fn run(name: &str, hold: Hold) -> anyhow::Result<()> {
         nosuid_nodev,
         tiny
     ))?;
-    let st = call!(statfs("/dev/shm") => |st: &Statfs| format!("f_blocks {}", st.blocks()))?;
+    let st = call!(statfs("/dev/shm") => |st: &Statfs| format!("0 (f_blocks {})", st.blocks()))?;
     let tmpfs_size = st.blocks() * st.block_size() as u64;
     let (fd, object) = shm::create(name)?;
     call!(ftruncate(&fd, BIG as libc::off_t))?;

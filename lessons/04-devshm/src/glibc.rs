@@ -21,7 +21,7 @@ pub const SIMULATE_GLIBC: &str = "SHM_LESSONS_SIMULATE_GLIBC";
 /// entry of `/proc/mounts` (or `/etc/fstab`) that statfs confirms.
 pub fn where_is_shmfs_2_33() -> Option<String> {
     let is_shmfs = |st: &Statfs| [TMPFS_MAGIC, RAMFS_MAGIC].contains(&magic(st));
-    let shown = |st: &Statfs| format!("0, f_type {:#x}", magic(st));
+    let shown = |st: &Statfs| format!("0 (f_type {:#x})", magic(st));
     if attempt!(statfs("/dev/shm/") => shown).is_ok_and(|st| is_shmfs(&st)) {
         return Some("/dev/shm/".into());
     }

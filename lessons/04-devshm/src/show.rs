@@ -23,7 +23,7 @@ pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
 pub fn locate(name: &str) -> anyhow::Result<String> {
     let path = format!("/dev/shm/{}", names::file_name(name));
     evidence(&format!("ls -l {path}"), inspect::dev_shm_ls(name));
-    let fs = call!(statfs(path.as_str()) => |t: &inspect::FsType| format!("f_type {:#x} ({})", t.magic, t.name))?;
+    let fs = call!(statfs(path.as_str()) => fs_shown)?;
     let mount = ns::mount_containing(&path);
     evidence(
         &format!("findmnt -T {path}"),
@@ -45,6 +45,11 @@ pub fn remove(name: &str, fd: OwnedFd, object: cleanup::Guard) -> anyhow::Result
 /// `findmnt -T PATH`: the mount that holds PATH, as findmnt prints it.
 pub fn findmnt_t(path: &str) -> Option<String> {
     ns::mount_containing(path).as_ref().map(findmnt_line)
+}
+
+/// How a `statfs` result reads after `=`: `0 (f_type 0x1021994, tmpfs)`.
+pub fn fs_shown(t: &inspect::FsType) -> String {
+    format!("0 (f_type {:#x}, {})", t.magic, t.name)
 }
 
 /// `statfs(PATH, &buf)`, as the filesystem's magic number and name.

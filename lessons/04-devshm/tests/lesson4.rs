@@ -179,7 +179,7 @@ fn assert_outcomes(stdout: &str) {
     );
     assert!(stdout.contains("| udev /dev tmpfs "), "{stdout}");
     assert!(
-        stdout.contains("statfs(\"/dev/shm/\") = -1 ENOENT"),
+        stdout.contains("statfs(\"/dev/shm/\", &buf) = -1 ENOENT"),
         "where_is_shmfs's first statfs fails:\n{stdout}"
     );
     // Full: ftruncate works, SIGBUS after N > 0 pages that fit the tmpfs,

@@ -103,7 +103,7 @@ fn posix(o: &Opts) -> anyhow::Result<()> {
 /// shm_open's mode passes through the umask (like open's): 0666 with umask
 /// 022 gives 0644. Set the exact mode with fchmod when they differ.
 fn umask_check(fd: &OwnedFd, wanted: u32) -> anyhow::Result<()> {
-    let st = fstat(fd).call(format!("fstat({})", fd.as_raw_fd()))?;
+    let st = fstat(fd).call(format!("fstat({}, &st)", fd.as_raw_fd()))?;
     let got = st.st_mode & 0o777;
     if got != wanted {
         explain(format!(

@@ -7,6 +7,12 @@
 //! - System V segments: a lesson key (`0x53……`, see [`names::is_lesson_key`]),
 //!   owned by our uid.
 //!
+//! - Scratch files outside `/dev/shm`, in the directories the lessons use
+//!   for them ([`scratch_dirs`]): lesson-4's `shm-lessons-4-<pid>-disk`
+//!   directory, lesson-6's `shm-lessons-6-<pid>-msync` file, lesson-9's
+//!   `shm-lessons-9-<pid>-disk` file and `shm-lessons-9-<pid>-thp` mount
+//!   point. Each lesson removes its own on every path but SIGKILL.
+//!
 //! An object still in use is left alone: a POSIX object whose name carries
 //! the pid of a running process or that a process maps or holds open, a
 //! segment that is attached or whose creator still runs. Segments with key
@@ -17,7 +23,7 @@
 //! program that hashes the same file with project id 5 gets the same key.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use common::attempt;
@@ -25,7 +31,7 @@ use common::inspect::{self, ShmEntry, SysvSegment};
 use common::narrate::{self, evidence, explain, fact, section};
 use common::{names, sysv};
 use nix::sys::mman::shm_unlink;
-use nix::unistd::getuid;
+use nix::unistd::{getuid, unlink};
 
 /// What `--prefix` and `--keys` narrow the cleanup to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +92,85 @@ pub enum Verdict {
     Foreign(u32),
     /// Not a regular file (a directory, a symlink): never touched.
     NotFile,
+    /// A scratch name holding what no lesson leaves there: never touched.
+    Unexpected(String),
+}
+
+/// A `shm-lessons-*` entry of a scratch directory, as found.
+#[derive(Debug, Clone)]
+pub struct Scratch {
+    /// The scratch directory it is in.
+    pub dir: PathBuf,
+    pub entry: ShmEntry,
+    /// For a directory: its entries (not followed into).
+    pub contents: Vec<ShmEntry>,
+}
+
+impl Scratch {
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(&self.entry.name)
+    }
+
+    /// The path as ls quotes it.
+    pub fn quoted(&self) -> String {
+        format!("{}/{}", self.dir.display(), self.entry.quoted)
+    }
+}
+
+/// The shapes of the lessons' scratch files: (name suffix, `ls` type
+/// letter). lesson-4's `-disk` directory holds at most its scenario-2
+/// objects (`shm-lessons-4-*` files); a `-thp` directory is an empty mount
+/// point; `-disk` and `-msync` files are lesson-9's and lesson-6's.
+const SCRATCH_SHAPES: [(&str, char); 4] = [
+    ("-disk", 'd'),
+    ("-thp", 'd'),
+    ("-disk", '-'),
+    ("-msync", '-'),
+];
+
+/// Decide for the scratch entries, without touching anything. Names that do
+/// not have a lesson scratch file's shape are not considered at all;
+/// `in_use` says why an entry is still in use (its pid runs, a process maps
+/// it, it is a mount point).
+pub fn plan_scratch(
+    found: &[Scratch],
+    uid: u32,
+    filter: &Filter,
+    in_use: impl Fn(&Scratch) -> Option<String>,
+) -> Vec<(Scratch, Verdict)> {
+    let mut out = Vec::new();
+    for s in found {
+        let (name, kind) = (&s.entry.name, s.entry.kind);
+        if !name.starts_with(names::PREFIX) || !name.starts_with(&filter.prefix) {
+            continue;
+        }
+        let shaped = SCRATCH_SHAPES
+            .iter()
+            .any(|(end, k)| name.ends_with(end) && *k == kind);
+        if pid_in_name(name).is_none() || !shaped {
+            continue;
+        }
+        let surprise = s.contents.iter().find(|c| {
+            !(name.ends_with("-disk")
+                && c.kind == '-'
+                && c.uid == uid
+                && c.name.starts_with(names::PREFIX))
+        });
+        let verdict = if s.entry.uid != uid {
+            Verdict::Foreign(s.entry.uid)
+        } else if let Some(c) = surprise {
+            Verdict::Unexpected(format!(
+                "it holds {} ({}), which no lesson leaves there",
+                c.quoted, c.kind
+            ))
+        } else if let Some(why) = in_use(s) {
+            Verdict::InUse(why)
+        } else {
+            Verdict::Remove
+        };
+        out.push((s.clone(), verdict));
+    }
+    out
 }
 
 /// The whole decision, before anything is removed.
@@ -98,13 +183,16 @@ pub struct Plan {
     /// Segments of ours with lesson-5's default key `ftok($HOME, 5)`,
     /// unattached, whose creator is dead: listed, never removed.
     pub ftok_keyed: Vec<SysvSegment>,
+    /// The lessons' scratch files and directories outside `/dev/shm`.
+    pub scratch: Vec<(Scratch, Verdict)>,
 }
 
 impl Plan {
     pub fn to_remove(&self) -> usize {
         let p = self.posix.iter().filter(|(_, v)| *v == Verdict::Remove);
         let s = self.sysv.iter().filter(|(_, v)| *v == Verdict::Remove);
-        p.count() + s.count()
+        let f = self.scratch.iter().filter(|(_, v)| *v == Verdict::Remove);
+        p.count() + s.count() + f.count()
     }
 }
 
@@ -248,11 +336,92 @@ fn segment_running(s: &SysvSegment) -> Option<String> {
 
 /// Why a POSIX object on this machine is still in use, if it is.
 fn posix_in_use(e: &ShmEntry) -> Option<String> {
-    if let Some(pid) = pid_in_name(&e.name).filter(|&p| inspect::pid_alive(p)) {
+    file_in_use(&e.name, &format!("/dev/shm/{}", e.name))
+}
+
+/// Why the file `path` named `name` is still in use: the pid in its name
+/// runs, or a process maps it or holds it open.
+fn file_in_use(name: &str, path: &str) -> Option<String> {
+    if let Some(pid) = pid_in_name(name).filter(|&p| inspect::pid_alive(p)) {
         return Some(format!("its name carries pid {pid}, which is running"));
     }
-    let users = inspect::pids_using(&format!("/dev/shm/{}", e.name));
+    let users = inspect::pids_using(path);
     (!users.is_empty()).then(|| format!("mapped or open by pid {users:?}"))
+}
+
+/// The directories where the lessons put scratch files: `/var/tmp` and the
+/// temporary directory ([`inspect::disk_dir`], lesson-6's and lesson-4's
+/// choice, lesson-9's `-thp` mount point in [`std::env::temp_dir`]), and
+/// lesson-4's last resort, the directory of the executable.
+pub fn scratch_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("/var/tmp"), std::env::temp_dir()];
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.to_owned()))
+    {
+        dirs.push(d);
+    }
+    let mut out: Vec<PathBuf> = Vec::new();
+    for d in dirs {
+        let real = std::fs::canonicalize(&d).unwrap_or(d);
+        if real != Path::new("/dev/shm") && !out.contains(&real) {
+            out.push(real);
+        }
+    }
+    out
+}
+
+/// The `shm-lessons-*` entries of these directories, with the contents of
+/// the ones that are directories (lstat: no symlink is followed).
+fn find_scratch(dirs: &[PathBuf]) -> Vec<Scratch> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        for entry in inspect::shm_entries_in(dir) {
+            if !entry.name.starts_with(names::PREFIX) {
+                continue;
+            }
+            let contents = if entry.kind == 'd' {
+                inspect::shm_entries_in(&dir.join(&entry.name))
+            } else {
+                Vec::new()
+            };
+            out.push(Scratch {
+                dir: dir.clone(),
+                entry,
+                contents,
+            });
+        }
+    }
+    out
+}
+
+/// Why `path` is a mount point, if it is: here (its device differs from its
+/// parent's), or in the mount namespace of a process we may inspect (rmdir
+/// of a mount point of another namespace succeeds and detaches that mount
+/// there, since Linux 3.18).
+fn mount_point(path: &Path) -> Option<String> {
+    let dev = |p: &Path| std::fs::symlink_metadata(p).map(|m| m.dev()).ok();
+    if dev(path) != path.parent().and_then(dev) {
+        return Some("it is a mount point here".into());
+    }
+    let want = path.to_str()?;
+    let procs = std::fs::read_dir("/proc").ok()?;
+    procs.filter_map(Result::ok).find_map(|p| {
+        let pid: i32 = p.file_name().to_str()?.parse().ok()?;
+        let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+        info.lines()
+            .filter_map(inspect::parse_mountinfo_line)
+            .any(|m| m.mount_point == want)
+            .then(|| format!("it is a mount point in the mount namespace of pid {pid}"))
+    })
+}
+
+/// Why a scratch file or directory is still in use, if it is.
+fn scratch_in_use(s: &Scratch) -> Option<String> {
+    let path = s.path();
+    let text = path.to_str()?;
+    file_in_use(&s.entry.name, text)
+        .or_else(|| (s.entry.kind == 'd').then(|| mount_point(&path)).flatten())
 }
 
 fn why_left(v: &Verdict) -> String {
@@ -263,12 +432,14 @@ fn why_left(v: &Verdict) -> String {
             format!("owned by {} (uid {uid}), not you", inspect::user_name(*uid))
         }
         Verdict::NotFile => "not a regular file".into(),
+        Verdict::Unexpected(why) => why.clone(),
     }
 }
 
 /// `lesson-7 --cleanup [--yes] [--prefix P] [--keys K,K]`.
 pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
     let uid = getuid().as_raw();
+    let dirs = scratch_dirs();
     section(format!(
         "Leftovers of the shm-lessons lessons owned by {} (uid {uid}){}",
         inspect::user_name(uid),
@@ -283,8 +454,11 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         None => "0x53000000-0x53ffffff".into(),
     };
     explain(format!(
-        "Looking for POSIX objects /dev/shm/{}* and System V segments with keys {keys}, owned \
-         by you and not in use. Nothing else is ever touched.",
+        "Looking for POSIX objects /dev/shm/{}* and System V segments with keys {keys}, and \
+         for the lessons' scratch files {}/{}*, owned by you and not in use. Nothing else is \
+         ever touched.",
+        filter.prefix,
+        dirs_text(&dirs),
         filter.prefix
     ));
 
@@ -293,7 +467,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         .as_deref()
         .and_then(|h| sysv::ftok(h, LESSON5_PROJ_ID).ok());
     // ANCHOR: plan
-    let plan = plan(
+    let mut plan = plan(
         &inspect::dev_shm_entries(),
         &inspect::sysv_segments(),
         uid,
@@ -302,6 +476,7 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
         segment_running,
         lesson5_key,
     );
+    plan.scratch = plan_scratch(&find_scratch(&dirs), uid, filter, scratch_in_use);
     // ANCHOR_END: plan
     evidence(
         &format!("ls -l /dev/shm/{}*", filter.prefix),
@@ -334,6 +509,33 @@ pub fn run(filter: &Filter, yes: bool) -> anyhow::Result<()> {
             fact("would remove", format!("{what}   (ipcrm -m {})", s.shmid));
         } else if remove_sysv(s, uid) {
             fact("removed", &what);
+        } else {
+            failed += 1;
+        }
+    }
+    evidence(
+        &format!("ls -ld {}/{}*", dirs_text(&dirs), filter.prefix),
+        plan.scratch.iter().map(|(s, _)| {
+            let line = s.entry.ls_line();
+            let cut = line.len() - s.entry.quoted.len();
+            format!("{}{}", &line[..cut], s.quoted())
+        }),
+    );
+    for (s, v) in &plan.scratch {
+        let path = s.quoted();
+        if *v != Verdict::Remove {
+            fact("left alone", format!("{path}: {}", why_left(v)));
+        } else if !yes {
+            let how = if s.entry.kind == 'd' && s.contents.is_empty() {
+                format!("rmdir {path}")
+            } else if s.entry.kind == 'd' {
+                format!("rm {path}/*; rmdir {path}")
+            } else {
+                format!("rm {path}")
+            };
+            fact("would remove", format!("{path}   ({how})"));
+        } else if remove_scratch(s, uid) {
+            fact("removed", &path);
         } else {
             failed += 1;
         }
@@ -401,6 +603,59 @@ fn remove_posix(e: &ShmEntry, uid: u32) -> bool {
     }
     let name = format!("/{}", e.name);
     attempt!(shm_unlink(name.as_str())).is_ok()
+}
+
+/// `{/var/tmp,/tmp}`: the scratch directories, as a shell would expand them.
+fn dirs_text(dirs: &[PathBuf]) -> String {
+    let list: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    if list.len() == 1 {
+        list[0].clone()
+    } else {
+        format!("{{{}}}", list.join(","))
+    }
+}
+
+/// `rmdir(2)`, which nix lacks, under its C name for the narration.
+fn rmdir(path: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir(path)
+}
+
+/// Check again right before removing (the listing may be stale), then
+/// `unlink` a file, or `unlink` the objects in a directory and `rmdir` it.
+/// Nothing is followed: a symlink is never a file or directory of ours
+/// here, and rmdir fails on a directory that is not empty by now.
+fn remove_scratch(s: &Scratch, uid: u32) -> bool {
+    let path = s.path();
+    let same = |p: &Path, kind: char| {
+        std::fs::symlink_metadata(p)
+            .is_ok_and(|m| m.uid() == uid && inspect::kind_letter(m.file_type()) == kind)
+    };
+    let changed = |p: &Path| {
+        fact(
+            "skipped",
+            format!("{} changed since it was listed", p.display()),
+        );
+        false
+    };
+    if !same(&path, s.entry.kind) {
+        return changed(&path);
+    }
+    if s.entry.kind != 'd' {
+        return attempt!(unlink(path.as_path())).is_ok();
+    }
+    if mount_point(&path).is_some() {
+        return changed(&path);
+    }
+    for c in &s.contents {
+        let inner = path.join(&c.name);
+        if !same(&inner, '-') {
+            return changed(&inner);
+        }
+        if attempt!(unlink(inner.as_path())).is_err() {
+            return false;
+        }
+    }
+    attempt!(rmdir(path.as_path())).is_ok()
 }
 
 /// Check the segment is still the one listed (ids are reused), then
@@ -574,6 +829,118 @@ mod tests {
         assert_eq!(p.sysv.len(), 1);
         assert_eq!(p.sysv[0].0.shmid, 2);
         assert!(p.orphans.is_empty());
+    }
+
+    fn scratch(name: &str, kind: char, uid: u32, contents: &[ShmEntry]) -> Scratch {
+        Scratch {
+            dir: "/var/tmp".into(),
+            entry: ShmEntry {
+                kind,
+                is_file: kind == '-',
+                ..entry(name, uid)
+            },
+            contents: contents.to_vec(),
+        }
+    }
+
+    #[test]
+    fn only_our_unused_scratch_files_of_a_lesson_shape_are_removed() {
+        let object = entry("shm-lessons-4-77-s2-x", ME);
+        let found = [
+            scratch("shm-lessons-9-77-disk", '-', ME, &[]),
+            scratch("shm-lessons-6-77-msync", '-', ME, &[]),
+            scratch("shm-lessons-9-77-thp", 'd', ME, &[]),
+            scratch(
+                "shm-lessons-4-77-disk",
+                'd',
+                ME,
+                std::slice::from_ref(&object),
+            ),
+            scratch("shm-lessons-9-4242-thp", 'd', ME, &[]),
+            scratch("shm-lessons-9-78-thp", 'd', 1001, &[]),
+            // A thp mount point holds nothing; lesson-4's directory holds
+            // only its objects, as files of ours.
+            scratch(
+                "shm-lessons-9-79-thp",
+                'd',
+                ME,
+                std::slice::from_ref(&object),
+            ),
+            scratch("shm-lessons-4-79-disk", 'd', ME, &[entry("notes", ME)]),
+            scratch(
+                "shm-lessons-4-80-disk",
+                'd',
+                ME,
+                &[entry("shm-lessons-4-80", 1001)],
+            ),
+            scratch(
+                "shm-lessons-4-81-disk",
+                'd',
+                ME,
+                &[ShmEntry {
+                    kind: 'l',
+                    ..entry("shm-lessons-4-81-s2", ME)
+                }],
+            ),
+            // Not a lesson's scratch shape: not considered at all.
+            scratch("shm-lessons-6-77-msync", 'l', ME, &[]),
+            scratch("shm-lessons-9-77-thp", '-', ME, &[]),
+            scratch("shm-lessons-run-all.x1Yz", 'd', ME, &[]),
+            scratch("shm-lessons-nobody-77-0", 'd', ME, &[]),
+            scratch("other-77-disk", '-', ME, &[]),
+        ];
+        let live = |s: &Scratch| (pid_in_name(&s.entry.name) == Some(LIVE)).then(|| "live".into());
+        let p = plan_scratch(&found, ME, &Filter::default(), live);
+        let got: Vec<(&str, char, String)> = p
+            .iter()
+            .map(|(s, v)| {
+                let v = match v {
+                    Verdict::Unexpected(_) => "unexpected".into(),
+                    v => format!("{v:?}"),
+                };
+                (s.entry.name.as_str(), s.entry.kind, v)
+            })
+            .collect();
+        let want = [
+            ("shm-lessons-9-77-disk", '-', "Remove"),
+            ("shm-lessons-6-77-msync", '-', "Remove"),
+            ("shm-lessons-9-77-thp", 'd', "Remove"),
+            ("shm-lessons-4-77-disk", 'd', "Remove"),
+            ("shm-lessons-9-4242-thp", 'd', "InUse(\"live\")"),
+            ("shm-lessons-9-78-thp", 'd', "Foreign(1001)"),
+            ("shm-lessons-9-79-thp", 'd', "unexpected"),
+            ("shm-lessons-4-79-disk", 'd', "unexpected"),
+            ("shm-lessons-4-80-disk", 'd', "unexpected"),
+            ("shm-lessons-4-81-disk", 'd', "unexpected"),
+        ];
+        let want: Vec<(&str, char, String)> = want
+            .iter()
+            .map(|(n, k, v)| (*n, *k, v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        let plan = Plan {
+            scratch: p,
+            ..Plan::default()
+        };
+        assert_eq!(plan.to_remove(), 4);
+        // --prefix narrows the scratch files too.
+        let filter = Filter {
+            prefix: "shm-lessons-9-7".into(),
+            keys: None,
+        };
+        let names: Vec<String> = plan_scratch(&found, ME, &filter, |_| None)
+            .into_iter()
+            .map(|(s, _)| s.entry.name)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "shm-lessons-9-77-disk",
+                "shm-lessons-9-77-thp",
+                "shm-lessons-9-78-thp",
+                "shm-lessons-9-79-thp"
+            ]
+        );
     }
 
     #[test]

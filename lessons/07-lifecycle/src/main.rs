@@ -53,8 +53,8 @@ fn cli() -> Cli {
         .option_with(
             "--prefix",
             "P",
-            "with --cleanup: only POSIX objects whose names start with P (P starts with \
-             shm-lessons-)",
+            "with --cleanup: only POSIX objects and scratch files whose names start with P \
+             (P starts with shm-lessons-)",
             leftovers::parse_prefix,
         )
         .option_with(

@@ -528,10 +528,15 @@ static N: AtomicU32 = AtomicU32::new(0);
 struct Made {
     files: Vec<String>,
     segments: Vec<i32>,
+    /// Scratch directories of ours (not symlinks), removed with their files.
+    dirs: Vec<std::path::PathBuf>,
 }
 
 impl Drop for Made {
     fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
         for f in &self.files {
             let _ = std::fs::remove_file(f);
         }
@@ -709,6 +714,84 @@ fn cleanup_lists_then_removes_exactly_our_leftovers() {
         let seg = sysv::shmctl_stat(made.segments[3]).unwrap();
         assert_eq!(seg.shm_perm.uid, 65534, "another user's segment survives");
     }
+}
+
+/// The lessons' scratch files outside /dev/shm (lesson-6's `-msync` file,
+/// lesson-9's `-thp` mount point, lesson-4's `-disk` directory with its
+/// object), left by a dead pid, are removed; the same for a running pid, a
+/// directory holding something no lesson puts there, and a symlink, are not.
+#[test]
+fn cleanup_removes_scratch_files_of_dead_runs_only() {
+    let mut made = Made::default();
+    let (me, dead, dead2) = (std::process::id(), dead_pid(), dead_pid());
+    let tmp = std::fs::canonicalize(std::env::temp_dir()).unwrap();
+    let prefix = format!("shm-lessons-t{me}s-");
+    let at = |pid: u32, what: &str| tmp.join(format!("{prefix}{pid}-{what}"));
+    let show = |p: &Path| p.display().to_string();
+    made.dirs.push(at(dead, "thp"));
+    made.dirs.push(at(dead, "disk"));
+    made.dirs.push(at(dead2, "disk"));
+    for f in [at(dead, "msync"), at(me, "msync"), at(dead2, "msync")] {
+        made.files.push(show(&f));
+    }
+    std::fs::write(at(dead, "msync"), b"a dead run's").unwrap();
+    std::fs::write(at(me, "msync"), b"a running one's").unwrap();
+    std::fs::create_dir(at(dead, "thp")).unwrap();
+    std::fs::create_dir(at(dead, "disk")).unwrap();
+    let object = at(dead, "disk").join(format!("{prefix}{dead}-s2-x"));
+    std::fs::write(&object, b"scenario 2's object").unwrap();
+    std::fs::create_dir(at(dead2, "disk")).unwrap();
+    std::fs::write(at(dead2, "disk").join("notes"), b"not a lesson's").unwrap();
+    std::os::unix::fs::symlink(at(me, "msync"), at(dead2, "msync")).unwrap();
+    // No System V segment has this key: the run touches no segment.
+    let key = format!("{:#010x}", test_key() as u32);
+    let filter = ["--prefix", prefix.as_str(), "--keys", key.as_str()];
+
+    let dry = text(&cleanup(&filter).stdout);
+    let thp = show(&at(dead, "thp"));
+    has(
+        &dry,
+        &[
+            &format!("would remove: {0}   (rm {0})", show(&at(dead, "msync"))),
+            &format!("would remove: {thp}   (rmdir {thp})"),
+            &format!(
+                "left alone: {}: in use: its name carries pid {me}, which is running",
+                show(&at(me, "msync"))
+            ),
+            &format!(
+                "left alone: {}: it holds notes (-), which no lesson leaves there",
+                show(&at(dead2, "disk"))
+            ),
+            "dry run: nothing removed; 3 object(s) would be removed",
+        ],
+    );
+    assert!(!dry.contains(&format!("{prefix}{dead2}-msync")), "{dry}");
+    assert!(at(dead, "msync").exists() && at(dead, "thp").exists() && object.exists());
+
+    let yes = text(&cleanup(&[&filter[..], &["--yes"]].concat()).stdout);
+    has(
+        &yes,
+        &[
+            &format!("unlink(\"{}\") = 0", show(&at(dead, "msync"))),
+            &format!("rmdir(\"{thp}\") = 0"),
+            &format!("unlink(\"{}\") = 0", show(&object)),
+            &format!("rmdir(\"{}\") = 0", show(&at(dead, "disk"))),
+            "removed 3 object(s)",
+        ],
+    );
+    for gone in [at(dead, "msync"), at(dead, "thp"), at(dead, "disk")] {
+        assert!(
+            std::fs::symlink_metadata(&gone).is_err(),
+            "{gone:?} is gone"
+        );
+    }
+    assert_eq!(std::fs::read(at(me, "msync")).unwrap(), b"a running one's");
+    assert_eq!(
+        std::fs::read(at(dead2, "disk").join("notes")).unwrap(),
+        b"not a lesson's"
+    );
+    let link = std::fs::symlink_metadata(at(dead2, "msync")).unwrap();
+    assert!(link.file_type().is_symlink(), "the symlink survives");
 }
 
 /// The cleanup's `ls -l` shows a symlink as `l...` (not `d...`), and a name

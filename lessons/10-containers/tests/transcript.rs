@@ -13,6 +13,10 @@ fn the_output_matches_the_books_transcript() {
         10,
         Compare::Everything,
         &[],
-        &[],
+        // What the host holds before and after depends on every other
+        // program on the machine (another run's segment appears in `ipcs -m`
+        // and the after-section says "changed by other processes"); the
+        // lesson's own tests check that it left the host as it was.
+        &["The host"],
     );
 }
