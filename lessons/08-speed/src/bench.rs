@@ -534,10 +534,9 @@ impl<'a> Bench<'a> {
                         unsafe { std::ptr::copy_nonoverlapping(hot, region.slot(seq, size), size) };
                         region.publish(&h.head, seq.wrapping_add(1), wait);
                     }
-                    _ => io(
-                        write_full(parent_tx, hot, size),
-                        format!("write({parent_tx}, buf, {size})"),
-                    )?,
+                    _ => io(write_full(parent_tx, hot, size), || {
+                        format!("write({parent_tx}, buf, {size})")
+                    })?,
                 }
             }
             Ok(t0)
@@ -618,9 +617,9 @@ impl<'a> Bench<'a> {
                     _ => {
                         stamp(hot, size, m);
                         let ping = write_full(ptx, hot, size);
-                        io(ping, format!("write({ptx}, buf, {size})"))?;
+                        io(ping, || format!("write({ptx}, buf, {size})"))?;
                         let pong = read_full(prx, back, size);
-                        io(pong, format!("read({prx}, buf, {size})"))?;
+                        io(pong, || format!("read({prx}, buf, {size})"))?;
                         stamp_of(back, size)
                     }
                 };
@@ -691,12 +690,14 @@ fn child_error(child: Pid, status: WaitStatus, errno: u32) -> String {
 }
 
 /// A raw read/write result as an error naming the call: an errno, or end of
-/// file (`read` returned 0: the other side closed its end or died).
-fn io(r: Result<(), i32>, call: impl Into<String>) -> anyhow::Result<()> {
+/// file (`read` returned 0: the other side closed its end or died). The
+/// call's text is formatted only on failure: this runs inside the timed
+/// loops, once per message.
+fn io(r: Result<(), i32>, call: impl FnOnce() -> String) -> anyhow::Result<()> {
     match r {
         Ok(()) => Ok(()),
-        Err(0) => bail!("{} = 0: end of file, the other side is gone", call.into()),
-        Err(e) => Err(nix::errno::Errno::from_raw(e)).call(call),
+        Err(0) => bail!("{} = 0: end of file, the other side is gone", call()),
+        Err(e) => Err(nix::errno::Errno::from_raw(e)).call(call()),
     }
 }
 
