@@ -346,13 +346,20 @@ fn check_env_predicts_what_run_all_sees_in_every_condition() {
         .iter()
         .map(|(_, p)| p.trim_start_matches("lesson-").to_string())
         .collect();
+    // run-all keeps its logs when a lesson fails (some conditions expect
+    // failures): they go to a TMPDIR inside `dir`, removed with it. Sticky and
+    // world-writable, as /tmp is, for the unprivileged condition.
+    let logs = dir.join("tmp");
+    fs::create_dir_all(&logs).unwrap();
+    fs::set_permissions(&logs, fs::Permissions::from_mode(0o1777)).unwrap();
     let script = dir.join("both.sh");
     fs::write(
         &script,
         format!(
             "cd '{}' || exit 1\nscripts/check-env\necho '=== RUN-ALL'\n\
-             SHM_LESSONS_BIN_DIR='{}' scripts/run-all {}\n",
+             TMPDIR='{}' SHM_LESSONS_BIN_DIR='{}' scripts/run-all {}\n",
             root().display(),
+            logs.display(),
             bin.display(),
             numbers.join(" ")
         ),
