@@ -37,7 +37,8 @@ fn checker() -> Command {
     c.env("SHM_EX_TARGET_DIR", target_dir())
         .env(
             "XDG_STATE_HOME",
-            std::env::temp_dir().join(format!("shm-ex-test-{}", std::process::id())),
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("shm-ex-test-{}", std::process::id())),
         )
         .env("NO_COLOR", "1")
         .stdin(Stdio::null());
@@ -283,7 +284,8 @@ fn usage_errors_exit_2() {
 
 #[test]
 fn hints_come_one_at_a_time_and_are_kept_outside_the_repository() {
-    let state = std::env::temp_dir().join(format!("shm-ex-hints-{}", std::process::id()));
+    let state = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("shm-ex-hints-{}", std::process::id()));
     let hint = || {
         let out = checker()
             .env("XDG_STATE_HOME", &state)
