@@ -59,7 +59,7 @@ fn narration_shows_the_real_calls_and_evidence() {
 
 #[test]
 fn the_default_name_is_unique_to_the_run_and_removed() {
-    let out = lesson().output().unwrap();
+    let (pid, out) = testkit::run_with_pid(bin(), &[]);
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let start = text
@@ -69,7 +69,8 @@ fn the_default_name_is_unique_to_the_run_and_removed() {
         .chars()
         .take_while(|c| *c != '"')
         .collect();
-    assert!(name.starts_with("/shm-lessons-1-"), "{name}");
+    // Unique to the run: the name carries this run's pid.
+    assert_eq!(name, format!("/shm-lessons-1-{pid}"));
     assert!(!testkit::shm_exists(&name));
 }
 
