@@ -357,6 +357,12 @@ fn concurrent_runs_never_collide() {
         } else {
             assert!(out.status.success(), "{stdout}\n{stderr}");
             assert!(result_line(&stdout, 4).ends_with("posix_fallocate: ENOSPC"));
+            // Scenario 0 opens its object in the host's /dev/shm, shared by
+            // every run: its name carries this run's pid.
+            assert!(
+                stdout.contains(&format!("shm_open(\"/shm-lessons-4-{pid}-s0\"")),
+                "{stdout}"
+            );
         }
         assert_nothing_left(pid);
     }
