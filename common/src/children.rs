@@ -142,6 +142,18 @@ pub fn die_with_parent() {
     }
 }
 
+/// Nanoseconds on `CLOCK_MONOTONIC`: one system call, async-signal-safe, so a
+/// forked child may time itself with it (lessons 6 and 8).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; it is async-signal-safe.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

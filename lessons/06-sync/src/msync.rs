@@ -33,16 +33,6 @@ struct Posted {
 // SAFETY: every field is an atomic.
 unsafe impl OnlyAtomics for Posted {}
 
-/// A directory on a real disk (not tmpfs) for the MS_SYNC comparison.
-fn disk_dir() -> Option<(std::path::PathBuf, inspect::FsType)> {
-    [std::path::PathBuf::from("/var/tmp"), std::env::temp_dir()]
-        .into_iter()
-        .find_map(|d| {
-            let t = inspect::fs_type(&d).ok()?;
-            (t.name != "tmpfs" && t.name != "ramfs").then_some((d, t))
-        })
-}
-
 pub fn run(shared: &Shared) -> anyhow::Result<()> {
     section("6. The msync myth");
     compare(
@@ -109,7 +99,7 @@ fn ms_sync(shared: &Shared) -> anyhow::Result<()> {
          (msync(2)).",
         inspect::kernel_release()
     ));
-    let Some((dir, fstype)) = disk_dir() else {
+    let Some((dir, fstype)) = inspect::disk_dir() else {
         warn(
             "no disk-backed directory found (/var/tmp and the temporary directory are tmpfs \
              here), so MS_SYNC cannot be compared with a disk. Skipping that comparison.",

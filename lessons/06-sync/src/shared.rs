@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
-use common::children::{Waited, die_with_parent, wait_deadline, wait_until};
+use common::children::{Waited, die_with_parent, now_ns, wait_deadline, wait_until};
 use common::fault::describe;
 use common::narrate::{self, explain, fact, note, step};
 use common::{call, cleanup};
@@ -85,17 +85,6 @@ impl Shared {
 // nptl/pthread_mutex_unlock.c, nptl/lowlevellock.c), and glibc's fork gives
 // the child an empty robust list of its own (sysdeps/nptl/_Fork.c). Another
 // C library may differ.
-
-/// Nanoseconds on the monotonic clock. One system call: usable in a child.
-pub fn now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec we own; it is async-signal-safe.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Wait for a worker with a deadline; it must exit with status 0.
 pub fn reap(pid: Pid, guard: cleanup::Guard, deadline: Duration) -> anyhow::Result<()> {

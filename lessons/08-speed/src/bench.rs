@@ -33,7 +33,8 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
-use crate::ring::{Region, SLOTS, Wait, now_ns};
+use crate::ring::{Region, SLOTS, Wait};
+use common::children::now_ns;
 
 /// `ready` value of a child that could not pin itself.
 const NOT_PINNED: u32 = 2;
