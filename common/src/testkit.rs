@@ -759,8 +759,8 @@ fn is_structure(line: &str) -> bool {
 }
 
 /// What may differ between two runs of the same lesson, replaced by a
-/// placeholder: hex strings of 8 digits or more (addresses, keys, SYSV
-/// names) become `H`, `0x…` becomes `0xH`, every other number (pids, shmids,
+/// placeholder: `0x…` becomes `0xH`; hex strings of 8 digits or more
+/// (addresses, keys, SYSV names) and every other number (pids, shmids,
 /// inodes, devices, sizes, timings, measured figures) becomes `N`, the sign
 /// of a signed figure (`(+16436 kB)`, `(-16280 kB)`: a machine-wide delta
 /// that other programs move either way) becomes `±`, a bar of a chart
@@ -784,7 +784,9 @@ pub fn normalise(line: &str) -> String {
             s.push_str("0xH");
             i += 2 + n;
         } else if hex_run >= 8 && chars[i..i + hex_run].iter().any(char::is_ascii_digit) {
-            s.push('H');
+            // `N`, like any number: a figure can be 7 digits in one run and 8
+            // in the next, and a key's hex digits may all be decimal.
+            s.push('N');
             i += hex_run;
         } else if (c == '+' || c == '-')
             && chars.get(i + 1).is_some_and(char::is_ascii_digit)
@@ -843,13 +845,18 @@ mod transcript_tests {
             normalise(
                 "| 7fc2248a6000-7fc2248a7000 rw-s 00000000 00:1b 533 /SYSV53c0ffee (deleted)"
             ),
-            "| H-H rw-s H N:N N /SYSVH (deleted)"
+            "| N-N rw-s N N:N N /SYSVN (deleted)"
         );
         assert_eq!(normalise("median 6.4 GB/s   ███▍ x"), "median N GB/s BAR x");
         assert_eq!(
             normalise("| Cached 16307852 kB -> 16340572 kB (+32720 kB)"),
             normalise("| Cached 16340572 kB -> 16324292 kB (-16280 kB)")
         );
+        assert_eq!(
+            normalise("| Cached 14741188 kB"),
+            normalise("| Cached 9999312 kB")
+        );
+        assert_eq!(normalise("/SYSV53000123"), normalise("/SYSV53c0ffee"));
         assert_eq!(normalise("= -1 ENOENT, pid-42"), "= ±N ENOENT, pid-N");
         assert_ne!(
             normalise("child wrote 0xdeadbeef"),
