@@ -339,6 +339,13 @@ pub fn default_signals_on_exec(cmd: &mut std::process::Command) -> &mut std::pro
     }
 }
 
+/// `rmdir(2)`, which nix lacks, under its C name so that `call!` narrates it
+/// as C writes it (lessons 4 and 9 remove their scratch mount points with it,
+/// lesson-7's cleanup the ones a killed run left).
+pub fn rmdir(path: &std::path::Path) -> std::io::Result<()> {
+    std::fs::remove_dir(path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

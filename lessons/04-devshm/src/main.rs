@@ -106,7 +106,7 @@ fn lesson() -> anyhow::Result<()> {
     let count = host_mounts_unchanged(&before)?;
     let same = format!("unchanged ({count} mounts)");
     fact("/proc/self/mountinfo", same);
-    call!(show::rmdir(scratch.as_path()))?;
+    call!(cleanup::rmdir(scratch.as_path()))?;
     scratch_guard.disarm();
     // ANCHOR_END: parent
     narrate::conclude(

@@ -3,7 +3,7 @@
 //! view of the host.
 
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use common::args::{Hold, hold_point};
 use common::narrate::{self, evidence, explain, fact, section};
@@ -55,11 +55,6 @@ pub fn fs_shown(t: &inspect::FsType) -> String {
 /// `statfs(PATH, &buf)`, as the filesystem's magic number and name.
 pub fn statfs(path: &str) -> nix::Result<inspect::FsType> {
     inspect::fs_type(path)
-}
-
-/// `rmdir(PATH)`.
-pub fn rmdir(path: &Path) -> std::io::Result<()> {
-    std::fs::remove_dir(path)
 }
 
 /// A statfs result's f_type (its C type differs between architectures).

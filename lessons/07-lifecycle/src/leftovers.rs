@@ -615,11 +615,6 @@ fn dirs_text(dirs: &[PathBuf]) -> String {
     }
 }
 
-/// `rmdir(2)`, which nix lacks, under its C name for the narration.
-fn rmdir(path: &Path) -> std::io::Result<()> {
-    std::fs::remove_dir(path)
-}
-
 /// Check again right before removing (the listing may be stale), then
 /// `unlink` a file, or `unlink` the objects in a directory and `rmdir` it.
 /// Nothing is followed: a symlink is never a file or directory of ours
@@ -655,7 +650,7 @@ fn remove_scratch(s: &Scratch, uid: u32) -> bool {
             return false;
         }
     }
-    attempt!(rmdir(path.as_path())).is_ok()
+    attempt!(common::cleanup::rmdir(path.as_path())).is_ok()
 }
 
 /// Check the segment is still the one listed (ids are reused), then

@@ -203,7 +203,7 @@ fn transparent(page: usize) -> anyhow::Result<bool> {
         "back in the host",
         "the mount table and the THP settings are unchanged",
     );
-    call!(rmdir(dir.as_path()))?;
+    call!(cleanup::rmdir(dir.as_path()))?;
     dir_guard.disarm(); // removed by the lesson itself
     match waited {
         Waited::Ended(WaitStatus::Exited(_, 0)) => Ok(true),
@@ -310,9 +310,4 @@ fn touch_file(path: &Path, page: usize) -> anyhow::Result<(i64, Option<pages::Sm
     call!(close(fd))?;
     call!(unlink(path))?;
     Ok((n, smaps))
-}
-
-/// `rmdir(2)`, which nix lacks, under its C name for the narration.
-fn rmdir(path: &Path) -> std::io::Result<()> {
-    std::fs::remove_dir(path)
 }
